@@ -1,0 +1,1 @@
+"""Packaged YAML configs, installed as `unicl.configs` (read with `unicl.load_config`)."""

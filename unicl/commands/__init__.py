@@ -1,0 +1,1 @@
+"""Subcommands of the `unicl` CLI, one module each (see unicl/cli.py)."""

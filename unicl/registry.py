@@ -1,0 +1,108 @@
+"""Name -> class registries: one per extension point (tokenizers, tasks).
+
+A registry maps a short name (what configs write) to a class or factory. Plugins
+register themselves at import time with the decorator; configs then name them:
+
+    TOKENIZERS = Registry("tokenizer", contract="...")
+
+    @TOKENIZERS.register("gpt2")
+    class GPT2Tokenizer(Tokenizer): ...
+
+    tok = TOKENIZERS.build("gpt2", cache_dir="...")
+
+Each registry carries the contract its entries must follow (shown by
+`help(REG)` and in every error), so a plugin author finds the rules where the
+error points. A duplicate name or an unknown name is a `RegistryError` that lists
+the valid names; wrong constructor arguments name the offending keyword.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class RegistryError(KeyError):
+    """Unknown or duplicate registry name (a KeyError whose message reads well)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class Registry(Generic[T]):
+    """A named table of plugin classes (or factories) of one kind."""
+
+    def __init__(self, kind: str, contract: str = "") -> None:
+        self.kind = kind
+        self.contract = inspect.cleandoc(contract)
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: add the decorated class under `name`; names are unique."""
+        if not isinstance(name, str) or not name:
+            raise RegistryError(f"{self.kind} names must be non-empty strings, got {name!r}")
+
+        def add(obj: T) -> T:
+            if name in self._entries and self._entries[name] is not obj:
+                old = self._entries[name]
+                raise RegistryError(
+                    f"{self.kind} {name!r} is already registered by "
+                    f"{getattr(old, '__module__', '?')}.{getattr(old, '__qualname__', old)}; "
+                    f"choose another name"
+                )
+            self._entries[name] = obj
+            return obj
+
+        return add
+
+    def get(self, name: str) -> T:
+        """The entry registered under `name`; unknown names list the valid ones."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            valid = ", ".join(self.names()) or "(none registered)"
+            raise RegistryError(
+                f"unknown {self.kind} {name!r}; valid {self.kind} names: {valid}"
+            ) from None
+
+    def build(self, name: str, **kwargs: Any) -> Any:
+        """Construct the entry `name` with `kwargs`; a bad keyword is named in the error."""
+        factory = self.get(name)
+        try:
+            signature = inspect.signature(factory)
+        except (TypeError, ValueError):  # builtins without a signature
+            signature = None
+        if signature is not None:
+            params = signature.parameters
+            takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+            if not takes_any:
+                accepted = [
+                    n for n, p in params.items()
+                    if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                ]
+                unknown = sorted(set(kwargs) - set(accepted))
+                if unknown:
+                    raise TypeError(
+                        f"{self.kind} {name!r} got unknown option(s) {unknown}; "
+                        f"valid options: {', '.join(accepted) or '(none)'}"
+                    )
+        return factory(**kwargs)  # type: ignore[operator]
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, names={self.names()})"

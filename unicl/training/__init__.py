@@ -1,0 +1,1 @@
+"""Training: DeepSpeed engine, task sampling, optimizer, checkpoints, logging."""
