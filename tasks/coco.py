@@ -1,0 +1,165 @@
+"""MS-COCO instances reader: per-category pools of (image, category) segmentation records.
+
+PAPER.md "Data": the segmentation task draws its demonstrations and queries from
+per-category pools of MS-COCO; a record is one (image, category) whose mask
+merges every instance of that category in the image. This reader builds those
+pools from an `instances_*.json` file (real COCO 2017 or the shapes world, which
+writes the same format). Masks stay as the raw COCO segmentation objects in the
+records and are decoded by pycocotools only when a task asks for them.
+
+Size filters use COCO's area classes on the merged area of the record: small
+(< 32^2 px), medium (< 96^2 px) and large; the paper keeps small objects.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from unicl.tasks.records import SegmentationRecord, read_json, require
+
+AREA_CLASSES = {
+    "small": (0.0, 32.0**2),
+    "medium": (32.0**2, 96.0**2),
+    "large": (96.0**2, float("inf")),
+}
+
+
+def area_class(area: float) -> str:
+    """COCO's size class ("small", "medium" or "large") of an area in pixels."""
+    for name, (lo, hi) in AREA_CLASSES.items():
+        if lo <= area < hi:
+            return name
+    raise ValueError(f"area must be a non-negative number, got {area!r}")
+
+
+class CocoSegmentation:
+    """Segmentation pools read from a COCO instances json.
+
+    Args:
+        ann_file: COCO `instances_*.json`.
+        image_dir: directory holding the images named by `file_name`.
+        categories: restrict to these category names (an unknown name is an error);
+            default all categories of the file.
+        sizes: keep records whose merged area falls in these COCO area classes.
+        min_area: drop records whose merged area is below this many pixels.
+        include_crowd: merge `iscrowd` regions into the masks too (COCO marks crowds
+            of objects with one RLE; by default they are left out, as in COCO's own
+            evaluation).
+        check_images: fail at construction if an image a record needs is absent.
+
+    Attributes:
+        pools: category name -> records, ordered by image id.
+        categories: names with a non-empty pool, in category-id order.
+        category_ids: name -> COCO category id, for every category of the file.
+    """
+
+    def __init__(
+        self,
+        ann_file: str | os.PathLike,
+        image_dir: str | os.PathLike,
+        categories: Iterable[str] | None = None,
+        sizes: Iterable[str] = ("small", "medium", "large"),
+        min_area: float = 0.0,
+        include_crowd: bool = False,
+        check_images: bool = True,
+    ) -> None:
+        self.ann_file, self.image_dir = Path(ann_file), Path(image_dir)
+        sizes = tuple(sizes)
+        bad = [s for s in sizes if s not in AREA_CLASSES]
+        if bad:
+            raise ValueError(f"sizes: unknown COCO area classes {bad}; valid: {list(AREA_CLASSES)}")
+        data = read_json(self.ann_file, "COCO instances")
+        where = str(self.ann_file)
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: expected a json object with images/annotations/categories")
+        cats = require(data, "categories", where)
+        self.category_ids: dict[str, int] = {}
+        id_to_name: dict[int, str] = {}
+        for k, cat in enumerate(cats):
+            name = str(require(cat, "name", f"{where} categories[{k}]"))
+            cid = int(require(cat, "id", f"{where} categories[{k}]"))
+            self.category_ids[name], id_to_name[cid] = cid, name
+        wanted = set(self.category_ids) if categories is None else set(categories)
+        unknown = sorted(wanted - set(self.category_ids))
+        if unknown:
+            raise ValueError(
+                f"categories: {unknown} are not categories of {where} "
+                f"(it has {sorted(self.category_ids)})"
+            )
+
+        images = {}
+        for k, img in enumerate(require(data, "images", where)):
+            at = f"{where} images[{k}]"
+            images[int(require(img, "id", at))] = (
+                str(require(img, "file_name", at)),
+                int(require(img, "height", at)),
+                int(require(img, "width", at)),
+            )
+
+        # group instances by (image, category): each group becomes one record
+        groups: dict[tuple[int, int], list[dict]] = {}
+        for k, ann in enumerate(require(data, "annotations", where)):
+            at = f"{where} annotations[{k}]"
+            image_id, cid = int(require(ann, "image_id", at)), int(require(ann, "category_id", at))
+            if ann.get("iscrowd", 0) and not include_crowd:
+                continue
+            if image_id not in images:
+                raise ValueError(f"{at}: image_id {image_id} is not in the file's images")
+            if cid not in id_to_name:
+                raise ValueError(f"{at}: category_id {cid} is not in the file's categories")
+            require(ann, "segmentation", at)
+            require(ann, "bbox", at)
+            if id_to_name[cid] in wanted:
+                groups.setdefault((image_id, cid), []).append(ann)
+
+        self.pools: dict[str, list[SegmentationRecord]] = {}
+        missing: list[Path] = []
+        for (image_id, cid), anns in sorted(groups.items()):
+            record = self._record(image_id, id_to_name[cid], cid, images[image_id], anns)
+            if record.area < min_area or area_class(record.area) not in sizes:
+                continue
+            if check_images and not record.image_path.is_file():
+                missing.append(record.image_path)
+                continue
+            self.pools.setdefault(record.category, []).append(record)
+        if missing:
+            shown = ", ".join(str(p) for p in sorted(set(missing))[:5])
+            raise FileNotFoundError(
+                f"{len(set(missing))} images referenced by {where} are absent from "
+                f"{self.image_dir}: {shown}"
+            )
+        order = sorted(self.pools, key=lambda n: self.category_ids[n])
+        self.pools = {name: self.pools[name] for name in order}
+        self.categories: list[str] = order
+
+    def _record(self, image_id, name, cid, image, anns) -> SegmentationRecord:
+        file_name, height, width = image
+        boxes = [a["bbox"] for a in anns]
+        box = (
+            float(min(b[0] for b in boxes)),
+            float(min(b[1] for b in boxes)),
+            float(max(b[0] + b[2] for b in boxes)),
+            float(max(b[1] + b[3] for b in boxes)),
+        )
+        return SegmentationRecord(
+            image_id=image_id,
+            image_path=self.image_dir / file_name,
+            category=name,
+            category_id=cid,
+            height=height,
+            width=width,
+            box=box,
+            area=float(sum(float(a.get("area", 0.0)) for a in anns)),
+            segmentations=tuple(a["segmentation"] for a in anns),
+        )
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.pools.values())
+
+    def __repr__(self) -> str:
+        return (
+            f"CocoSegmentation({str(self.ann_file)!r}: {len(self)} records, "
+            f"{len(self.categories)} categories)"
+        )
