@@ -62,6 +62,10 @@ class Vocabulary:
         for tok in tokenizers:
             if tok.name in self.tokenizers:
                 raise ValueError(f"tokenizer {tok.name!r} is configured twice")
+            if tok.name == SPECIAL_SPAN:
+                raise ValueError(f"a tokenizer may not be named {SPECIAL_SPAN!r} (reserved span)")
+            if tok.vocab_size < 1:
+                raise ValueError(f"tokenizer {tok.name!r} has no ids (vocab_size {tok.vocab_size})")
             self.tokenizers[tok.name] = tok
             self.ranges[tok.name] = range(start, start + tok.vocab_size)
             start += tok.vocab_size
@@ -82,7 +86,14 @@ class Vocabulary:
 
     @classmethod
     def from_config(cls, cfg) -> Vocabulary:
-        """Build the tokenizers named in `cfg.tokenizers` (a UniclConfig) and their vocabulary."""
+        """Build the tokenizers named in `cfg.tokenizers` (a UniclConfig) and their vocabulary.
+
+        The modules listed in `cfg.plugins` are imported first, so tokenizers they
+        register can be named in `cfg.tokenizers`.
+        """
+        from unicl.plugins import import_plugins
+
+        import_plugins(cfg.plugins)
         tokenizers = [build_tokenizer(spec) for spec in cfg.tokenizers]
         return cls(tokenizers, cfg.vocab)
 
@@ -118,8 +129,9 @@ class Vocabulary:
         try:
             return self.ranges[name]
         except KeyError:
+            configured = ", ".join(self.tokenizers)
             raise KeyError(
-                f"no tokenizer {name!r} in this vocabulary; configured: {', '.join(self.tokenizers)}"
+                f"no tokenizer {name!r} in this vocabulary; configured: {configured}"
             ) from None
 
     def to_global(self, name: str, local_ids: torch.Tensor | Sequence[int]) -> torch.Tensor:
@@ -142,6 +154,7 @@ class Vocabulary:
 
     def encode(self, name: str, payload) -> torch.Tensor:
         """Tokenize `payload` with tokenizer `name` and return global ids."""
+        self._range(name)  # unknown names: KeyError listing the configured ones
         return self.to_global(name, self.tokenizers[name].encode(payload))
 
     def decode(self, name: str, global_ids: torch.Tensor | Sequence[int]):
