@@ -1,0 +1,58 @@
+"""`unicl segment`: segment a query image from (image, mask) demonstrations.
+
+    unicl segment --demo IMG MASK [--demo IMG MASK ...] --query IMG \
+        [--category NAME] --out PRED.png [--model RUN]
+
+The predicted mask is written as a 0/255 PNG at the query's own resolution
+(unicl/api.py `InContextModel.segment`).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from unicl.commands.caption import (
+    add_model_arguments,
+    load_model,
+    report_errors,
+    sampling_options,
+)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--demo",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("IMG", "MASK"),
+        help="a demonstration: an image and its mask (repeat for more shots)",
+    )
+    parser.add_argument("--query", required=True, metavar="IMG", help="the image to segment")
+    parser.add_argument("--category", default=None, help="the category name, as text")
+    parser.add_argument("--out", required=True, metavar="PRED.png", help="where to write the mask")
+    add_model_arguments(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    return report_errors("segment", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    model = load_model(args)
+    mask = model.segment(
+        args.query,
+        [tuple(d) for d in args.demo],
+        category=args.category,
+        **sampling_options(args),
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(out)
+    print(f"mask ({mask.shape[0]}x{mask.shape[1]}, {mask.mean():.1%} foreground) written to {out}")
+    return 0
