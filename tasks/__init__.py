@@ -1,5 +1,10 @@
-"""Task plugins, dataset readers and the synthetic shapes world (`unicl.tasks`)."""
+"""Task plugins, dataset readers and the synthetic shapes world (`unicl.tasks`).
 
-from unicl.tasks.base import TASKS, Episode, Segment, Task
+Importing this package registers the built-in tasks "segmentation" and
+"captioning" (PAPER.md "Tasks"). A new task is a module that registers a `Task`
+subclass with `TASKS` (see docs/plugins.md); nothing here needs to change for it.
+"""
 
-__all__ = ["TASKS", "Episode", "Segment", "Task"]
+from unicl.tasks.base import TASKS, Episode, Segment, Shot, Task, View
+
+__all__ = ["TASKS", "Episode", "Segment", "Shot", "Task", "View"]
