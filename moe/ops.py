@@ -15,9 +15,9 @@ The computation is split into the steps the kernel engineer mirrors:
     combine    -> gate-weighted sum of the K expert outputs back into (N, D)
 
 `expert_ffn` runs the same steps inside one autograd Function whose backward is written by hand:
-it keeps only the tensors the gradients need, writes every matmul into preallocated buffers and
-turns the scatter of the combine step into a dense (N, K, D) sum, which is what keeps a sparse MoE
-close to a dense FFN of equal active FLOPs on CPU (docs/model.md, docs/BENCHMARKS.md). The step
+it keeps only the tensors the gradients need, writes every matmul into reused scratch buffers and
+turns the combine step into a per-token (1, K) x (K, D) product, which is what keeps a sparse MoE
+as fast as a dense FFN of equal active FLOPs on CPU (docs/model.md, docs/BENCHMARKS.md). The step
 functions are differentiable by ordinary autograd and serve as a second, simpler reference.
 """
 
@@ -164,48 +164,61 @@ def expert_ffn_steps(
 # --------------------------------------------------------------------------- #
 
 
-def _act_forward(name: str, h: torch.Tensor) -> torch.Tensor:
-    return activation_fn(name)(h)
-
-
-def _act_backward(name: str, grad: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """d act(h) / dh * grad, from the pre-activation h."""
+def _act_into(name: str, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out = act(h), written into an existing buffer."""
     if name == "relu":
-        return grad * (h > 0)
+        return torch.clamp(h, min=0, out=out)
     approximate = "tanh" if name == "gelu_tanh" else "none"
-    return torch.ops.aten.gelu_backward(grad, h, approximate=approximate)
+    return torch.ops.aten.gelu.out(h, approximate=approximate, out=out)
+
+
+def _act_backward_(name: str, grad: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """grad <- d act(h)/dh * grad, in place (h is the pre-activation)."""
+    if name == "relu":
+        return grad.mul_(h > 0)
+    approximate = "tanh" if name == "gelu_tanh" else "none"
+    return torch.ops.aten.gelu_backward.grad_input(
+        grad, h, approximate=approximate, grad_input=grad
+    )
 
 
 class _ExpertFFN(torch.autograd.Function):
+    """expert_ffn with a hand-written backward.
+
+    Saves x, the (M, F) pre-activations and the (N, K, D) unweighted expert outputs; the gathered
+    rows and the activations are recomputed segment by segment into small scratch buffers. On CPU
+    every fresh large tensor costs page faults comparable to a matmul pass over it, so each expert
+    segment reuses the same (max_count, .) scratch rows instead of allocating (M, .) temporaries.
+    """
+
     @staticmethod
     def forward(ctx, x, weights, w1, b1, w2, b2, plan: RoutingPlan, activation: str):
         n, k = plan.num_tokens, plan.top_k
-        d = x.shape[1]
-        f = w1.shape[2]
+        d, f = x.shape[1], w1.shape[2]
         m = plan.slots.shape[0]
-        xs = x.index_select(0, plan.tokens)  # (M, D)
+        c_max = max(plan.counts_list)
         hs = x.new_empty(m, f)  # (M, F) pre-activations, kept for backward
-        acts = x.new_empty(m, f)  # (M, F)
-        ys = x.new_empty(m, d)  # (M, D) unweighted expert outputs
+        x_scr = x.new_empty(c_max, d)  # gathered rows of one expert
+        a_scr = x.new_empty(c_max, f)  # activations of one expert
+        y_scr = x.new_empty(c_max, d)  # outputs of one expert
+        # unweighted expert outputs in (token, choice) order; dropped rows stay zero
+        y_nk = x.new_empty(n * k, d) if plan.dropless else x.new_zeros(n * k, d)
         start = 0
         for e, count in enumerate(plan.counts_list):
             if count == 0:
                 continue
             stop = start + count
-            torch.addmm(b1[e], xs[start:stop], w1[e], out=hs[start:stop])
-            acts[start:stop] = _act_forward(activation, hs[start:stop])
-            torch.addmm(b2[e], acts[start:stop], w2[e], out=ys[start:stop])
+            xe = torch.index_select(x, 0, plan.tokens[start:stop], out=x_scr[:count])  # (m_e, D)
+            torch.addmm(b1[e], xe, w1[e], out=hs[start:stop])  # (m_e, F)
+            ae = _act_into(activation, hs[start:stop], a_scr[:count])  # (m_e, F)
+            ye = torch.addmm(b2[e], ae, w2[e], out=y_scr[:count])  # (m_e, D)
+            y_nk.index_copy_(0, plan.slots[start:stop], ye)
             start = stop
-        # back to (token, choice) order: a dense (N, K, D) sum replaces a scatter-add
-        if plan.dropless:
-            y_nk = x.new_empty(n * k, d)
-        else:
-            y_nk = x.new_zeros(n * k, d)
-        y_nk.index_copy_(0, plan.slots, ys)
         y_nk = y_nk.view(n, k, d)  # (N, K, D)
         w = weights.to(x.dtype)
+        # the combine is a batched (1, K) x (K, D) product per token: no scatter needed
         out = torch.bmm(w.view(n, 1, k), y_nk).view(n, d)  # (N, D)
-        ctx.save_for_backward(xs, hs, acts, y_nk, w, w1, w2)
+        ctx.save_for_backward(x, hs, y_nk, w, w1, w2)
         ctx.plan = plan
         ctx.activation = activation
         ctx.weights_dtype = weights.dtype
@@ -213,52 +226,43 @@ class _ExpertFFN(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        xs, hs, acts, y_nk, w, w1, w2 = ctx.saved_tensors
+        x, hs, y_nk, w, w1, w2 = ctx.saved_tensors
         plan: RoutingPlan = ctx.plan
         n, k = plan.num_tokens, plan.top_k
-        d = xs.shape[1]
+        d, f = x.shape[1], w1.shape[2]
+        c_max = max(plan.counts_list)
         grad_out = grad_out.contiguous()  # (N, D)
-        # d out / d weights[n, k] = <grad_out[n], y[n, k]>
+        # d out[n] / d weights[n, k] = <grad_out[n], y[n, k]>
         grad_weights = torch.bmm(y_nk, grad_out.view(n, d, 1)).view(n, k)  # (N, K)
-        # gradient reaching each expert output, in sorted order
-        g_nk = (grad_out.view(n, 1, d) * w.view(n, k, 1)).view(n * k, d)  # (N*K, D)
-        gys = g_nk.index_select(0, plan.slots)  # (M, D)
-        gw1 = torch.zeros_like(w1)
-        gw2 = torch.zeros_like(w2)
-        gb1 = w1.new_zeros(w1.shape[0], w1.shape[2])
-        gb2 = w2.new_zeros(w2.shape[0], w2.shape[2])
-        gxs = torch.empty_like(xs)  # (M, D)
+        w_sorted = w.reshape(-1).index_select(0, plan.slots)  # (M,)
+        gw1, gw2 = torch.zeros_like(w1), torch.zeros_like(w2)
+        gb1 = w1.new_zeros(w1.shape[0], f)
+        gb2 = w2.new_zeros(w2.shape[0], d)
+        grad_x = torch.zeros_like(x)  # (N, D)
+        x_scr = x.new_empty(c_max, d)
+        g_scr = x.new_empty(c_max, d)  # gradient at one expert's outputs, then at its inputs
+        a_scr = x.new_empty(c_max, f)  # activations, then the gradient at the pre-activations
         start = 0
         for e, count in enumerate(plan.counts_list):
             if count == 0:
                 continue
             stop = start + count
-            gy = gys[start:stop]  # (m_e, D)
-            torch.mm(acts[start:stop].t(), gy, out=gw2[e])
+            rows = plan.tokens[start:stop]
+            xe = torch.index_select(x, 0, rows, out=x_scr[:count])  # (m_e, D)
+            he = hs[start:stop]  # (m_e, F)
+            ae = _act_into(ctx.activation, he, a_scr[:count])  # (m_e, F) recomputed
+            gy = torch.index_select(grad_out, 0, rows, out=g_scr[:count])  # (m_e, D)
+            gy.mul_(w_sorted[start:stop, None])
+            torch.mm(ae.t(), gy, out=gw2[e])
             torch.sum(gy, 0, out=gb2[e])
-            ga = torch.mm(gy, w2[e].t())  # (m_e, F)
-            gh = _act_backward(ctx.activation, ga, hs[start:stop])  # (m_e, F)
-            torch.mm(xs[start:stop].t(), gh, out=gw1[e])
+            gh = torch.mm(gy, w2[e].t(), out=a_scr[:count])  # (m_e, F) overwrites ae
+            _act_backward_(ctx.activation, gh, he)
+            torch.mm(xe.t(), gh, out=gw1[e])
             torch.sum(gh, 0, out=gb1[e])
-            torch.mm(gh, w1[e].t(), out=gxs[start:stop])
+            gx = torch.mm(gh, w1[e].t(), out=g_scr[:count])  # (m_e, D) overwrites gy
+            grad_x.index_add_(0, rows, gx)
             start = stop
-        # undo the gather: sum each token's K rows (dropped rows stay zero)
-        if plan.dropless:
-            gx_nk = torch.empty(n * k, d, dtype=xs.dtype, device=xs.device)
-        else:
-            gx_nk = torch.zeros(n * k, d, dtype=xs.dtype, device=xs.device)
-        gx_nk.index_copy_(0, plan.slots, gxs)
-        grad_x = gx_nk.view(n, k, d).sum(1)  # (N, D)
-        return (
-            grad_x,
-            grad_weights.to(ctx.weights_dtype),
-            gw1,
-            gb1,
-            gw2,
-            gb2,
-            None,
-            None,
-        )
+        return grad_x, grad_weights.to(ctx.weights_dtype), gw1, gb1, gw2, gb2, None, None
 
 
 def _check_shapes(x, expert_ids, weights, w1, b1, w2, b2) -> None:
@@ -300,8 +304,8 @@ def expert_ffn(
     _check_shapes(x, expert_ids, weights, w1, b1, w2, b2)
     activation_fn(activation)  # validates the name
     plan = make_plan(expert_ids, w1.shape[0])
-    if x.shape[0] == 0:
-        return x.new_zeros(x.shape)
+    if x.shape[0] == 0 or plan.slots.shape[0] == 0:
+        return x.new_zeros(x.shape)  # nothing routed anywhere
     return _ExpertFFN.apply(x, weights, w1, b1, w2, b2, plan, activation)
 
 
