@@ -5,6 +5,7 @@ Importing this package registers the built-in tasks "segmentation" and
 subclass with `TASKS` (see docs/plugins.md); nothing here needs to change for it.
 """
 
+from unicl.tasks import captioning, segmentation  # noqa: F401  (importing registers them)
 from unicl.tasks.base import TASKS, Episode, Segment, Shot, Task, View
 
 __all__ = ["TASKS", "Episode", "Segment", "Shot", "Task", "View"]

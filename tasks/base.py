@@ -127,28 +127,68 @@ class Episode:
 class View:
     """How a record is shown to the model: crop, flip, resize.
 
-    `crop` is a square box (x0, y0, x1, y1) in the record's original pixels (it may
-    extend past the image border; the outside is padded); the crop is flipped
-    horizontally when `flip` and resized to `size` x `size`.
+    `crop` is a square box (x0, y0, x1, y1) in the record's original integer pixels
+    (it may extend past the image border; the outside is padded with 0); the crop is
+    resized to `size` x `size` and then flipped horizontally when `flip`.
+    Geometry is tasks/transforms.py's; this class applies it and undoes it.
     """
 
-    crop: tuple[float, float, float, float]
+    crop: tuple[int, int, int, int]
     flip: bool = False
     size: int = 256
 
+    def __post_init__(self) -> None:
+        x0, y0, x1, y1 = self.crop
+        if x1 - x0 != y1 - y0 or x1 <= x0:
+            raise ValueError(f"View.crop must be a non-empty square, got {self.crop}")
+        if self.size < 1:
+            raise ValueError(f"View.size must be >= 1, got {self.size}")
+
+    def apply(self, array: np.ndarray) -> np.ndarray:
+        """(H, W[, C]) image or bool mask -> (size, size[, C]) as this view shows it."""
+        from unicl.tasks.transforms import crop_and_resize
+
+        array = np.asarray(array)
+        mode = "nearest" if array.dtype == bool else "bilinear"
+        out = crop_and_resize(array, self.crop, self.size, interpolation=mode)
+        return np.ascontiguousarray(out[:, ::-1]) if self.flip else out
+
+    def unapply_mask(self, mask: np.ndarray, height: int, width: int) -> np.ndarray:
+        """A (s, s) mask in view coordinates -> (height, width) bool in the original image."""
+        from unicl.tasks.transforms import uncrop_mask
+
+        mask = np.asarray(mask, dtype=bool)
+        if self.flip:
+            mask = mask[:, ::-1]
+        return uncrop_mask(np.ascontiguousarray(mask), self.crop, height, width)
+
+    def box_to_view(self, box: Sequence[float]) -> tuple[float, float, float, float]:
+        """A box in original pixels -> normalised [0, 1] coordinates of the view (clipped)."""
+        from unicl.tasks.transforms import box_to_crop
+
+        x0, y0, x1, y1 = (v / self.size for v in box_to_crop(box, self.crop, self.size))
+        if self.flip:
+            x0, x1 = 1.0 - x1, 1.0 - x0
+        return (x0, y0, x1, y1)
+
+    def box_from_view(self, box: Sequence[float]) -> tuple[float, float, float, float]:
+        """Normalised [0, 1] view coordinates -> a box in original pixels."""
+        from unicl.tasks.transforms import box_from_crop
+
+        x0, y0, x1, y1 = (float(v) for v in box)
+        if self.flip:
+            x0, x1 = 1.0 - x1, 1.0 - x0
+        return box_from_crop([v * self.size for v in (x0, y0, x1, y1)], self.crop, self.size)
+
     def to_json(self) -> dict[str, Any]:
-        return {
-            "crop": [round(float(c), 3) for c in self.crop],
-            "flip": self.flip,
-            "size": self.size,
-        }
+        return {"crop": [int(c) for c in self.crop], "flip": self.flip, "size": self.size}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> View:
-        crop = tuple(float(c) for c in data["crop"])
+        crop = tuple(int(c) for c in data["crop"])
         if len(crop) != 4:
             raise ValueError(f"View.crop must have 4 numbers, got {data['crop']!r}")
-        return cls(crop=crop, flip=bool(data.get("flip", False)), size=int(data["size"]))  # type: ignore[arg-type]
+        return cls(crop, bool(data.get("flip", False)), int(data["size"]))  # type: ignore[arg-type]
 
 
 @dataclasses.dataclass
@@ -179,10 +219,15 @@ class Task(abc.ABC):
 
     - `shots`: demonstrations per training episode (0 = query only);
     - `category_text`: put `[BOT] Category: <c_st> name <c_ed>` before the first
-      pair (forced on for 0-shot episodes, where it is the only task hint);
+      pair (always on for 0-shot episodes, where it is the only task hint);
     - `image_size`: side of the square crops given to the image tokenizer;
+    - `image_tokenizer`: the tokenizer of images (and masks);
     - `input_image_weight`: loss weight of input image tokens (0 = inputs carry no
-      loss; the paper's single-task captioning uses 0.5).
+      loss; the paper's single-task captioning uses 0.5);
+    - `context_min`, `context_max`: crop side / object box's longer side; training
+      draws it uniformly (scale jitter), evaluation takes the middle;
+    - `jitter`: training moves the crop centre by up to this fraction of its side;
+    - `flip_prob`: probability of a horizontal flip in training.
     """
 
     name: str = ""
@@ -192,7 +237,12 @@ class Task(abc.ABC):
         shots: int = 3,
         category_text: bool = False,
         image_size: int = 256,
+        image_tokenizer: str = "vqgan",
         input_image_weight: float = 0.0,
+        context_min: float = 1.5,
+        context_max: float = 2.5,
+        jitter: float = 0.1,
+        flip_prob: float = 0.5,
     ) -> None:
         if shots < 0:
             raise ValueError(f"{self.name}: shots must be >= 0, got {shots}")
@@ -200,10 +250,22 @@ class Task(abc.ABC):
             raise ValueError(f"{self.name}: image_size must be >= 8 pixels, got {image_size}")
         if input_image_weight < 0:
             raise ValueError(f"{self.name}: input_image_weight must be >= 0")
+        if not 1.0 <= context_min <= context_max:
+            raise ValueError(
+                f"{self.name}: need 1 <= context_min <= context_max, "
+                f"got {context_min}, {context_max}"
+            )
+        if not 0.0 <= jitter < 0.5 or not 0.0 <= flip_prob <= 1.0:
+            raise ValueError(f"{self.name}: jitter must be in [0, 0.5), flip_prob in [0, 1]")
         self.shots = shots
         self.category_text = category_text
         self.image_size = image_size
+        self.image_tokenizer = image_tokenizer
         self.input_image_weight = float(input_image_weight)
+        self.context = (float(context_min), float(context_max))
+        self.jitter = float(jitter)
+        self.flip_prob = float(flip_prob)
+        self.last_pool_stats = PoolStats()
 
     # ---- records ---------------------------------------------------------- #
 
@@ -260,13 +322,28 @@ class Task(abc.ABC):
 
     # ---- views and pairs --------------------------------------------------- #
 
-    @abc.abstractmethod
-    def eval_view(self, record: Any) -> View:
-        """The deterministic view of a record used in evaluation."""
+    def eval_view(self, record: Any, query: bool = False) -> View:
+        """The deterministic view used in evaluation: an object-centred crop of `record.box`."""
+        from unicl.tasks.transforms import object_centred_crop_box
 
-    @abc.abstractmethod
+        crop = object_centred_crop_box(
+            record.box, record.height, record.width, context=self.context
+        )
+        return View(crop, False, self.image_size)
+
     def train_view(self, record: Any, rng: np.random.Generator) -> View:
-        """A random augmented view of a record (crop jitter, scale jitter, flip)."""
+        """A random view: object-centred crop with scale and centre jitter, maybe flipped."""
+        from unicl.tasks.transforms import object_centred_crop_box
+
+        crop = object_centred_crop_box(
+            record.box,
+            record.height,
+            record.width,
+            rng=rng,
+            context=self.context,
+            jitter=self.jitter,
+        )
+        return View(crop, bool(rng.random() < self.flip_prob), self.image_size)
 
     @abc.abstractmethod
     def pair(self, shot: Shot, query: bool = False) -> list[Segment]:

@@ -1,0 +1,208 @@
+"""Class-aware in-context region captioning (PAPER.md "Tasks", "Sequence layout").
+
+An episode shows k (image, region, caption) demonstrations of one category and a
+query image with its region; the model writes the query's caption. One pair:
+
+    [BOI] image codes [BOT] Category: <c_st> name <c_ed>. Bboxes: <b_st> x0 y0 x1 y1
+    <b_ed>. Caption: text [EOC] [PAD] ...
+
+The template's literal words are ours (the paper fixes its structure); the box is
+normalised by the crop to [0, 1] and written as 4 bin tokens (Pix2Seq style, 1001
+bins = 3 decimals). The pair is padded after [EOC] to the length of an image pair
+(`pad_to_image_length`), as the paper pads captions to the image length. The text
+part is the pair's output (it carries loss). At inference the prompt runs up to
+and including "Caption:" (`generate: caption`, region captioning: the box is
+given); `generate: box` starts at the box (dense captioning: box and caption are
+generated), `generate: category` at the category.
+
+Flips: a horizontally flipped region keeps its caption true only if "left" and
+"right" swap, so training flips also swap those words (`swap_left_right`); with
+it off, captioning views are never flipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from unicl.tasks.base import TASKS, Episode, Segment, Shot, Task
+
+#: generation start -> index of the first generated segment in a captioning pair
+GENERATE_FROM = {"category": 1, "box": 5, "caption": 10}
+
+_LEFT_RIGHT = re.compile(r"\b(left|right|Left|Right|LEFT|RIGHT)(most|ward|wards)?\b")
+_SWAP = {"left": "right", "right": "left", "Left": "Right", "Right": "Left", "LEFT": "RIGHT"}
+_SWAP["RIGHT"] = "LEFT"
+
+
+def swap_left_right(text: str) -> str:
+    """'the left cat' -> 'the right cat' (whole words, case kept): a mirrored caption."""
+    return _LEFT_RIGHT.sub(lambda m: _SWAP[m.group(1)] + (m.group(2) or ""), text)
+
+
+@dataclasses.dataclass
+class CaptionAnswer:
+    """A generated caption (and, when generated, its box in original pixels and category)."""
+
+    text: str
+    box: tuple[float, float, float, float] | None = None
+    category: str | None = None
+
+
+@TASKS.register("captioning")
+class CaptioningTask(Task):
+    """k (image, box, caption) demonstrations + a query (image, box) -> the caption.
+
+    Options beside the common ones of `Task`: `generate` ("caption" | "box" |
+    "category": where the generated part of the query starts), `pad_to_image_length`
+    (pad each pair to the image-pair length, the paper's layout), `swap_left_right`
+    (flip with word swapping; off = no flips), `text_tokenizer`, `box_tokenizer`.
+    """
+
+    name = "captioning"
+
+    def __init__(
+        self,
+        shots: int = 3,
+        category_text: bool = False,
+        image_size: int = 256,
+        image_tokenizer: str = "vqgan",
+        input_image_weight: float = 0.0,
+        context_min: float = 1.5,
+        context_max: float = 2.5,
+        jitter: float = 0.1,
+        flip_prob: float = 0.5,
+        generate: Literal["caption", "box", "category"] = "caption",
+        pad_to_image_length: bool = True,
+        swap_left_right: bool = True,
+        text_tokenizer: str = "gpt2",
+        box_tokenizer: str = "bins",
+    ) -> None:
+        super().__init__(
+            shots,
+            category_text,
+            image_size,
+            image_tokenizer,
+            input_image_weight,
+            context_min,
+            context_max,
+            jitter,
+            flip_prob if swap_left_right else 0.0,
+        )
+        if generate not in GENERATE_FROM:
+            raise ValueError(
+                f"captioning: generate must be one of {list(GENERATE_FROM)}, got {generate!r}"
+            )
+        self.generate = generate
+        self.pad_to_image_length = pad_to_image_length
+        self.swap_left_right = swap_left_right
+        self.text_tokenizer = text_tokenizer
+        self.box_tokenizer = box_tokenizer
+        self._vocab: Any = None
+
+    def bind(self, vocab: Any) -> None:
+        """Know the vocabulary, so that captions too long for their pair are skipped."""
+        self._vocab = vocab
+
+    # ---- records ----------------------------------------------------------- #
+
+    def load_pools(self, data_cfg: Any, split: str) -> dict[str, list[Any]]:
+        from unicl.tasks.data import caption_pools
+
+        return caption_pools(data_cfg, split)
+
+    def skip_reason(self, record: Any) -> str | None:
+        x0, y0, x1, y1 = record.box
+        if x1 - x0 < 1 or y1 - y0 < 1:
+            return "degenerate box"
+        if not record.phrase.strip():
+            return "empty caption"
+        if self._vocab is not None and self.pad_to_image_length:
+            if self.text_length(record) > self.text_budget():
+                return "caption longer than the image pair"
+        return None
+
+    def record_id(self, record: Any) -> str:
+        return str(record.region_id)
+
+    def text_budget(self) -> int:
+        """Tokens the text part ([BOT] ... [EOC]) may take in a padded pair: n + 2."""
+        from unicl.tasks.segmentation import codes_per_image
+
+        return codes_per_image(self._vocab.tokenizers[self.image_tokenizer]) + 2
+
+    def text_length(self, record: Any) -> int:
+        """Tokens of a record's text part: [BOT], template, 4 box bins, caption, [EOC]."""
+        tok = self._vocab.tokenizers[self.text_tokenizer]
+        words = ("Category:", f" {record.category}", ". Bboxes:", ". Caption:")
+        text = sum(len(tok.encode(w)) for w in words) + len(tok.encode(f" {record.phrase.strip()}"))
+        return 1 + text + 4 + 4 + 1  # [BOT] + text + 4 tags + 4 bins + [EOC]
+
+    # ---- views and pairs ----------------------------------------------------- #
+
+    def pair(self, shot: Shot, query: bool = False) -> list[Segment]:
+        record, view = shot.record, shot.view
+        codes = shot.codes.get("image")
+        image = None if codes is not None else view.apply(record.load_image())
+        caption = record.phrase.strip()
+        if view.flip:
+            caption = swap_left_right(caption)
+        box = [round(v, 3) for v in view.box_to_view(record.box)]
+        out = "output"
+        return [
+            Segment(self.image_tokenizer, image, "input", ids=codes),
+            Segment(self.text_tokenizer, "Category:", out),
+            Segment("special", "<c_st>", out),
+            Segment(self.text_tokenizer, f" {record.category}", out),
+            Segment("special", "<c_ed>", out),
+            Segment(self.text_tokenizer, ". Bboxes:", out),
+            Segment("special", "<b_st>", out),
+            Segment(self.box_tokenizer, box, out),
+            Segment("special", "<b_ed>", out),
+            Segment(self.text_tokenizer, ". Caption:", out),
+            Segment(self.text_tokenizer, f" {caption}", out),
+        ]
+
+    def pad_pairs(self) -> bool:
+        return self.pad_to_image_length
+
+    def generate_from(self) -> int | None:
+        return GENERATE_FROM[self.generate]
+
+    # ---- answers ------------------------------------------------------------- #
+
+    def postprocess(self, episode: Episode, generated: Sequence[int], vocab: Any) -> CaptionAnswer:
+        """Generated global ids (from the generation start to [EOC]) -> CaptionAnswer.
+
+        The caption is the text after the last tag, with the template's ". Caption:"
+        removed when it was generated too; a generated box is mapped back to the
+        query's original pixels, a generated category is read between its tags.
+        """
+        ids = [int(i) for i in generated]
+        eoc = vocab["[EOC]"]
+        if eoc in ids:
+            ids = ids[: ids.index(eoc)]
+        tags = {vocab[t]: t for t in ("<c_st>", "<c_ed>", "<b_st>", "<b_ed>")}
+        text_span = vocab.ranges[self.text_tokenizer]
+        box_span = vocab.ranges[self.box_tokenizer]
+        category = box = None
+        last_tag = max((i for i, t in enumerate(ids) if t in tags), default=-1)
+        if vocab["<c_st>"] in ids and vocab["<c_ed>"] in ids:
+            a, b = ids.index(vocab["<c_st>"]), ids.index(vocab["<c_ed>"])
+            category = self._text(vocab, [t for t in ids[a + 1 : b] if t in text_span]).strip()
+        bins = [t for t in ids if t in box_span]
+        if len(bins) >= 4:
+            values = vocab.decode(self.box_tokenizer, bins[:4]).tolist()
+            box = episode.meta["query_view"].box_from_view(values)
+        tail = [t for t in ids[last_tag + 1 :] if t in text_span]
+        text = self._text(vocab, tail).strip()
+        if last_tag >= 0 and text.startswith("."):
+            text = text[1:].strip()
+        if text.startswith("Caption:"):
+            text = text[len("Caption:") :].strip()
+        return CaptionAnswer(text=text, box=box, category=category)
+
+    def _text(self, vocab: Any, ids: Sequence[int]) -> str:
+        return vocab.decode(self.text_tokenizer, ids) if ids else ""
