@@ -1,0 +1,235 @@
+"""Device-side routing plans for the Triton dispatch path, and their plain-PyTorch twins.
+
+PAPER.md "Mixture of experts": each token's K (token, expert) assignments must be grouped by
+expert before the experts' FFNs run as one grouped GEMM. `unicl.moe.ops.make_plan` does this with a
+host sync (it reads the per-expert counts back to drive a Python loop); the kernels need none, so
+their plan keeps every array on the device at a size known in advance:
+
+    the N*K slots are sorted by expert; dropped slots (expert id -1) go to a trash bucket after the
+    last expert, so `offsets[E]` (a device scalar) is the number of kept slots and nothing is cut.
+
+AG-MoE routes by attribute only, so every token of one attribute goes to the same experts.
+`AttributePlan` sorts the tokens by attribute once per batch; each MoE layer then turns its
+(attribute -> top-k experts) table into a `DispatchPlan` without sorting the N tokens again
+(`AttributePlan.remap`). The functions here are the sync-free PyTorch versions; the Triton kernels
+in `_triton_plan.py` compute the same arrays and are tested against them.
+
+Letters: N tokens, K experts per token, S = N*K slots, E experts, A attributes.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from unicl.moe.ops import RoutingPlan
+
+
+class DispatchPlan(NamedTuple):
+    """Where slot `s = n * K + k` (token n's k-th choice) goes in expert-contiguous order.
+
+    All index tensors are int32 and live on the routing tensor's device. Sorted positions
+    `[offsets[e], offsets[e + 1])` hold expert e's slots; positions from `offsets[E]` on hold the
+    dropped slots, which no kernel reads.
+    """
+
+    #: (E + 1,) int32 exclusive prefix sum of the per-expert counts; offsets[E] = kept slots
+    offsets: torch.Tensor
+    #: (S,) int32 slot index at each sorted position
+    sorted_slot: torch.Tensor
+    #: (S,) int32 token index (slot // K) at each sorted position
+    sorted_token: torch.Tensor
+    #: (S,) int32 sorted position of each slot (inverse of sorted_slot)
+    slot_pos: torch.Tensor
+    num_tokens: int
+    top_k: int
+    num_experts: int
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """(E,) int32 number of kept slots per expert."""
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def to_routing_plan(self) -> RoutingPlan:
+        """The reference ops' plan with the same order (reads the counts back: syncs)."""
+        offsets = self.offsets.long()
+        counts = offsets[1:] - offsets[:-1]  # (E,)
+        kept = int(offsets[-1])
+        slots = self.sorted_slot[:kept].long()  # (M,)
+        return RoutingPlan(
+            slots=slots,
+            tokens=self.sorted_token[:kept].long(),
+            counts=counts,
+            offsets=offsets,
+            counts_list=counts.tolist(),
+            num_tokens=self.num_tokens,
+            top_k=self.top_k,
+            dropless=kept == self.num_tokens * self.top_k,
+        )
+
+
+def check_expert_ids(expert_ids: torch.Tensor, num_experts: int) -> None:
+    """Shape/dtype checks that need no device sync (values are not read)."""
+    if not isinstance(expert_ids, torch.Tensor) or expert_ids.dim() != 2:
+        raise ValueError(
+            f"expert_ids must be an (N, K) tensor, got {getattr(expert_ids, 'shape', expert_ids)}"
+        )
+    if expert_ids.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"expert_ids must be int64 or int32, got {expert_ids.dtype}")
+    if num_experts < 1:
+        raise ValueError(f"num_experts must be >= 1, got {num_experts}")
+    if expert_ids.numel() >= 2**31:
+        raise ValueError(f"expert_ids has {expert_ids.numel()} slots; at most 2**31 - 1 supported")
+
+
+def _exclusive_cumsum(counts: torch.Tensor) -> torch.Tensor:
+    """(L,) -> (L + 1,) int32 with a leading zero."""
+    out = torch.zeros(counts.numel() + 1, dtype=torch.int32, device=counts.device)
+    out[1:] = torch.cumsum(counts, 0)
+    return out
+
+
+def _inverse(perm: torch.Tensor) -> torch.Tensor:
+    """Inverse of a permutation of arange(S), by scatter (no sync)."""
+    inv = torch.empty_like(perm)
+    inv[perm.long()] = torch.arange(perm.numel(), dtype=perm.dtype, device=perm.device)
+    return inv
+
+
+def torch_dispatch_plan(expert_ids: torch.Tensor, num_experts: int) -> DispatchPlan:
+    """Reference plan: a stable sort of the slots by expert (sync-free PyTorch ops).
+
+    `torch.sort(stable=True)` is a radix sort on CUDA and `scatter_add_` sizes its output from
+    `num_experts`, so unlike `bincount`/boolean masks nothing waits on the device.
+    """
+    check_expert_ids(expert_ids, num_experts)
+    n, k = expert_ids.shape
+    flat = expert_ids.reshape(-1)  # (S,)
+    keys = torch.where(flat < 0, num_experts, flat)  # (S,) dropped -> trash bucket E
+    sorted_slot = torch.sort(keys, stable=True).indices.to(torch.int32)  # (S,)
+    counts = torch.zeros(num_experts + 1, dtype=torch.int32, device=flat.device)
+    counts.scatter_add_(0, keys.long(), torch.ones_like(keys, dtype=torch.int32))  # (E + 1,)
+    return DispatchPlan(
+        offsets=_exclusive_cumsum(counts[:num_experts]),
+        sorted_slot=sorted_slot,
+        sorted_token=torch.div(sorted_slot, k, rounding_mode="floor"),
+        slot_pos=_inverse(sorted_slot),
+        num_tokens=n,
+        top_k=k,
+        num_experts=num_experts,
+    )
+
+
+class AttributePlan(NamedTuple):
+    """Tokens grouped by attribute, computed once per batch and shared by every MoE layer."""
+
+    #: (N,) int32 token indices sorted by attribute (stable: token order within an attribute)
+    sorted_token: torch.Tensor
+    #: (A + 1,) int32 start of each attribute's block in sorted_token
+    offsets: torch.Tensor
+    num_attributes: int
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """(A,) int32 tokens per attribute."""
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def remap(self, attr_experts: torch.Tensor, num_experts: int) -> DispatchPlan:
+        """This layer's `DispatchPlan` from its (A, K) attribute -> experts table (no token sort).
+
+        Equal, as a routing, to `torch_dispatch_plan(attr_experts[attributes], num_experts)`;
+        within one expert the slots are grouped by attribute instead of by token.
+        Uses the Triton kernel on CUDA when available, else `torch_remap`.
+        """
+        _check_attr_experts(attr_experts, self.num_attributes, num_experts)
+        if attr_experts.is_cuda:
+            from unicl.moe import kernels
+
+            if kernels.available():
+                from unicl.moe.kernels._triton_plan import triton_remap
+
+                return triton_remap(self, attr_experts, num_experts)
+        return torch_remap(self, attr_experts, num_experts)
+
+
+def build_attribute_plan(attributes: torch.Tensor, num_attributes: int) -> AttributePlan:
+    """Sort the N tokens by attribute id once per batch: attributes (N,) int in [0, A)."""
+    if not isinstance(attributes, torch.Tensor) or attributes.dim() != 1:
+        raise ValueError(
+            f"attributes must be a 1-D (N,) tensor, got {getattr(attributes, 'shape', attributes)}"
+        )
+    if attributes.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        raise TypeError(f"attributes must be an integer tensor, got {attributes.dtype}")
+    if num_attributes < 1:
+        raise ValueError(f"num_attributes must be >= 1, got {num_attributes}")
+    keys = attributes.long()  # (N,)
+    sorted_token = torch.sort(keys, stable=True).indices.to(torch.int32)  # (N,)
+    counts = torch.zeros(num_attributes, dtype=torch.int32, device=keys.device)
+    # scatter_add_ raises on an out-of-range id (CPU) or trips a device assert (CUDA)
+    counts.scatter_add_(0, keys, torch.ones_like(keys, dtype=torch.int32))
+    return AttributePlan(sorted_token, _exclusive_cumsum(counts), num_attributes)
+
+
+def _check_attr_experts(attr_experts: torch.Tensor, num_attributes: int, num_experts: int) -> None:
+    if not isinstance(attr_experts, torch.Tensor) or attr_experts.dim() != 2:
+        raise ValueError(
+            "attr_experts must be an (A, K) tensor, "
+            f"got {getattr(attr_experts, 'shape', attr_experts)}"
+        )
+    if attr_experts.shape[0] != num_attributes:
+        raise ValueError(
+            f"attr_experts must have A={num_attributes} rows, got {tuple(attr_experts.shape)}"
+        )
+    if attr_experts.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"attr_experts must be int64 or int32, got {attr_experts.dtype}")
+    if num_experts < 1:
+        raise ValueError(f"num_experts must be >= 1, got {num_experts}")
+
+
+def pair_schedule(
+    plan: AttributePlan, attr_experts: torch.Tensor, num_experts: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The A*K (attribute, choice) pairs in expert order: the only sort a layer does.
+
+    Returns pair_order (P,) int32 (pair p = a*K + k at each sorted pair position), pair_start
+    (P + 1,) int32 (first sorted slot of each sorted pair) and offsets (E + 1,) int32.
+    """
+    a, k = attr_experts.shape
+    flat = attr_experts.reshape(-1).long()  # (P,) P = A*K
+    keys = torch.where(flat < 0, num_experts, flat)  # (P,) dropped -> trash bucket
+    pair_order = torch.sort(keys, stable=True).indices  # (P,)
+    pair_count = plan.counts.repeat_interleave(k)  # (P,) tokens behind each pair
+    expert_counts = torch.zeros(num_experts + 1, dtype=torch.int32, device=flat.device)
+    expert_counts.scatter_add_(0, keys, pair_count)  # (E + 1,)
+    pair_start = _exclusive_cumsum(pair_count[pair_order])  # (P + 1,)
+    return (
+        pair_order.to(torch.int32),
+        pair_start,
+        _exclusive_cumsum(expert_counts[:num_experts]),
+    )
+
+
+def torch_remap(plan: AttributePlan, attr_experts: torch.Tensor, num_experts: int) -> DispatchPlan:
+    """Reference remap: expand the sorted pairs to slots with one searchsorted (no token sort)."""
+    _check_attr_experts(attr_experts, plan.num_attributes, num_experts)
+    k = attr_experts.shape[1]
+    n = plan.sorted_token.numel()
+    pair_order, pair_start, offsets = pair_schedule(plan, attr_experts, num_experts)
+    pos = torch.arange(n * k, dtype=torch.int32, device=attr_experts.device)  # (S,)
+    # sorted pair q owning position j: pair_start[q] <= j < pair_start[q + 1]
+    q = torch.searchsorted(pair_start[1:], pos, right=True)  # (S,)
+    pair = pair_order[q].long()  # (S,)
+    attr, choice = pair // k, pair % k  # (S,), (S,)
+    within = pos - pair_start[q]  # (S,) rank inside the attribute's block
+    token = plan.sorted_token[(plan.offsets[attr] + within).long()]  # (S,)
+    sorted_slot = (token * k + choice).to(torch.int32)  # (S,)
+    return DispatchPlan(
+        offsets=offsets,
+        sorted_slot=sorted_slot,
+        sorted_token=token.to(torch.int32),
+        slot_pos=_inverse(sorted_slot),
+        num_tokens=n,
+        top_k=k,
+        num_experts=num_experts,
+    )
