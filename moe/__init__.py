@@ -5,6 +5,20 @@ Routers decide which experts each token uses (`router.py`), dispatch ops execute
 together as a drop-in replacement for a transformer block's FFN.
 """
 
+from unicl.moe.layer import BACKENDS, MoELayer, MoEOutput
 from unicl.moe.ops import RoutingPlan, expert_ffn, make_plan
+from unicl.moe.router import ROUTERS, AttributeRouter, RouterOutput, TopKRouter, build_router
 
-__all__ = ["RoutingPlan", "expert_ffn", "make_plan"]
+__all__ = [
+    "BACKENDS",
+    "ROUTERS",
+    "AttributeRouter",
+    "MoELayer",
+    "MoEOutput",
+    "RouterOutput",
+    "RoutingPlan",
+    "TopKRouter",
+    "build_router",
+    "expert_ffn",
+    "make_plan",
+]
