@@ -66,7 +66,7 @@ class VQGANConfig:
             raise ValueError("vqgan config: ch_mult must not be empty")
         for name in ("resolution", "ch", "num_res_blocks", "z_channels", "n_embed", "embed_dim"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < (name == "num_res_blocks") * -1 + 1:
                 raise ValueError(f"vqgan config: {name} must be a positive int, got {value!r}")
         if self.in_channels != 3 or self.out_ch != 3:
             raise ValueError("vqgan config: in_channels and out_ch must be 3 (RGB images)")
