@@ -1,13 +1,456 @@
-"""The decoder (filled in by the model issue)."""
+"""The decoder: one embedding over the unified vocabulary, a GPT-2-shaped stack of pre-LN blocks
+whose FFN is a sparse mixture of experts on chosen layers, and a tied output head.
+
+PAPER.md "Decoder": GPT-2 small (12 layers, width 768, 12 heads, 2060 positions, LayerNorm eps
+1e-12, dropout 0.1) trained from scratch; the 6 even-numbered layers (1-indexed 2, 4, ..., 12,
+i.e. 0-indexed 1, 3, ..., 11) replace the FFN with an 8-expert top-2 MoE. "Mixture of experts":
+the attribute-routed AG-MoE or the GShard baseline (unicl/moe). Parameter counts: docs/model.md.
+
+Letters: B batch, T new tokens, S keys (cached + new), D width, H heads, Dh = D / H head width,
+V embedding rows (vocabulary padded), E experts, L layers.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unicl.moe.layer import BACKENDS, MoELayer
+from unicl.moe.ops import ACTIVATIONS
+
+ROUTER_CHOICES = ("attribute", "topk", "dense")
+#: rules accepted by ModelConfig.moe_layers besides an explicit list of 0-indexed layers
+MOE_LAYER_RULES = ("even", "odd", "all", "none")
 
 
 @dataclasses.dataclass
 class ModelConfig:
-    """Decoder shape."""
+    """Decoder shape and MoE policy. Defaults: the tiny CPU model; `paper()`: M2oEGPT."""
 
     n_layer: int = 4
+    n_head: int = 4
     d_model: int = 256
+    d_ff: int = 1024
+    #: longest sequence (positions are learned); 544 holds 4 pairs of 2*(1+64)+1 tokens + a prefix
+    max_positions: int = 544
+    dropout: float = 0.0
+    ln_eps: float = 1e-12
+    #: which layers have an MoE FFN: a list of 0-indexed layers, or a rule: "even" = the paper's
+    #: even-numbered layers counted from 1 (0-indexed 1, 3, 5, ...), "odd" (0-indexed 0, 2, ...),
+    #: "all", "none"
+    moe_layers: list[int] | str = "even"
+    tie_embeddings: bool = True
+    num_experts: int = 4
+    top_k: int = 2
+    #: "attribute" (AG-MoE), "topk" (GShard) or "dense" (no MoE anywhere: the dense ablation)
+    router: str = "attribute"
+    #: None = dropless; else each expert takes at most ceil(top_k * N / E * factor) tokens
+    capacity_factor: float | None = None
+    #: std of the Gaussian noise on router logits in training; None = 1/E (attribute), 0 (topk)
+    router_noise: float | None = None
+    #: width of the attribute router's embedding and hidden layer; None = d_model
+    router_dim: int | None = None
+    #: lambda of the load-balancing loss: loss = CE + aux_loss_weight * sum of layer aux losses
+    aux_loss_weight: float = 0.02
+    moe_backend: str = "auto"
+    #: FFN nonlinearity (GPT-2 uses the tanh approximation of GELU)
+    activation: str = "gelu_tanh"
+
+    def __post_init__(self) -> None:
+        for name in ("n_layer", "n_head", "d_model", "d_ff", "max_positions", "num_experts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_head:
+            raise ValueError(
+                f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must lie in [0, 1), got {self.dropout}")
+        if self.router not in ROUTER_CHOICES:
+            raise ValueError(f"model.router must be one of {ROUTER_CHOICES}, got {self.router!r}")
+        if self.moe_backend not in BACKENDS:
+            raise ValueError(
+                f"model.moe_backend must be one of {BACKENDS}, got {self.moe_backend!r}"
+            )
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"model.activation must be one of {ACTIVATIONS}, got {self.activation!r}"
+            )
+        if not 1 <= self.top_k <= self.num_experts:
+            raise ValueError(
+                f"model.top_k must lie in [1, num_experts={self.num_experts}], got {self.top_k}"
+            )
+        if self.capacity_factor is not None and self.capacity_factor <= 0:
+            raise ValueError(
+                f"model.capacity_factor must be > 0 or null, got {self.capacity_factor}"
+            )
+        if self.aux_loss_weight < 0:
+            raise ValueError(f"model.aux_loss_weight must be >= 0, got {self.aux_loss_weight}")
+        self.moe_layer_indices()  # validates moe_layers
+
+    def moe_layer_indices(self) -> list[int]:
+        """0-indexed layers with an MoE FFN (none when router = "dense")."""
+        if self.router == "dense":
+            return []
+        rule = self.moe_layers
+        if isinstance(rule, str):
+            if rule not in MOE_LAYER_RULES:
+                raise ValueError(
+                    f"model.moe_layers must be a list of layers or one of {MOE_LAYER_RULES}, "
+                    f"got {rule!r}"
+                )
+            return {
+                "even": list(range(1, self.n_layer, 2)),
+                "odd": list(range(0, self.n_layer, 2)),
+                "all": list(range(self.n_layer)),
+                "none": [],
+            }[rule]
+        bad = [i for i in rule if not 0 <= i < self.n_layer]
+        if bad or len(set(rule)) != len(rule):
+            raise ValueError(
+                f"model.moe_layers: layers must be distinct and in [0, {self.n_layer}), got {rule}"
+            )
+        return sorted(rule)
+
+    @classmethod
+    def paper(cls, **overrides) -> ModelConfig:
+        """M2oEGPT (PAPER.md "Decoder"): GPT-2 small with 8-expert top-2 AG-MoE on 6 layers."""
+        values = dict(
+            n_layer=12,
+            n_head=12,
+            d_model=768,
+            d_ff=3072,
+            max_positions=2060,
+            dropout=0.1,
+            ln_eps=1e-12,
+            moe_layers="even",
+            num_experts=8,
+            top_k=2,
+            router="attribute",
+        )
+        values.update(overrides)
+        return cls(**values)
+
+
+# --------------------------------------------------------------------------- #
+# key/value cache
+# --------------------------------------------------------------------------- #
+
+
+class KVCache:
+    """Preallocated keys/values of every layer for incremental decoding (inference only).
+
+    keys[l], values[l]: (B, H, capacity, Dh); valid: (B, capacity) bool, False on padding keys
+    (e.g. left-padded queries), so that the other rows of a batch can keep decoding.
+    `length` keys are filled; a forward with `kv_cache` appends its T tokens after them.
+    """
+
+    def __init__(self, keys, values, valid, length: int = 0):
+        self.keys: list[torch.Tensor] = keys
+        self.values: list[torch.Tensor] = values
+        self.valid: torch.Tensor = valid
+        self.length = length
+
+    @classmethod
+    def empty(cls, cfg: ModelConfig, batch: int, capacity: int, dtype, device) -> KVCache:
+        head = cfg.d_model // cfg.n_head
+        shape = (batch, cfg.n_head, capacity, head)
+        keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
+        values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
+        valid = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
+        return cls(keys, values, valid, 0)
+
+    @property
+    def batch(self) -> int:
+        return self.valid.shape[0]
+
+    @property
+    def capacity(self) -> int:
+        return self.valid.shape[1]
+
+    def expand(self, batch: int, capacity: int | None = None) -> KVCache:
+        """A new cache of `batch` rows, each a copy of this one-row cache (a shared prefix)."""
+        if self.batch != 1:
+            raise ValueError(f"only a one-row cache can be expanded, this one has {self.batch}")
+        capacity = self.capacity if capacity is None else capacity
+        if capacity < self.length:
+            raise ValueError(f"capacity {capacity} < cached length {self.length}")
+        n = self.length
+
+        def grow(t: torch.Tensor) -> torch.Tensor:
+            out = t.new_zeros(batch, t.shape[1], capacity, t.shape[3])  # (B, H, cap, Dh)
+            out[:, :, :n] = t[:, :, :n]
+            return out
+
+        valid = self.valid.new_zeros(batch, capacity)
+        valid[:, :n] = self.valid[:, :n]
+        return KVCache([grow(k) for k in self.keys], [grow(v) for v in self.values], valid, n)
+
+
+# --------------------------------------------------------------------------- #
+# blocks
+# --------------------------------------------------------------------------- #
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.dropout = cfg.dropout
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, mask, cache: KVCache | None, layer: int) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).split(d, dim=2)  # 3 x (B, T, D)
+        # (B, T, D) -> (B, H, T, Dh)
+        q, k, v = (z.view(b, t, self.n_head, d // self.n_head).transpose(1, 2) for z in (q, k, v))
+        if cache is not None:
+            # write the new keys after the cached ones and attend over all of them
+            end = cache.length + t
+            cache.keys[layer][:, :, cache.length : end] = k
+            cache.values[layer][:, :, cache.length : end] = v
+            k = cache.keys[layer][:, :, :end]  # (B, H, S, Dh)
+            v = cache.values[layer][:, :, :end]
+        p = self.dropout if self.training else 0.0
+        if mask is None and cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        y = y.transpose(1, 2).reshape(b, t, d)  # (B, T, D)
+        return self.resid_drop(self.proj(y))
+
+
+class MLP(nn.Module):
+    """The dense GPT-2 FFN."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.d_model, cfg.d_ff)
+        self.proj = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
+        self.relu = cfg.activation == "relu"
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc(x)  # (B, T, F)
+        h = F.relu(h) if self.relu else F.gelu(h, approximate=self.approximate)
+        return self.drop(self.proj(h))
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + attn(ln(x)), then x + ffn(ln(x)) (dense or MoE)."""
+
+    def __init__(self, cfg: ModelConfig, moe: bool, num_attributes: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)
+        self.is_moe = moe
+        if moe:
+            out_std = 0.02 / math.sqrt(2 * cfg.n_layer)
+            self.moe = MoELayer(
+                cfg.d_model,
+                cfg.d_ff,
+                cfg.num_experts,
+                cfg.top_k,
+                router=cfg.router,
+                backend=cfg.moe_backend,
+                num_attributes=num_attributes,
+                capacity_factor=cfg.capacity_factor,
+                noise=cfg.router_noise,
+                activation=cfg.activation,
+                router_dim=cfg.router_dim,
+                init_std=0.02,
+                out_init_std=out_std,
+            )
+            self.moe_drop = nn.Dropout(cfg.dropout)
+        else:
+            self.mlp = MLP(cfg)
+
+    def forward(self, x, attributes, mask, cache, layer):
+        x = x + self.attn(self.ln_1(x), mask, cache, layer)  # (B, T, D)
+        if not self.is_moe:
+            return x + self.mlp(self.ln_2(x)), None
+        out = self.moe.route_and_run(self.ln_2(x), attributes)
+        return x + self.moe_drop(out.y), out
+
+
+class DecoderOutput(NamedTuple):
+    #: (B, T, V) next-token logits, or None when the forward was asked for hidden states
+    logits: torch.Tensor | None
+    #: (B, T, D) final (layer-normed) hidden states, or None when logits were computed
+    hidden: torch.Tensor | None
+    #: scalar sum of the MoE layers' load-balancing losses (0 without MoE layers)
+    aux_loss: torch.Tensor
+    #: per MoE layer, (E,) int64 kept token assignments per expert
+    expert_load: list[torch.Tensor]
+    #: per MoE layer, scalar number of assignments dropped by the capacity limit
+    dropped: list[torch.Tensor]
+    #: the cache passed in, now holding these tokens too (None without a cache)
+    kv_cache: KVCache | None
+
+
+class UniclDecoder(nn.Module):
+    """Token + position embedding -> L blocks -> LayerNorm -> (tied) vocabulary head."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, num_attributes: int):
+        super().__init__()
+        if vocab_size < 1:
+            raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
+        if num_attributes < 1:
+            raise ValueError(f"num_attributes must be >= 1, got {num_attributes}")
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.num_attributes = num_attributes
+        self.moe_layers = cfg.moe_layer_indices()
+        self.wte = nn.Embedding(vocab_size, cfg.d_model)  # (V, D)
+        self.wpe = nn.Embedding(cfg.max_positions, cfg.d_model)  # (P, D)
+        self.drop = nn.Dropout(cfg.dropout)
+        moe = set(self.moe_layers)
+        self.blocks = nn.ModuleList(
+            Block(cfg, i in moe, num_attributes) for i in range(cfg.n_layer)
+        )
+        self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)
+        self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, vocab_size, bias=False)
+        self.apply(self._init_weights)
+        # GPT-2: residual projections scaled by 1/sqrt(2 L) so the residual stream keeps its size
+        for name, p in self.named_parameters():
+            if name.endswith("attn.proj.weight") or name.endswith("mlp.proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits of final hidden states: (..., D) -> (..., V)."""
+        weight = self.wte.weight if self.head is None else self.head.weight  # (V, D)
+        return F.linear(hidden, weight)
+
+    def num_parameters(self, exclude_position: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.wpe.weight.numel() if exclude_position else n
+
+    def _check(self, input_ids, attributes, positions, attention_mask, kv_cache) -> None:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
+        shape = tuple(input_ids.shape)
+        for name, t in (("attributes", attributes), ("positions", positions)):
+            if tuple(t.shape) != shape:
+                raise ValueError(
+                    f"{name} must have the shape of input_ids {shape}, got {tuple(t.shape)}"
+                )
+        if attention_mask is not None and tuple(attention_mask.shape) != shape:
+            raise ValueError(
+                f"attention_mask must have the shape of input_ids {shape}, "
+                f"got {tuple(attention_mask.shape)}"
+            )
+        if input_ids.numel() == 0:
+            raise ValueError("input_ids is empty")
+        lo, hi = int(positions.min()), int(positions.max())
+        if lo < 0 or hi >= self.cfg.max_positions:
+            raise ValueError(
+                f"positions must lie in [0, max_positions={self.cfg.max_positions}), got [{lo}, "
+                f"{hi}]: the sequence is longer than the model's positions"
+            )
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= self.vocab_size:
+            raise ValueError(f"input_ids must lie in [0, {self.vocab_size}), got [{lo}, {hi}]")
+        lo, hi = int(attributes.min()), int(attributes.max())
+        if lo < 0 or hi >= self.num_attributes:
+            raise ValueError(
+                f"attribute ids must lie in [0, num_attributes={self.num_attributes}), "
+                f"got [{lo}, {hi}]"
+            )
+        if kv_cache is not None:
+            if kv_cache.batch != shape[0]:
+                raise ValueError(f"kv_cache has {kv_cache.batch} rows, input_ids {shape[0]}")
+            if kv_cache.length + shape[1] > kv_cache.capacity:
+                raise ValueError(
+                    f"kv_cache holds {kv_cache.length} of {kv_cache.capacity} tokens; "
+                    f"{shape[1]} more do not fit"
+                )
+
+    def _mask(self, attention_mask, kv_cache, t: int, device) -> torch.Tensor | None:
+        """Boolean (B, 1, T, S) attention mask, or None for plain causal attention."""
+        past = 0 if kv_cache is None else kv_cache.length
+        if kv_cache is not None:
+            new = attention_mask if attention_mask is not None else True
+            kv_cache.valid[:, past : past + t] = new
+            key_valid = kv_cache.valid[:, : past + t]  # (B, S)
+            if t == 1 and bool(key_valid.all()):
+                return None  # one new token sees every cached key
+        elif attention_mask is None:
+            return None
+        else:
+            key_valid = attention_mask  # (B, S = T)
+        s = past + t
+        q_pos = torch.arange(past, s, device=device)  # (T,)
+        k_pos = torch.arange(s, device=device)  # (S,)
+        causal = k_pos[None, :] <= q_pos[:, None]  # (T, S)
+        # a padding query still attends to itself, so no row is all -inf (no NaNs)
+        own = k_pos[None, :] == q_pos[:, None]  # (T, S)
+        return (causal & (key_valid[:, None, :] | own))[:, None]  # (B, 1, T, S)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attributes: torch.Tensor,
+        positions: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        return_hidden: bool = False,
+    ) -> DecoderOutput:
+        """input_ids, attributes, positions: (B, T) int64; attention_mask (B, T) bool, False on
+        padding keys (not needed for right padding: causality already hides it).
+        With `kv_cache`, the T tokens follow the cached ones (which is then updated in place).
+        """
+        self._check(input_ids, attributes, positions, attention_mask, kv_cache)
+        b, t = input_ids.shape
+        mask = self._mask(attention_mask, kv_cache, t, input_ids.device)
+        x = self.drop(self.wte(input_ids) + self.wpe(positions))  # (B, T, D)
+        aux = x.new_zeros(())
+        loads, dropped = [], []
+        for i, block in enumerate(self.blocks):
+            x, moe_out = block(x, attributes, mask, kv_cache, i)
+            if moe_out is not None:
+                aux = aux + moe_out.aux_loss
+                loads.append(moe_out.router.expert_load)
+                dropped.append(moe_out.router.dropped)
+        if kv_cache is not None:
+            kv_cache.length += t
+        hidden = self.ln_f(x)  # (B, T, D)
+        logits = None if return_hidden else self.logits(hidden)  # (B, T, V)
+        return DecoderOutput(
+            logits=logits,
+            hidden=hidden if return_hidden else None,
+            aux_loss=aux,
+            expert_load=loads,
+            dropped=dropped,
+            kv_cache=kv_cache,
+        )
+
+    def new_cache(self, batch: int, capacity: int, dtype=None, device=None) -> KVCache:
+        """An empty KVCache for `batch` rows of up to `capacity` tokens."""
+        ref = self.wte.weight
+        return KVCache.empty(self.cfg, batch, capacity, dtype or ref.dtype, device or ref.device)
+
+
+def build_model(cfg: ModelConfig, vocab_size: int, num_attributes: int) -> UniclDecoder:
+    """The decoder for a vocabulary of `vocab_size` embedding rows and `num_attributes` routing
+    attribute ids (Vocabulary.embedding_size and unicl.sequence.num_attributes)."""
+    if not isinstance(cfg, ModelConfig):
+        raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
+    return UniclDecoder(cfg, vocab_size, num_attributes)
