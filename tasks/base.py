@@ -227,7 +227,10 @@ class Task(abc.ABC):
     - `context_min`, `context_max`: crop side / object box's longer side; training
       draws it uniformly (scale jitter), evaluation takes the middle;
     - `jitter`: training moves the crop centre by up to this fraction of its side;
-    - `flip_prob`: probability of a horizontal flip in training.
+    - `flip_prob`: probability of a horizontal flip in training;
+    - `cache_views`: augmented views per training record whose tokens are computed
+      once and cached on disk (unicl/data.py); 0 = tokenize every step;
+    - `cache_dir`: where the token cache lives ("" = unicl's cache directory).
     """
 
     name: str = ""
@@ -243,6 +246,8 @@ class Task(abc.ABC):
         context_max: float = 2.5,
         jitter: float = 0.1,
         flip_prob: float = 0.5,
+        cache_views: int = 8,
+        cache_dir: str = "",
     ) -> None:
         if shots < 0:
             raise ValueError(f"{self.name}: shots must be >= 0, got {shots}")
@@ -265,7 +270,34 @@ class Task(abc.ABC):
         self.context = (float(context_min), float(context_max))
         self.jitter = float(jitter)
         self.flip_prob = float(flip_prob)
+        if cache_views < 0:
+            raise ValueError(f"{self.name}: cache_views must be >= 0, got {cache_views}")
+        self.cache_views = cache_views
+        self.cache_dir = cache_dir
         self.last_pool_stats = PoolStats()
+        self.vocab: Any = None
+
+    def bind(self, vocab: Any) -> None:
+        """Know the run's vocabulary (tasks may use it to check token budgets)."""
+        self.vocab = vocab
+
+    def options(self) -> dict[str, Any]:
+        """What changes the views and their tokens (part of the token cache's key)."""
+        return {
+            "image_size": self.image_size,
+            "image_tokenizer": self.image_tokenizer,
+            "context": list(self.context),
+            "jitter": self.jitter,
+            "flip_prob": self.flip_prob,
+        }
+
+    def cache_arrays(self, shot: Shot) -> dict[str, tuple[str, np.ndarray]]:
+        """Arrays of a view to pre-tokenize: name -> (tokenizer kind, array).
+
+        The names are those `pair` looks up in `Shot.codes`; the default has none
+        (nothing cached).
+        """
+        return {}
 
     # ---- records ---------------------------------------------------------- #
 

@@ -27,6 +27,8 @@ import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
+import numpy as np
+
 from unicl.tasks.base import TASKS, Episode, Segment, Shot, Task
 
 #: generation start -> index of the first generated segment in a captioning pair
@@ -74,6 +76,8 @@ class CaptioningTask(Task):
         context_max: float = 2.5,
         jitter: float = 0.1,
         flip_prob: float = 0.5,
+        cache_views: int = 8,
+        cache_dir: str = "",
         generate: Literal["caption", "box", "category"] = "caption",
         pad_to_image_length: bool = True,
         swap_left_right: bool = True,
@@ -90,6 +94,8 @@ class CaptioningTask(Task):
             context_max,
             jitter,
             flip_prob if swap_left_right else 0.0,
+            cache_views,
+            cache_dir,
         )
         if generate not in GENERATE_FROM:
             raise ValueError(
@@ -100,11 +106,6 @@ class CaptioningTask(Task):
         self.swap_left_right = swap_left_right
         self.text_tokenizer = text_tokenizer
         self.box_tokenizer = box_tokenizer
-        self._vocab: Any = None
-
-    def bind(self, vocab: Any) -> None:
-        """Know the vocabulary, so that captions too long for their pair are skipped."""
-        self._vocab = vocab
 
     # ---- records ----------------------------------------------------------- #
 
@@ -119,7 +120,7 @@ class CaptioningTask(Task):
             return "degenerate box"
         if not record.phrase.strip():
             return "empty caption"
-        if self._vocab is not None and self.pad_to_image_length:
+        if self.vocab is not None and self.pad_to_image_length:
             if self.text_length(record) > self.text_budget():
                 return "caption longer than the image pair"
         return None
@@ -131,16 +132,19 @@ class CaptioningTask(Task):
         """Tokens the text part ([BOT] ... [EOC]) may take in a padded pair: n + 2."""
         from unicl.tasks.segmentation import codes_per_image
 
-        return codes_per_image(self._vocab.tokenizers[self.image_tokenizer]) + 2
+        return codes_per_image(self.vocab.tokenizers[self.image_tokenizer]) + 2
 
     def text_length(self, record: Any) -> int:
         """Tokens of a record's text part: [BOT], template, 4 box bins, caption, [EOC]."""
-        tok = self._vocab.tokenizers[self.text_tokenizer]
+        tok = self.vocab.tokenizers[self.text_tokenizer]
         words = ("Category:", f" {record.category}", ". Bboxes:", ". Caption:")
         text = sum(len(tok.encode(w)) for w in words) + len(tok.encode(f" {record.phrase.strip()}"))
         return 1 + text + 4 + 4 + 1  # [BOT] + text + 4 tags + 4 bins + [EOC]
 
     # ---- views and pairs ----------------------------------------------------- #
+
+    def cache_arrays(self, shot: Shot) -> dict[str, tuple[str, np.ndarray]]:
+        return {"image": ("", shot.view.apply(shot.record.load_image()))}
 
     def pair(self, shot: Shot, query: bool = False) -> list[Segment]:
         record, view = shot.record, shot.view

@@ -47,6 +47,8 @@ class SegmentationTask(Task):
         context_max: float = 2.5,
         jitter: float = 0.1,
         flip_prob: float = 0.5,
+        cache_views: int = 8,
+        cache_dir: str = "",
         query_crop: Literal["object", "full"] = "object",
     ) -> None:
         super().__init__(
@@ -59,6 +61,8 @@ class SegmentationTask(Task):
             context_max,
             jitter,
             flip_prob,
+            cache_views,
+            cache_dir,
         )
         if query_crop not in ("object", "full"):
             raise ValueError(
@@ -96,6 +100,10 @@ class SegmentationTask(Task):
     def view_arrays(self, shot: Shot) -> tuple[np.ndarray, np.ndarray]:
         """The view's (S, S, 3) uint8 image and (S, S) bool mask."""
         return shot.view.apply(shot.record.load_image()), shot.view.apply(shot.record.load_mask())
+
+    def cache_arrays(self, shot: Shot) -> dict[str, tuple[str, np.ndarray]]:
+        image, mask = self.view_arrays(shot)
+        return {"image": ("", image), "mask": ("mask", mask)}
 
     def pair(self, shot: Shot, query: bool = False) -> list[Segment]:
         codes = shot.codes

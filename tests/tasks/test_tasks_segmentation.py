@@ -1,0 +1,223 @@
+"""The segmentation task on a small shapes world: pools, views, episodes, post-processing."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+import torch
+
+from unicl.sequence import Packer
+from unicl.tasks import TASKS, Shot
+from unicl.tasks.data import DataConfig
+from unicl.tasks.segmentation import SegmentationTask
+from unicl.tasks.world import WorldSpec, make_world
+from unicl.tokenizers import Tokenizer
+from unicl.tokenizers.bins import BinsTokenizer
+from unicl.tokenizers.gpt2 import GPT2Tokenizer
+from unicl.vocab import Vocabulary
+
+
+class CellTokenizer(Tokenizer):
+    """Test image tokenizer: grid x grid cells, code = mean grey level // 4 (64 codes)."""
+
+    name: ClassVar[str] = "vqgan"
+    modality: ClassVar[str] = "image"
+
+    def __init__(self, grid: int = 16) -> None:
+        self.grid = grid
+
+    @property
+    def vocab_size(self) -> int:
+        return 64
+
+    @property
+    def codes_per_image(self) -> int:
+        return self.grid**2
+
+    def encode(self, payload: Any) -> torch.Tensor:
+        img = np.asarray(payload, dtype=np.float64)
+        img = img.mean(axis=2) if img.ndim == 3 else img
+        g, s = self.grid, img.shape[0] // self.grid
+        cells = img[: g * s, : g * s].reshape(g, s, g, s).mean(axis=(1, 3))
+        return torch.as_tensor((cells // 4).astype(np.int64).reshape(-1))
+
+    def encode_mask(self, mask: Any) -> torch.Tensor:
+        return self.encode(np.asarray(mask, dtype=np.uint8) * 255)
+
+    def decode(self, ids: Any) -> np.ndarray:
+        return (self.check_ids(ids).numpy().reshape(self.grid, self.grid) * 4 + 2).astype(np.uint8)
+
+    def decode_mask(self, ids: Any) -> np.ndarray:
+        return self.decode(ids) > 127
+
+    def options(self) -> dict[str, Any]:
+        return {"grid": self.grid}
+
+
+@pytest.fixture(scope="module")
+def data_cfg(tmp_path_factory):
+    root = tmp_path_factory.mktemp("seg_world") / "world"
+    make_world(
+        root, WorldSpec(seed=3, images=60, val_images=30, size=64), workers=1, progress=False
+    )
+    return DataConfig(root=str(root), images=60, val_images=30, size=64, seed=3)
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    return Vocabulary([GPT2Tokenizer(), CellTokenizer(grid=16), BinsTokenizer()])
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def test_pools_drop_small_categories_with_counts(data_cfg):
+    task = SegmentationTask(shots=3, image_size=64)
+    raw = task.load_pools(data_cfg, "train")
+    pools = task.pools(data_cfg, "train")
+    dropped = sorted(set(raw) - set(pools))
+    for category, records in pools.items():
+        assert len({r.image_id for r in records}) >= 4, category
+    stats = task.last_pool_stats
+    assert stats.get("categories with too few images", 0) == len(dropped)
+    assert stats.get("records of categories with < 4 images", 0) == sum(
+        len(raw[c]) for c in dropped
+    )
+    with pytest.raises(ValueError, match="no category has records from 1000 distinct images"):
+        task.pools(data_cfg, "train", min_shots=999)
+
+
+def test_bad_records_are_skipped_and_counted(data_cfg):
+    task = SegmentationTask(shots=1, image_size=64)
+    raw = task.load_pools(data_cfg, "train")
+    category = max(raw, key=lambda c: len(raw[c]))
+    records = list(raw[category])
+    x0, y0, _, _ = records[0].box
+    records[0] = dataclasses.replace(records[0], area=0.0)
+    records[1] = dataclasses.replace(records[1], box=(x0, y0, x0, y0 + 5))
+
+    class Patched(SegmentationTask):
+        def load_pools(self, cfg, split):
+            return {category: records}
+
+    patched = Patched(shots=1, image_size=64)
+    pools = patched.pools(data_cfg, "train")
+    assert len(pools[category]) == len(records) - 2
+    assert patched.last_pool_stats["empty mask"] == 1
+    assert patched.last_pool_stats["degenerate box"] == 1
+
+
+def test_views_keep_image_and_mask_aligned(data_cfg):
+    task = SegmentationTask(image_size=64, flip_prob=1.0)
+    record = max(task.pools(data_cfg, "train")["square"], key=lambda r: r.area)
+    rng = np.random.default_rng(0)
+    view = task.train_view(record, rng)
+    assert view.flip and view.size == 64
+    x0, y0, x1, y1 = view.crop
+    assert x1 - x0 == y1 - y0
+    image, mask = task.view_arrays(Shot(record, view))
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+    assert mask.shape == (64, 64) and mask.dtype == bool and mask.any()
+    unflipped = dataclasses.replace(view, flip=False)
+    image0, mask0 = task.view_arrays(Shot(record, unflipped))
+    assert np.array_equal(image, image0[:, ::-1]) and np.array_equal(mask, mask0[:, ::-1])
+    # undoing the view puts the mask back where it was in the original image
+    back = view.unapply_mask(mask, record.height, record.width)
+    assert back.shape == (record.height, record.width)
+    assert iou(back, record.load_mask()) > 0.8
+    # the object-centred crop contains the object box
+    bx0, by0, bx1, by1 = record.box
+    assert x0 <= bx0 + 1 and y0 <= by0 + 1 and x1 >= bx1 - 1 and y1 >= by1 - 1
+
+
+def test_eval_views_are_deterministic_and_query_crop_full(data_cfg):
+    task = SegmentationTask(image_size=64)
+    record = task.pools(data_cfg, "train")["square"][0]
+    assert task.eval_view(record) == task.eval_view(record)
+    assert not task.eval_view(record).flip
+    full = SegmentationTask(image_size=64, query_crop="full").eval_view(record, query=True)
+    assert full.crop == (0, 0, record.width, record.height)
+    with pytest.raises(ValueError, match="query_crop"):
+        SegmentationTask(query_crop="box")
+
+
+def test_episode_demos_from_other_images(data_cfg):
+    task = SegmentationTask(shots=3, image_size=64)
+    pools = task.pools(data_cfg, "train")
+    rng = np.random.default_rng(1)
+    for category, pool in pools.items():
+        query = pool[0]
+        demos = task.sample_demos(pool, query, 3, rng)
+        assert len({d.image_id for d in demos}) == 3
+        assert query.image_id not in {d.image_id for d in demos}
+        assert all(d.category == category for d in demos)
+    with pytest.raises(ValueError, match="demonstrations needed"):
+        task.sample_demos(pool, query, len(pool) + 1, rng)
+    shot = Shot(query, task.eval_view(query))
+    with pytest.raises(ValueError, match="comes from the query's image"):
+        task.episode(shot, [shot], category)
+
+
+def test_category_text_and_zero_shot_prefix(data_cfg, vocab):
+    task = SegmentationTask(shots=1, image_size=64)
+    pool = task.pools(data_cfg, "train")["square"]
+    q, d = Shot(pool[0], task.eval_view(pool[0])), Shot(pool[1], task.eval_view(pool[1]))
+    assert task.episode(q, [d], "square").prefix == []
+    zero = task.episode(q, [], "square")
+    assert [s.payload for s in zero.prefix] == ["Category:", "<c_st>", " square", "<c_ed>"]
+    with_text = SegmentationTask(shots=1, image_size=64, category_text=True).episode(
+        q, [d], "square"
+    )
+    packed = Packer(vocab, ["segmentation"]).pack(with_text)
+    prefix = vocab.decode(
+        "gpt2", [i for i in packed.input_ids[: packed.pair_starts[0]] if i < 50257]
+    )
+    assert prefix == "Category: square"
+    # [BOT] "Category" ":" <c_st> " square" <c_ed>
+    assert packed.pair_starts[0] == 6 and packed.loss_weights[:6].sum() == 0
+
+
+def test_paper_length_with_256_codes(data_cfg):
+    """3 demos + query at 256 px with a 256-code tokenizer: exactly 2060 tokens."""
+    vocab = Vocabulary([CellTokenizer(grid=16), BinsTokenizer()])
+    task = SegmentationTask(shots=3, image_size=256)
+    pools = task.pools(data_cfg, "train")
+    category = sorted(pools)[0]
+    rng = np.random.default_rng(0)
+    query = pools[category][0]
+    demos = [
+        Shot(r, task.train_view(r, rng)) for r in task.sample_demos(pools[category], query, 3, rng)
+    ]
+    episode = task.episode(Shot(query, task.train_view(query, rng)), demos, category)
+    packed = Packer(vocab, ["segmentation"], max_positions=2060).pack(episode)
+    assert len(packed) == 2060 and packed.pair_starts == [0, 515, 1030, 1545]
+    assert float(packed.loss_weights.sum()) == 4 * 258  # 256 codes + [BOI] + [EOC] per pair
+
+
+def test_postprocess_maps_mask_to_original_resolution(data_cfg, vocab):
+    task = SegmentationTask(shots=1, image_size=64)
+    pool = task.pools(data_cfg, "train")["square"]
+    query = max(pool, key=lambda r: r.area)
+    demo = next(r for r in pool if r.image_id != query.image_id)
+    for view in (task.eval_view(query), dataclasses.replace(task.eval_view(query), flip=True)):
+        ep = task.episode(Shot(query, view), [Shot(demo, task.eval_view(demo))], "square")
+        packed = Packer(vocab, ["segmentation"]).pack(ep)
+        assert packed.target_ids[-1] == vocab["[EOC]"]
+        mask = task.postprocess(ep, packed.target_ids.tolist(), vocab)
+        assert mask.shape == (query.height, query.width) and mask.dtype == bool
+        assert iou(mask, query.load_mask()) > 0.6  # 16 x 16 cells of a 64 px crop
+    with pytest.raises(ValueError, match="expected 256 mask codes"):
+        task.postprocess(ep, packed.target_ids[:10].tolist(), vocab)
+
+
+def test_registry_builds_with_options_and_rejects_unknown():
+    task = TASKS.build("segmentation", shots=0, image_size=32, input_image_weight=0.5)
+    assert task.shots == 0 and task.image_size == 32 and task.input_image_weight == 0.5
+    with pytest.raises(TypeError, match="unknown option"):
+        TASKS.build("segmentation", shot=3)
+    with pytest.raises(ValueError, match="shots must be >= 0"):
+        SegmentationTask(shots=-1)

@@ -1,0 +1,355 @@
+"""Training data: per-task streams of packed episodes, backed by an on-disk token cache.
+
+Running the VQ-GAN encoder on 8 images per episode at every step would dominate
+CPU training, so each training record gets `cache_views` augmented views (random
+object-centred crops with scale/centre jitter and flips, tasks/base.py) whose VQ
+codes are computed once, batched, and stored:
+
+    <cache root>/<task>-<split>-<key>/
+        codes-<name>.npy    (R, V, n) int16   one array per cached segment ("image", "mask")
+        views.json          record ids and every (record, view) crop box and flip
+        complete            written last: a directory without it is rebuilt
+
+`key` hashes everything the codes depend on: the tokenizer's identity (name,
+options, and the codes it gives a fixed probe image, so other weights never reuse
+stale codes), the task's view options, the seed, V, and the records themselves
+(ids, image files, their sizes and modification times). Training then samples
+among the cached views; an episode is built without touching a pixel.
+
+`TaskStream.examples(start, count)` is deterministic in the sample index:
+epoch = index // size walks a per-(seed, task, epoch) permutation of the records
+(each record is the query once per epoch), and the demos and views of sample i
+come from a generator seeded by (seed, task, i). Resuming is just the cursor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from unicl.sequence import PackedSequence, Packer, collate
+from unicl.tasks.base import TASKS, Shot, Task, View
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "TaskStream",
+    "TokenCache",
+    "build_packer",
+    "build_task_streams",
+    "build_tasks",
+    "collate",
+]
+
+
+def _rng(seed: int, *keys: str | int) -> np.random.Generator:
+    parts = [seed] + [zlib.crc32(k.encode()) if isinstance(k, str) else int(k) for k in keys]
+    return np.random.default_rng(parts)
+
+
+# --------------------------------------------------------------------------- #
+# building tasks and the packer from a config
+# --------------------------------------------------------------------------- #
+
+
+def build_tasks(cfg: Any, vocab: Any = None) -> dict[str, Task]:
+    """The configured task plugins (`cfg.tasks`), bound to `vocab` when given."""
+    import unicl.tasks  # noqa: F401  (registers the built-in tasks)
+    from unicl.plugins import import_plugins
+
+    import_plugins(cfg.plugins)
+    tasks = {}
+    for name, options in cfg.tasks.items():
+        task = TASKS.build(name, **dict(options or {}))
+        if vocab is not None:
+            task.bind(vocab)
+        tasks[name] = task
+    return tasks
+
+
+def build_packer(cfg: Any, vocab: Any, tasks: dict[str, Task]) -> Packer:
+    """The packer of a run: its tasks, its position budget, the tasks' loss options."""
+    return Packer(
+        vocab,
+        sorted(tasks),
+        max_positions=getattr(cfg.model, "max_positions", None),
+        input_image_weight={name: task.input_image_weight for name, task in tasks.items()},
+    )
+
+
+# --------------------------------------------------------------------------- #
+# the token cache
+# --------------------------------------------------------------------------- #
+
+
+def tokenizer_identity(tokenizer: Any, image_size: int) -> str:
+    """sha256 of a tokenizer's name, options and the codes of a fixed probe image."""
+    h = hashlib.sha256()
+    h.update(type(tokenizer).__qualname__.encode())
+    h.update(json.dumps(tokenizer.options(), sort_keys=True, default=str).encode())
+    probe = np.random.default_rng(1234).integers(0, 256, (image_size, image_size, 3), np.uint8)
+    h.update(np.asarray(tokenizer.encode(probe), dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def _records_identity(records: Sequence[tuple[str, Any]]) -> str:
+    h = hashlib.sha256()
+    for rid, record in records:
+        h.update(rid.encode())
+        path = Path(str(getattr(record, "image_path", "")))
+        try:
+            st = path.stat()
+            h.update(f"{path}|{st.st_size}|{st.st_mtime_ns}".encode())
+        except OSError:
+            h.update(str(path).encode())
+    return h.hexdigest()
+
+
+def _encode_many(tokenizer: Any, kind: str, arrays: list[np.ndarray]) -> np.ndarray:
+    """(B, n) local ids of a batch of arrays, using the tokenizer's batched encoder."""
+    if not kind:
+        return np.stack([np.asarray(c) for c in tokenizer.encode_batch(arrays)])
+    method = getattr(tokenizer, f"encode_{kind}")
+    out = torch.as_tensor(method(arrays))
+    if out.dim() == 2 and out.shape[0] == len(arrays):
+        return out.numpy()
+    return np.stack([torch.as_tensor(method(a)).reshape(-1).numpy() for a in arrays])
+
+
+class _Loaded:
+    """A record whose image and mask are read once and kept."""
+
+    def __init__(self, record: Any) -> None:
+        self._record = record
+        self._image: np.ndarray | None = None
+        self._mask: np.ndarray | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._record, name)
+
+    def load_image(self) -> np.ndarray:
+        if self._image is None:
+            self._image = self._record.load_image()
+        return self._image
+
+    def load_mask(self) -> np.ndarray:
+        if self._mask is None:
+            self._mask = self._record.load_mask()
+        return self._mask
+
+
+class TokenCache:
+    """Cached views and their codes for the records of one task and split."""
+
+    def __init__(self, directory: Path) -> None:
+        meta = json.loads((directory / "views.json").read_text())
+        self.directory = directory
+        self.record_ids: list[str] = meta["records"]
+        self.row = {rid: i for i, rid in enumerate(self.record_ids)}
+        self.views_per_record = int(meta["views_per_record"])
+        self.size = int(meta["size"])
+        self.crops = np.asarray(meta["crops"], dtype=np.int64)  # (R, V, 4)
+        self.flips = np.asarray(meta["flips"], dtype=bool)  # (R, V)
+        self.codes = {
+            name: np.load(directory / f"codes-{name}.npy", mmap_mode="r") for name in meta["names"]
+        }
+
+    def view(self, record_id: str, v: int) -> View:
+        r = self.row[record_id]
+        return View(tuple(int(c) for c in self.crops[r, v]), bool(self.flips[r, v]), self.size)
+
+    def shot(self, record: Any, record_id: str, v: int) -> Shot:
+        r = self.row[record_id]
+        codes = {name: np.asarray(arr[r, v], dtype=np.int64) for name, arr in self.codes.items()}
+        return Shot(record, self.view(record_id, v), codes)
+
+    @classmethod
+    def build(
+        cls,
+        task: Task,
+        vocab: Any,
+        records: Sequence[tuple[str, Any]],
+        split: str,
+        seed: int,
+        root: str | Path,
+        batch_size: int = 32,
+        progress: bool = True,
+    ) -> TokenCache:
+        """Open the cache for these records, computing whatever is missing first."""
+        from tqdm import tqdm
+
+        tokenizer = vocab.tokenizers[task.image_tokenizer]
+        views = task.cache_views
+        key_data = {
+            "tokenizer": tokenizer_identity(tokenizer, task.image_size),
+            "task": task.name,
+            "options": task.options(),
+            "split": split,
+            "seed": seed,
+            "views": views,
+            "records": _records_identity(records),
+        }
+        key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
+        directory = Path(root) / f"{task.name}-{split}-{key}"
+        if (directory / "complete").is_file():
+            return cls(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if tokenizer.vocab_size > np.iinfo(np.int16).max + 1:
+            raise ValueError(
+                f"{task.image_tokenizer}: {tokenizer.vocab_size} codes do not fit int16"
+            )
+        crops = np.zeros((len(records), views, 4), np.int64)
+        flips = np.zeros((len(records), views), bool)
+        arrays: dict[str, np.ndarray] = {}
+        pending: list[tuple[int, int, dict[str, tuple[str, np.ndarray]]]] = []
+
+        def flush() -> None:
+            for name in pending[0][2]:
+                kind = pending[0][2][name][0]
+                codes = _encode_many(tokenizer, kind, [p[2][name][1] for p in pending])
+                if name not in arrays:
+                    path = directory / f"codes-{name}.npy"
+                    shape = (len(records), views, codes.shape[1])
+                    arrays[name] = np.lib.format.open_memmap(path, "w+", np.int16, shape)
+                for (r, v, _), row in zip(pending, codes):
+                    arrays[name][r, v] = row
+            pending.clear()
+
+        bar = tqdm(
+            total=len(records) * views,
+            desc=f"token cache {task.name}/{split}",
+            unit="view",
+            disable=not progress,
+        )
+        for r, (rid, record) in enumerate(records):
+            record = _Loaded(record)  # the V views of a record read its files once
+            for v in range(views):
+                view = task.train_view(record, _rng(seed, "view", task.name, rid, v))
+                crops[r, v], flips[r, v] = view.crop, view.flip
+                pending.append((r, v, task.cache_arrays(Shot(record, view))))
+                if len(pending) >= batch_size:
+                    flush()
+                bar.update(1)
+        if pending:
+            flush()
+        bar.close()
+        for arr in arrays.values():
+            arr.flush()
+        meta = {
+            "key": key_data,
+            "records": [rid for rid, _ in records],
+            "views_per_record": views,
+            "size": task.image_size,
+            "names": sorted(arrays),
+            "crops": crops.tolist(),
+            "flips": flips.tolist(),
+        }
+        (directory / "views.json").write_text(json.dumps(meta))
+        (directory / "complete").write_text("ok\n")
+        return cls(directory)
+
+
+# --------------------------------------------------------------------------- #
+# per-task training streams
+# --------------------------------------------------------------------------- #
+
+
+@dataclasses.dataclass
+class TaskStream:
+    """Deterministic, endless training examples of one task (see the module docstring)."""
+
+    task: Task
+    pools: dict[str, list[Any]]
+    packer: Packer
+    seed: int = 0
+    cache: TokenCache | None = None
+
+    def __post_init__(self) -> None:
+        self.records = [
+            (category, self.task.record_id(r), r)
+            for category, pool in sorted(self.pools.items())
+            for r in pool
+        ]
+        self._permutations: dict[int, np.ndarray] = {}
+
+    @property
+    def name(self) -> str:
+        return self.task.name
+
+    @property
+    def size(self) -> int:
+        """Dataset size: records that serve as queries once per epoch."""
+        return len(self.records)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch not in self._permutations:
+            if len(self._permutations) > 4:
+                self._permutations.clear()
+            rng = _rng(self.seed, "epoch", self.task.name, epoch)
+            self._permutations[epoch] = rng.permutation(self.size)
+        return self._permutations[epoch]
+
+    def _shot(self, record: Any, rng: np.random.Generator) -> Shot:
+        if self.cache is None:
+            return Shot(record, self.task.train_view(record, rng))
+        v = int(rng.integers(self.cache.views_per_record))
+        return self.cache.shot(record, self.task.record_id(record), v)
+
+    def episode(self, index: int):
+        """The episode of sample `index` (an Episode, before packing)."""
+        if index < 0:
+            raise ValueError(f"sample index must be >= 0, got {index}")
+        epoch, position = divmod(index, self.size)
+        category, _, query = self.records[int(self._permutation(epoch)[position])]
+        rng = _rng(self.seed, "sample", self.task.name, index)
+        demos = self.task.sample_demos(self.pools[category], query, self.task.shots, rng)
+        return self.task.episode(
+            self._shot(query, rng), [self._shot(d, rng) for d in demos], category
+        )
+
+    def example(self, index: int) -> PackedSequence:
+        return self.packer.pack(self.episode(index))
+
+    def examples(self, start: int, count: int) -> list[PackedSequence]:
+        """Packed samples start, ..., start + count - 1 (wrapping over epochs)."""
+        return [self.example(i) for i in range(start, start + count)]
+
+
+def default_cache_root(task: Task) -> Path:
+    from unicl.paths import cache_dir
+
+    return Path(task.cache_dir) if task.cache_dir else cache_dir() / "tokens"
+
+
+def build_task_streams(
+    cfg: Any,
+    vocab: Any,
+    split: str = "train",
+    use_cache: bool = True,
+    progress: bool = True,
+) -> dict[str, TaskStream]:
+    """One TaskStream per configured task (the token caches are built on first use)."""
+    tasks = build_tasks(cfg, vocab)
+    packer = build_packer(cfg, vocab, tasks)
+    streams = {}
+    for name, task in sorted(tasks.items()):
+        pools = task.pools(cfg.data, split)
+        cache = None
+        if use_cache and task.cache_views > 0:
+            records = [(task.record_id(r), r) for _, pool in sorted(pools.items()) for r in pool]
+            root = default_cache_root(task)
+            os.makedirs(root, exist_ok=True)
+            cache = TokenCache.build(task, vocab, records, split, cfg.seed, root, progress=progress)
+        streams[name] = TaskStream(task, pools, packer, seed=cfg.seed, cache=cache)
+        log.info("%s/%s: %d training records", name, split, streams[name].size)
+    return streams
