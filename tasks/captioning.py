@@ -12,8 +12,8 @@ bins = 3 decimals). The pair is padded after [EOC] to the length of an image pai
 (`pad_to_image_length`), as the paper pads captions to the image length. The text
 part is the pair's output (it carries loss). At inference the prompt runs up to
 and including "Caption:" (`generate: caption`, region captioning: the box is
-given); `generate: box` starts at the box (dense captioning: box and caption are
-generated), `generate: category` at the category.
+given); `generate: box` ends the prompt after "Bboxes:" (dense captioning: box and
+caption are generated), `generate: category` after "Category:".
 
 Flips: a horizontally flipped region keeps its caption true only if "left" and
 "right" swap, so training flips also swap those words (`swap_left_right`); with
@@ -32,7 +32,7 @@ import numpy as np
 from unicl.tasks.base import TASKS, Episode, Segment, Shot, Task
 
 #: generation start -> index of the first generated segment in a captioning pair
-GENERATE_FROM = {"category": 1, "box": 5, "caption": 10}
+GENERATE_FROM = {"category": 2, "box": 6, "caption": 10}
 
 _LEFT_RIGHT = re.compile(r"\b(left|right|Left|Right|LEFT|RIGHT)(most|ward|wards)?\b")
 _SWAP = {"left": "right", "right": "left", "Left": "Right", "Right": "Left", "LEFT": "RIGHT"}

@@ -1,0 +1,190 @@
+"""The captioning task on a small shapes world: template, box, flips, generation, answers."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+import torch
+
+from unicl.sequence import Packer
+from unicl.tasks import Shot
+from unicl.tasks.captioning import CaptioningTask, swap_left_right
+from unicl.tasks.data import DataConfig
+from unicl.tasks.world import WorldSpec, make_world
+from unicl.tokenizers import Tokenizer
+from unicl.tokenizers.bins import BinsTokenizer
+from unicl.tokenizers.gpt2 import GPT2Tokenizer
+from unicl.vocab import Vocabulary
+
+
+class CellTokenizer(Tokenizer):
+    """Test image tokenizer: grid x grid cells, code = mean grey level // 4 (64 codes)."""
+
+    name: ClassVar[str] = "vqgan"
+    modality: ClassVar[str] = "image"
+
+    def __init__(self, grid: int = 8) -> None:
+        self.grid = grid
+
+    @property
+    def vocab_size(self) -> int:
+        return 64
+
+    @property
+    def codes_per_image(self) -> int:
+        return self.grid**2
+
+    def encode(self, payload: Any) -> torch.Tensor:
+        img = np.asarray(payload, dtype=np.float64).mean(axis=2)
+        g, s = self.grid, img.shape[0] // self.grid
+        cells = img[: g * s, : g * s].reshape(g, s, g, s).mean(axis=(1, 3))
+        return torch.as_tensor((cells // 4).astype(np.int64).reshape(-1))
+
+    def decode(self, ids: Any) -> np.ndarray:
+        return (self.check_ids(ids).numpy().reshape(self.grid, self.grid) * 4 + 2).astype(np.uint8)
+
+    def options(self) -> dict[str, Any]:
+        return {"grid": self.grid}
+
+
+@pytest.fixture(scope="module")
+def data_cfg(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cap_world") / "world"
+    make_world(
+        root, WorldSpec(seed=5, images=40, val_images=20, size=64), workers=1, progress=False
+    )
+    return DataConfig(root=str(root), images=40, val_images=20, size=64, seed=5, min_descriptions=0)
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    return Vocabulary([GPT2Tokenizer(), CellTokenizer(grid=8), BinsTokenizer()])
+
+
+@pytest.fixture(scope="module")
+def pools(data_cfg, vocab):
+    task = CaptioningTask(shots=1, image_size=64)
+    task.bind(vocab)
+    return task.pools(data_cfg, "train")
+
+
+def test_swap_left_right_words():
+    assert swap_left_right("the cat to the left of a Right box") == (
+        "the cat to the right of a Left box"
+    )
+    assert (
+        swap_left_right("leftmost star, bright light, LEFT")
+        == "rightmost star, bright light, RIGHT"
+    )
+
+
+def test_pair_template_and_box(pools, vocab):
+    task = CaptioningTask(image_size=64)
+    task.bind(vocab)
+    record = pools[sorted(pools)[0]][0]
+    view = task.eval_view(record)
+    segments = task.pair(Shot(record, view))
+    assert [s.modality for s in segments] == [
+        "vqgan", "gpt2", "special", "gpt2", "special", "gpt2", "special", "bins", "special",
+        "gpt2", "gpt2",
+    ]  # fmt: skip
+    assert segments[0].role == "input" and all(s.role == "output" for s in segments[1:])
+    assert segments[3].payload == f" {record.category}"
+    assert segments[10].payload == f" {record.phrase.strip()}"
+    box = segments[7].payload
+    assert all(0.0 <= v <= 1.0 for v in box) and box == [round(v, 3) for v in box]
+    # the box mapped back through the view lands on the record's box (to a pixel)
+    back = view.box_from_view(box)
+    assert np.allclose(back, record.box, atol=view.crop[2] - view.crop[0] / 500 + 1)
+
+
+def test_flipped_view_mirrors_box_and_swaps_words(pools):
+    task = CaptioningTask(image_size=64)
+    record = dataclasses.replace(pools[sorted(pools)[0]][0], phrase="a star left of the ring")
+    view = task.eval_view(record)
+    flipped = dataclasses.replace(view, flip=True)
+    plain, mirrored = task.pair(Shot(record, view)), task.pair(Shot(record, flipped))
+    assert mirrored[10].payload == " a star right of the ring"
+    x0, y0, x1, y1 = plain[7].payload
+    assert np.allclose(mirrored[7].payload, [1 - x1, y0, 1 - x0, y1], atol=1e-3)
+    assert np.array_equal(mirrored[0].payload, plain[0].payload[:, ::-1])
+    # without word swapping, captioning never flips
+    rng = np.random.default_rng(0)
+    no_swap = CaptioningTask(image_size=64, swap_left_right=False, flip_prob=1.0)
+    assert not any(no_swap.train_view(record, rng).flip for _ in range(10))
+    assert all(
+        CaptioningTask(image_size=64, flip_prob=1.0).train_view(record, rng).flip for _ in range(3)
+    )
+
+
+def test_long_captions_are_skipped_with_a_count(pools, vocab, data_cfg):
+    task = CaptioningTask(shots=1, image_size=64)
+    task.bind(vocab)
+    category = max(pools, key=lambda c: len(pools[c]))
+    records = list(pools[category])
+    records[0] = dataclasses.replace(records[0], phrase="word " * 80)
+    records[1] = dataclasses.replace(records[1], phrase="   ")
+
+    class Patched(CaptioningTask):
+        def load_pools(self, cfg, split):
+            return {category: records}
+
+    patched = Patched(shots=1, image_size=64)
+    patched.bind(vocab)
+    kept = patched.pools(data_cfg, "train")[category]
+    assert len(kept) == len(records) - 2
+    assert patched.last_pool_stats == {"caption longer than the image pair": 1, "empty caption": 1}
+    assert patched.text_budget() == 64 + 2
+
+
+def test_packed_caption_episode_and_answer(pools, vocab):
+    task = CaptioningTask(shots=2, image_size=64)
+    task.bind(vocab)
+    category = max(pools, key=lambda c: len(pools[c]))
+    rng = np.random.default_rng(0)
+    query = pools[category][0]
+    demos = task.sample_demos(pools[category], query, 2, rng)
+    ep = task.episode(
+        Shot(query, task.eval_view(query)), [Shot(d, task.eval_view(d)) for d in demos], category
+    )
+    packed = Packer(vocab, ["captioning", "segmentation"]).pack(ep)
+    assert len(packed) == 3 * (2 * 65 + 1) and packed.pair_starts == [0, 131, 262]
+    prompt_tail = vocab.decode("gpt2", packed.prompt_ids[-3:].tolist())
+    assert prompt_tail.endswith("Caption:")
+    answer = task.postprocess(ep, packed.target_ids.tolist(), vocab)
+    assert answer.text == query.phrase.strip() and answer.box is None
+    # padding after [EOC] carries no loss
+    pads = packed.input_ids == vocab.pad_id
+    assert pads.any() and packed.loss_weights[pads].sum() == 0
+
+
+def test_dense_captioning_generates_box_and_caption(pools, vocab):
+    task = CaptioningTask(shots=1, image_size=64, generate="box")
+    task.bind(vocab)
+    category = max(pools, key=lambda c: len(pools[c]))
+    query, demo = pools[category][0], pools[category][1]
+    if demo.image_id == query.image_id:
+        demo = next(r for r in pools[category] if r.image_id != query.image_id)
+    ep = task.episode(
+        Shot(query, task.eval_view(query)), [Shot(demo, task.eval_view(demo))], category
+    )
+    packed = Packer(vocab, ["captioning"]).pack(ep)
+    assert vocab.decode("gpt2", packed.prompt_ids[-4:].tolist()).endswith("Bboxes:")
+    (step,) = packed.generation
+    assert set(step.spans) == {"bins", "gpt2"} and "<b_st>" in step.tokens
+    answer = task.postprocess(ep, packed.target_ids.tolist(), vocab)
+    assert answer.text == query.phrase.strip()
+    side = ep.meta["query_view"].crop[2] - ep.meta["query_view"].crop[0]
+    assert np.allclose(answer.box, query.box, atol=side / 1000 + 1e-6)
+    category_task = CaptioningTask(shots=1, image_size=64, generate="category")
+    ep = category_task.episode(
+        Shot(query, task.eval_view(query)), [Shot(demo, task.eval_view(demo))], category
+    )
+    packed = Packer(vocab, ["captioning"]).pack(ep)
+    answer = category_task.postprocess(ep, packed.target_ids.tolist(), vocab)
+    assert answer.category == category and answer.text == query.phrase.strip()
+    with pytest.raises(ValueError, match="generate must be one of"):
+        CaptioningTask(generate="all")
