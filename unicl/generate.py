@@ -1,0 +1,327 @@
+"""Constrained, KV-cached generation of answers (PAPER.md "Decoder"; the inference of the method).
+
+The answer of an in-context query is one or more *segments*: a mask is exactly h*w image codes, a
+caption is text/bin/tag tokens up to a stop id ([EOC]) or a length limit. Each segment restricts
+the logits to an `allowed` id set (Vocabulary.allowed_mask), so the model can only produce tokens of
+the right modality.
+
+Batching: queries of different lengths are left-padded (padding keys are masked out, positions are
+the caller's), so that every row's last prompt token sits in the last column and the rows decode in
+lock step. A row that reaches its stop id early feeds masked filler tokens until the segment ends
+for all rows. A shared prefix (the demonstrations) is prefilled once with batch 1 and its keys and
+values are copied into every row of the batch cache, instead of being recomputed per query.
+
+Decoding: greedy (temperature 0), or sampling with temperature, top-k and top-p (nucleus).
+`use_cache=False` recomputes the whole sequence each step: the reference the cache is tested
+against (same tokens, same probabilities up to float rounding).
+
+Letters: B queries, P prefix tokens, Q longest query, G generated tokens, V vocabulary rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+from unicl.model import KVCache, UniclDecoder
+
+
+@dataclasses.dataclass
+class SegmentSpec:
+    """One generated segment: its allowed ids and how it ends."""
+
+    #: (V,) bool, True for ids the segment may contain (stop ids are always allowed)
+    allowed: torch.Tensor
+    #: exact number of tokens (a mask: h * w codes); excludes max_length
+    length: int | None = None
+    #: most tokens, stop id included (a caption); excludes length
+    max_length: int | None = None
+    #: ids that end the segment; the stop id is emitted as the segment's last token
+    stop_ids: Sequence[int] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.allowed, torch.Tensor) or self.allowed.dtype != torch.bool:
+            raise TypeError("SegmentSpec.allowed must be a bool tensor over the vocabulary")
+        if self.allowed.dim() != 1:
+            raise ValueError(f"SegmentSpec.allowed must be (V,), got {tuple(self.allowed.shape)}")
+        if (self.length is None) == (self.max_length is None):
+            raise ValueError("SegmentSpec needs exactly one of length (exact) or max_length")
+        steps = self.length if self.length is not None else self.max_length
+        if steps < 1:
+            raise ValueError(f"SegmentSpec length/max_length must be >= 1, got {steps}")
+        if self.length is not None and self.stop_ids:
+            raise ValueError("SegmentSpec: an exact-length segment cannot have stop_ids")
+        if not bool(self.allowed.any()) and not self.stop_ids:
+            raise ValueError("SegmentSpec.allowed allows no id at all")
+
+    @property
+    def steps(self) -> int:
+        return self.length if self.length is not None else self.max_length
+
+
+@dataclasses.dataclass
+class Sampling:
+    """How the next token is picked from the (constrained) distribution."""
+
+    #: 0 = greedy (argmax); > 0 = sample from softmax(logits / temperature)
+    temperature: float = 0.0
+    #: keep only the k most likely ids before sampling (None = all)
+    top_k: int | None = None
+    #: keep the smallest set of ids whose probability reaches top_p (None = all)
+    top_p: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must lie in (0, 1] or be None, got {self.top_p}")
+
+
+class Prompt(NamedTuple):
+    """A token sequence with its routing attributes and positions, all (T,) int64."""
+
+    input_ids: torch.Tensor
+    attributes: torch.Tensor
+    positions: torch.Tensor
+
+
+@dataclasses.dataclass
+class GenerationOutput:
+    #: per query, per segment: the generated ids (stop id included when one was emitted)
+    segments: list[list[torch.Tensor]]
+    #: the same layout: the probability of each id under the distribution it was drawn from
+    segment_probs: list[list[torch.Tensor]]
+
+    @property
+    def tokens(self) -> list[torch.Tensor]:
+        """Per query, all generated ids in order."""
+        return [torch.cat(s) for s in self.segments]
+
+    @property
+    def probs(self) -> list[torch.Tensor]:
+        return [torch.cat(p) for p in self.segment_probs]
+
+
+class PrefilledPrefix(NamedTuple):
+    """A shared prefix whose keys/values are computed (prefill_prefix), reusable across calls."""
+
+    prompt: Prompt
+    cache: KVCache
+
+
+def _as_prompt(p, what: str) -> Prompt:
+    try:
+        ids, attrs, pos = p.input_ids, p.attributes, p.positions
+    except AttributeError:
+        raise TypeError(f"{what} needs input_ids, attributes and positions") from None
+    ids, attrs, pos = (torch.as_tensor(t, dtype=torch.long) for t in (ids, attrs, pos))
+    if ids.dim() != 1 or ids.shape != attrs.shape or ids.shape != pos.shape:
+        raise ValueError(
+            f"{what}: input_ids, attributes and positions must be 1-D of one length, got "
+            f"{tuple(ids.shape)}, {tuple(attrs.shape)}, {tuple(pos.shape)}"
+        )
+    if ids.numel() == 0:
+        raise ValueError(f"{what} is empty")
+    return Prompt(ids, attrs, pos)
+
+
+@torch.no_grad()
+def prefill_prefix(model: UniclDecoder, prefix, extra_capacity: int = 0) -> PrefilledPrefix:
+    """Run the shared prefix once (batch 1) and keep its keys and values."""
+    prompt = _as_prompt(prefix, "prefix")
+    device = model.wte.weight.device
+    prompt = Prompt(*(t.to(device) for t in prompt))
+    cache = model.new_cache(1, prompt.input_ids.numel() + extra_capacity)
+    was_training = model.training
+    model.eval()
+    try:
+        model(*(t[None] for t in prompt), kv_cache=cache)
+    finally:
+        model.train(was_training)
+    return PrefilledPrefix(prompt, cache)
+
+
+def filter_logits(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    """Temperature, top-k and top-p applied to (B, V) logits (-inf marks removed ids)."""
+    logits = logits / sampling.temperature
+    if sampling.top_k is not None and sampling.top_k < logits.shape[-1]:
+        kth = logits.topk(sampling.top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p is not None and sampling.top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V)
+        probs = sorted_logits.softmax(-1)
+        # drop an id when the ids before it already reach top_p (the first id always stays)
+        before = probs.cumsum(-1) - probs
+        drop_sorted = before >= sampling.top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def choose(logits: torch.Tensor, sampling: Sampling, generator=None):
+    """Pick one id per row from (B, V) constrained logits: (ids (B,), probabilities (B,))."""
+    logits = logits.float()
+    if sampling.temperature == 0:
+        probs = logits.softmax(-1)  # (B, V)
+        ids = probs.argmax(-1)
+    else:
+        probs = filter_logits(logits, sampling).softmax(-1)
+        ids = torch.multinomial(probs, 1, generator=generator)[:, 0]
+    return ids, probs.gather(1, ids[:, None])[:, 0]
+
+
+class _Runner:
+    """Feeds tokens to the model, with a KV cache or by recomputing the whole sequence."""
+
+    def __init__(self, model: UniclDecoder, use_cache: bool, cache: KVCache | None):
+        self.model = model
+        self.use_cache = use_cache
+        self.cache = cache
+        self.seq: list[torch.Tensor] | None = None  # ids, attributes, positions, mask (B, S)
+
+    def feed(self, ids, attrs, pos, mask) -> torch.Tensor:
+        """Append (B, T) tokens; return the final hidden state of the last column (B, D)."""
+        if self.use_cache:
+            out = self.model(
+                ids, attrs, pos, attention_mask=mask, kv_cache=self.cache, return_hidden=True
+            )
+            return out.hidden[:, -1]
+        new = [ids, attrs, pos, mask]
+        self.seq = new if self.seq is None else [torch.cat(z, 1) for z in zip(self.seq, new)]
+        out = self.model(*self.seq[:3], attention_mask=self.seq[3], return_hidden=True)
+        return out.hidden[:, -1]
+
+
+@torch.no_grad()
+def generate(
+    model: UniclDecoder,
+    queries,
+    segments: Sequence[SegmentSpec],
+    attribute_table: torch.Tensor,
+    *,
+    prefix=None,
+    sampling: Sampling | None = None,
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+) -> GenerationOutput:
+    """Generate `segments` after each query (after the shared `prefix`, if given).
+
+    queries: a prompt (input_ids, attributes, positions: (T,) int64) or a list of them.
+    attribute_table: (V,) int64, the routing attribute each id carries when generated.
+    prefix: a prompt or a PrefilledPrefix shared by all queries (the demonstrations).
+    Positions of generated tokens continue from each query's last position.
+    """
+    sampling = sampling or Sampling()
+    single = hasattr(queries, "input_ids")
+    prompts = [
+        _as_prompt(q, f"queries[{i}]") for i, q in enumerate([queries] if single else queries)
+    ]
+    if not prompts:
+        raise ValueError("queries is empty")
+    if not segments:
+        raise ValueError("segments is empty: nothing to generate")
+    v = model.vocab_size
+    device = model.wte.weight.device
+    table = torch.as_tensor(attribute_table, dtype=torch.long)
+    if table.shape != (v,):
+        raise ValueError(f"attribute_table must be (V={v},), got {tuple(table.shape)}")
+    table = table.to(device)
+    for i, seg in enumerate(segments):
+        if seg.allowed.shape != (v,):
+            raise ValueError(
+                f"segments[{i}].allowed must be (V={v},), got {tuple(seg.allowed.shape)}"
+            )
+        bad = [s for s in seg.stop_ids if not 0 <= s < v]
+        if bad:
+            raise ValueError(f"segments[{i}].stop_ids must lie in [0, {v}), got {bad}")
+    b = len(prompts)
+    q_len = max(p.input_ids.numel() for p in prompts)
+    # left-pad the queries so that every row's last prompt token is the last column
+    q = torch.zeros(4, b, q_len, dtype=torch.long)  # ids, attributes, positions, mask
+    for i, p in enumerate(prompts):
+        n = p.input_ids.numel()
+        q[0, i, q_len - n :], q[1, i, q_len - n :], q[2, i, q_len - n :] = p
+        q[3, i, q_len - n :] = 1
+    q = q.to(device)
+    q_ids, q_attrs, q_pos, q_mask = q[0], q[1], q[2], q[3].bool()
+    total = sum(seg.steps for seg in segments)
+
+    was_training = model.training
+    model.eval()
+    try:
+        runner = _start(model, prefix, b, q_len + total, use_cache, device)
+        hidden = runner.feed(q_ids, q_attrs, q_pos, q_mask)  # (B, D)
+        next_pos = q_pos[:, -1] + 1  # (B,)
+        out_ids = [[None] * len(segments) for _ in range(b)]
+        out_probs = [[None] * len(segments) for _ in range(b)]
+        for s, seg in enumerate(segments):
+            allowed = seg.allowed.to(device).clone()
+            stops = torch.tensor(list(seg.stop_ids), dtype=torch.long, device=device)
+            allowed[stops] = True
+            active = torch.ones(b, dtype=torch.bool, device=device)
+            ids_steps, prob_steps, act_steps = [], [], []
+            last_segment = s == len(segments) - 1
+            for step in range(seg.steps):
+                logits = model.logits(hidden).masked_fill(~allowed, float("-inf"))  # (B, V)
+                tok, prob = choose(logits, sampling, generator)  # (B,), (B,)
+                ids_steps.append(tok)
+                prob_steps.append(prob)
+                act_steps.append(active.clone())
+                # a row whose stop id was just emitted still feeds it, then idles
+                fed = active.clone()
+                if stops.numel():
+                    active = active & ~torch.isin(tok, stops)
+                more = step + 1 < seg.steps and bool(active.any())
+                if last_segment and not more:
+                    break
+                h = runner.feed(
+                    torch.where(fed, tok, 0)[:, None],
+                    torch.where(fed, table[tok], 0)[:, None],
+                    torch.where(fed, next_pos, 0)[:, None],
+                    fed[:, None],
+                )
+                # rows that only fed filler keep their hidden state
+                hidden = torch.where(fed[:, None], h, hidden)
+                next_pos = next_pos + fed.long()
+                if not more:
+                    break
+            ids_t = torch.stack(ids_steps, 1).cpu()  # (B, G_s)
+            probs_t = torch.stack(prob_steps, 1).cpu()
+            act_t = torch.stack(act_steps, 1).cpu()
+            for i in range(b):
+                out_ids[i][s] = ids_t[i][act_t[i]]
+                out_probs[i][s] = probs_t[i][act_t[i]]
+    finally:
+        model.train(was_training)
+    return GenerationOutput(out_ids, out_probs)
+
+
+def _start(model, prefix, batch: int, more: int, use_cache: bool, device) -> _Runner:
+    """A runner positioned after the shared prefix (if any), with room for `more` tokens."""
+    if prefix is None:
+        cache = model.new_cache(batch, more) if use_cache else None
+        return _Runner(model, use_cache, cache)
+    if not isinstance(prefix, PrefilledPrefix):
+        prefix = (
+            prefill_prefix(model, prefix)
+            if use_cache
+            else PrefilledPrefix(
+                Prompt(*(t.to(device) for t in _as_prompt(prefix, "prefix"))), None
+            )
+        )
+    if prefix.cache is not None and prefix.cache.length != prefix.prompt.input_ids.numel():
+        raise ValueError("PrefilledPrefix: its cache does not hold exactly its prompt")
+    if use_cache:
+        if prefix.cache is None:
+            prefix = prefill_prefix(model, prefix.prompt)
+        return _Runner(model, True, prefix.cache.expand(batch, prefix.cache.length + more))
+    runner = _Runner(model, False, None)
+    p = prefix.prompt
+    runner.seq = [t[None].expand(batch, -1).to(device) for t in p]
+    runner.seq.append(torch.ones(batch, p.input_ids.numel(), dtype=torch.bool, device=device))
+    return runner
