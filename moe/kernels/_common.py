@@ -47,6 +47,14 @@ def dot_in_fp32(dtype: torch.dtype) -> bool:
     return dtype == torch.bfloat16 and interpreting()
 
 
+def dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot's input precision: fp32 matmuls follow PyTorch's TF32 switch (off by default),
+    so the kernels agree with `torch.matmul` on the same inputs; 16-bit inputs keep the default."""
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
 def act_code(activation: str) -> int:
     if activation not in ACT_CODES or activation == "none":
         valid = sorted(set(ACT_CODES) - {"none"})

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from unicl.moe.kernels._common import check_device, check_float, dot_in_fp32
+from unicl.moe.kernels._common import check_device, check_float, dot_in_fp32, dot_precision
 
 
 @triton.jit
@@ -79,7 +79,7 @@ def _grouped_mm_kernel(
     a_ptr, idx_ptr, b_ptr, bias_ptr, c_ptr, z_ptr, g_ptr, offsets_ptr,
     E, Kd, Nd, stride_am, stride_ak, stride_be, stride_bk, stride_bn,
     GATHER: tl.constexpr, HAS_BIAS: tl.constexpr, ACT: tl.constexpr, STORE_Z: tl.constexpr,
-    ACT_GRAD: tl.constexpr, DOT_F32: tl.constexpr,
+    ACT_GRAD: tl.constexpr, DOT_F32: tl.constexpr, PREC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, EP: tl.constexpr,
 ):  # fmt: skip
     expert, row0, row_end = _tile_of(offsets_ptr, tl.program_id(0), E, BM, EP)
@@ -106,7 +106,7 @@ def _grouped_mm_kernel(
         if DOT_F32:
             a = a.to(tl.float32)
             b = b.to(tl.float32)
-        acc = tl.dot(a, b, acc)
+        acc = tl.dot(a, b, acc, input_precision=PREC)
         a_ptrs += BK * stride_ak
         b_ptrs += BK * stride_bk
     if HAS_BIAS:
@@ -130,6 +130,7 @@ def _grouped_mm_kernel(
 def _grouped_wgrad_kernel(
     a_ptr, idx_ptr, g_ptr, dw_ptr, db_ptr, offsets_ptr, Ka, Nd, stride_am,
     GATHER: tl.constexpr, ACT: tl.constexpr, HAS_DB: tl.constexpr, DOT_F32: tl.constexpr,
+    PREC: tl.constexpr,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
 ):  # fmt: skip
     expert = tl.program_id(0)
@@ -162,7 +163,7 @@ def _grouped_wgrad_kernel(
         if DOT_F32:
             at = at.to(tl.float32)
             g = g.to(tl.float32)
-        acc = tl.dot(at, g, acc)  # (BM, BK) @ (BK, BN)
+        acc = tl.dot(at, g, acc, input_precision=PREC)  # (BM, BK) @ (BK, BN)
     dw_off = expert.to(tl.int64) * Ka * Nd + rm[:, None] * Nd + rn[None, :]
     tl.store(dw_ptr + dw_off, acc.to(dw_ptr.dtype.element_ty),
              mask=(rm[:, None] < Ka) & (rn[None, :] < Nd))  # fmt: skip
@@ -234,7 +235,7 @@ def grouped_mm(
         e, kd, nd, a.stride(0), a.stride(1), b.stride(0), b.stride(1), b.stride(2),
         GATHER=gather_idx is not None, HAS_BIAS=bias is not None, ACT=activation,
         STORE_Z=z is not None, ACT_GRAD=act_grad_of is not None, DOT_F32=dot_in_fp32(a.dtype),
-        EP=triton.next_power_of_2(e + 1), **cfg,
+        PREC=dot_precision(a.dtype), EP=triton.next_power_of_2(e + 1), **cfg,
     )  # fmt: skip
     return c, z
 
@@ -271,6 +272,6 @@ def grouped_wgrad(
         a, gather_idx if gather_idx is not None else offsets, g, dw,
         db if db is not None else dw, offsets, ka, nd, a.stride(0),
         GATHER=gather_idx is not None, ACT=activation, HAS_DB=with_bias,
-        DOT_F32=dot_in_fp32(a.dtype), **cfg,
+        DOT_F32=dot_in_fp32(a.dtype), PREC=dot_precision(a.dtype), **cfg,
     )  # fmt: skip
     return dw, db

@@ -92,9 +92,8 @@ def _exclusive_cumsum(counts: torch.Tensor) -> torch.Tensor:
 
 def _inverse(perm: torch.Tensor) -> torch.Tensor:
     """Inverse of a permutation of arange(S), by scatter (no sync)."""
-    inv = torch.empty_like(perm)
-    inv[perm.long()] = torch.arange(perm.numel(), dtype=perm.dtype, device=perm.device)
-    return inv
+    src = torch.arange(perm.numel(), dtype=perm.dtype, device=perm.device)
+    return torch.empty_like(perm).scatter_(0, perm.long(), src)
 
 
 def torch_dispatch_plan(expert_ids: torch.Tensor, num_experts: int) -> DispatchPlan:
@@ -211,18 +210,23 @@ def pair_schedule(
 
 
 def torch_remap(plan: AttributePlan, attr_experts: torch.Tensor, num_experts: int) -> DispatchPlan:
-    """Reference remap: expand the sorted pairs to slots with one searchsorted (no token sort)."""
+    """Reference remap: expand the sorted pairs to slots with one repeat_interleave (no sort)."""
     _check_attr_experts(attr_experts, plan.num_attributes, num_experts)
     k = attr_experts.shape[1]
     n = plan.sorted_token.numel()
     pair_order, pair_start, offsets = pair_schedule(plan, attr_experts, num_experts)
-    pos = torch.arange(n * k, dtype=torch.int32, device=attr_experts.device)  # (S,)
-    # sorted pair q owning position j: pair_start[q] <= j < pair_start[q + 1]
-    q = torch.searchsorted(pair_start[1:], pos, right=True)  # (S,)
-    pair = pair_order[q].long()  # (S,)
+    p = pair_order.numel()
+    # sorted pair q owning each sorted position: q repeated by its token count (sizes known)
+    pair_count = (pair_start[1:] - pair_start[:-1]).long()  # (P,)
+    q = torch.repeat_interleave(
+        torch.arange(p, device=pair_count.device), pair_count, output_size=n * k
+    )  # (S,)
+    pair = pair_order.long().index_select(0, q)  # (S,)
     attr, choice = pair // k, pair % k  # (S,), (S,)
-    within = pos - pair_start[q]  # (S,) rank inside the attribute's block
-    token = plan.sorted_token[(plan.offsets[attr] + within).long()]  # (S,)
+    pos = torch.arange(n * k, device=q.device)  # (S,)
+    within = pos - pair_start.long().index_select(0, q)  # (S,) rank inside the attribute block
+    start = plan.offsets.long().index_select(0, attr)  # (S,)
+    token = plan.sorted_token.long().index_select(0, start + within)  # (S,)
     sorted_slot = (token * k + choice).to(torch.int32)  # (S,)
     return DispatchPlan(
         offsets=offsets,
