@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from unicl.sequence import PackedSequence, Packer, collate
-from unicl.tasks.base import TASKS, Shot, Task, View
+from unicl.tasks.base import TASKS, Episode, Shot, Task, View
 
 log = logging.getLogger(__name__)
 
@@ -305,17 +305,21 @@ class TaskStream:
         v = int(rng.integers(self.cache.views_per_record))
         return self.cache.shot(record, self.task.record_id(record), v)
 
-    def episode(self, index: int):
-        """The episode of sample `index` (an Episode, before packing)."""
+    def draw(self, index: int) -> tuple[str, Shot, list[Shot]]:
+        """Category, query shot and demonstration shots of sample `index`."""
         if index < 0:
             raise ValueError(f"sample index must be >= 0, got {index}")
         epoch, position = divmod(index, self.size)
         category, _, query = self.records[int(self._permutation(epoch)[position])]
         rng = _rng(self.seed, "sample", self.task.name, index)
         demos = self.task.sample_demos(self.pools[category], query, self.task.shots, rng)
-        return self.task.episode(
-            self._shot(query, rng), [self._shot(d, rng) for d in demos], category
-        )
+        query_shot = self._shot(query, rng)
+        return category, query_shot, [self._shot(d, rng) for d in demos]
+
+    def episode(self, index: int) -> Episode:
+        """The episode of sample `index` (before packing)."""
+        category, query, demos = self.draw(index)
+        return self.task.episode(query, demos, category)
 
     def example(self, index: int) -> PackedSequence:
         return self.packer.pack(self.episode(index))
