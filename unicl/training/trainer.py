@@ -88,6 +88,8 @@ class Trainer:
         train: the TrainConfig; `deepspeed` the user's DeepSpeed dict.
         config: the full run config as a plain dict (saved with checkpoints and
             compared on resume).
+        token_count: batch -> the CE's denominator for that batch (its loss-carrying
+            tokens), used to weigh micro-batches and ranks exactly.
     """
 
     def __init__(
@@ -102,8 +104,10 @@ class Trainer:
         seed: int = 0,
         config: Mapping[str, Any] | None = None,
         progress: bool = True,
+        token_count: Callable[[Any], torch.Tensor] = loss_token_count,
     ) -> None:
         self.model = model
+        self.token_count = token_count
         self.streams = dict(streams)
         self.collate = collate
         self.loss_fn = loss_fn
@@ -191,7 +195,7 @@ class Trainer:
     def train_step(self, step: int) -> StepStats:
         plan = self.sampler.next(step)
         batches = [self.collate(m).to(self.device) for m in plan.micro_batches]
-        counts = torch.stack([loss_token_count(b) for b in batches]).to(self.device)
+        counts = torch.stack([self.token_count(b).float() for b in batches]).to(self.device)
         total = self._reduce(counts.sum().clone())
         # ce_sum, aux_sum, loss_sum, sequence tokens (reduced over ranks below)
         acc = torch.zeros(4, dtype=torch.float64, device=self.device)
@@ -262,9 +266,10 @@ class Trainer:
         return self.checkpoints.save(self.engine, step, state, self.config)
 
     def grad_norm(self) -> float:
-        norm = getattr(self.optimizer, "last_grad_norm", None)
-        if norm is None or not math.isfinite(norm):
-            norm = self.engine.get_global_grad_norm()
+        """The last step's global gradient norm before clipping (DeepSpeed's, else ours)."""
+        norm = self.engine.get_global_grad_norm()
+        if norm is None:
+            norm = getattr(self.optimizer, "last_grad_norm", None)
         return float(norm) if norm is not None else float("nan")
 
     def run(self) -> list[StepStats]:

@@ -1,0 +1,40 @@
+"""`unicl train CONFIG [key=value ...]`: train a model (logic: unicl/training/run.py).
+
+Runs as one process, or as N ranks under `deepspeed --num_gpus N` / `torchrun`;
+see docs/training.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="a YAML config path or a packaged config name")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="config overrides, e.g. train.steps=200 train.lr=3e-4",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def main(args: argparse.Namespace) -> int:
+    from unicl.config import ConfigError, load_config
+    from unicl.training.run import run_dir_of, train
+    from unicl.training.trainer import TrainingDiverged
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        trainer = train(cfg, progress=not args.no_progress)
+    except TrainingDiverged as err:
+        print(f"unicl train: stopped: {err}", file=sys.stderr)
+        return 3
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        print(f"unicl train: error: {err}", file=sys.stderr)
+        return 2
+    if trainer.rank == 0:
+        print(f"trained {cfg.train.steps} steps; run directory: {run_dir_of(cfg)}")
+    return 0

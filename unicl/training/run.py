@@ -1,0 +1,180 @@
+"""`unicl train`: build a run's data, vocabulary and model from its config, then train.
+
+Order matters for the user: everything that can be checked cheaply is checked
+before anything expensive starts (making the shapes world, tokenizing images into
+the token cache, building the model):
+
+    1. preflight   process group; batch vs ranks; the DeepSpeed section; dataset
+                   paths exist; a resume's checkpoint matches the config
+    2. data        the shapes world (rank 0 makes it if missing), tokenizers and
+                   vocabulary, per-task streams (rank 0 fills the token cache first)
+    3. fit check   one sequence per task must fit `model.max_positions`
+    4. model       seeded, then the Trainer (unicl/training/trainer.py)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unicl.training import engine as ds_engine
+from unicl.training.checkpoint import CheckpointManager, check_compatible
+
+#: data fields that name files or directories (checked before any work)
+_PATH_FIELDS = (
+    "coco_train_ann",
+    "coco_val_ann",
+    "coco_train_images",
+    "coco_val_images",
+    "vg_train_regions",
+    "vg_val_regions",
+    "vg_objects",
+    "vg_image_data",
+)
+
+
+def run_dir_of(cfg) -> Path:
+    """The run directory: train.run_dir, else runs/<config name>."""
+    return Path(cfg.train.run_dir or Path("runs") / cfg.name)
+
+
+def check_data_paths(data) -> None:
+    """FileNotFoundError naming every configured dataset path that does not exist."""
+    missing = []
+    for field in _PATH_FIELDS:
+        value = getattr(data, field, "")
+        if value and not Path(value).expanduser().exists():
+            missing.append(f"data.{field} = {value}")
+    for part in filter(None, (getattr(data, "vg_images", "") or "").split(",")):
+        if not Path(part.strip()).expanduser().is_dir():
+            missing.append(f"data.vg_images = {part.strip()}")
+    if missing:
+        raise FileNotFoundError(
+            "dataset paths not found:\n  "
+            + "\n  ".join(missing)
+            + "\nsee docs/training.md (Preparing COCO 2017 and Visual Genome)"
+        )
+
+
+def uses_shapes_world(data) -> bool:
+    """Does any task read the shapes world (a task without its real dataset configured)?"""
+    return not (data.coco_train_ann and data.vg_train_regions)
+
+
+def preflight(cfg, config_dict: dict[str, Any]) -> tuple[int, int]:
+    """The cheap checks (module docstring, step 1); returns (rank, world_size)."""
+    rank, world = ds_engine.init_distributed()
+    ds_engine.deepspeed_config(cfg.deepspeed, cfg.train, world)  # raises on any conflict
+    check_data_paths(cfg.data)
+    manager = CheckpointManager(run_dir_of(cfg) / "checkpoints")
+    tag = manager.latest()
+    if tag is not None and cfg.train.resume != "never":
+        check_compatible(manager.saved_config(tag), config_dict)
+    return rank, world
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def build_streams(cfg, vocab, rank: int, progress: bool):
+    """Per-task training streams; rank 0 builds the token caches, the others then read them."""
+    from unicl.data import build_task_streams
+
+    streams = None
+    if rank == 0:
+        streams = build_task_streams(cfg, vocab, "train", progress=progress)
+    _barrier()
+    if rank != 0:
+        streams = build_task_streams(cfg, vocab, "train", progress=False)
+    return streams
+
+
+def check_fits(streams, max_positions: int) -> None:
+    """ValueError if a task's sequences are longer than the model's positions."""
+    for name, stream in sorted(streams.items()):
+        length = len(stream.examples(0, 1)[0])
+        if length > max_positions:
+            raise ValueError(
+                f"task {name!r}: sequences have {length} tokens but model.max_positions is "
+                f"{max_positions}; raise model.max_positions or use fewer demonstrations / "
+                "smaller images"
+            )
+
+
+class _Loss:
+    """compute_loss, with per-layer expert loads as token shares for the logs."""
+
+    def __call__(self, model, batch):
+        from unicl.loss import compute_loss
+
+        out = compute_loss(model, batch)
+        load = None
+        if out.expert_load:
+            counts = torch.stack([x.detach().float() for x in out.expert_load])  # (L, E)
+            load = counts / counts.sum(dim=1, keepdim=True).clamp_min(1.0)
+        return _StepLoss(loss=out.loss, ce=out.ce, aux=out.aux.detach(), expert_load=load)
+
+
+class _StepLoss:
+    __slots__ = ("aux", "ce", "expert_load", "loss")
+
+    def __init__(self, loss, ce, aux, expert_load):
+        self.loss, self.ce, self.aux, self.expert_load = loss, ce, aux, expert_load
+
+
+def target_token_count(batch) -> torch.Tensor:
+    """compute_loss's denominator: loss weights of positions 1.. (position t predicts t)."""
+    return batch.loss_weights[:, 1:].detach().float().sum()
+
+
+def train(cfg, progress: bool = True):
+    """Train the run `cfg` (a UniclConfig) describes; returns the Trainer after it finished."""
+    from unicl.config import to_dict
+    from unicl.model import build_model
+    from unicl.plugins import import_plugins
+    from unicl.sequence import collate, num_attributes
+    from unicl.training.trainer import Trainer
+    from unicl.vocab import Vocabulary
+
+    if not torch.cuda.is_available():
+        # float32 denormals make CPU matmuls ~100x slower once gradients get small
+        torch.set_flush_denormal(True)
+    config_dict = to_dict(cfg)
+    rank, _ = preflight(cfg, config_dict)
+    import_plugins(cfg.plugins)
+    if uses_shapes_world(cfg.data):
+        from unicl.tasks.data import ensure_world
+
+        if rank == 0:
+            ensure_world(cfg.data)
+        _barrier()
+    vocab = Vocabulary.from_config(cfg)
+    streams = build_streams(cfg, vocab, rank, progress)
+    check_fits(streams, cfg.model.max_positions)
+    torch.manual_seed(cfg.seed)
+    model = build_model(
+        cfg.model,
+        vocab_size=vocab.embedding_size,
+        num_attributes=num_attributes(vocab, sorted(streams)),
+    )
+    trainer = Trainer(
+        model,
+        streams,
+        collate,
+        _Loss(),
+        cfg.train,
+        cfg.deepspeed,
+        run_dir_of(cfg),
+        seed=cfg.seed,
+        config=config_dict,
+        progress=progress,
+        token_count=target_token_count,
+    )
+    trainer.run()
+    return trainer
