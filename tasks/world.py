@@ -84,8 +84,9 @@ def _muted_colour(rng: np.random.Generator) -> np.ndarray:
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """(S, S, 3) float32 background: gradient, smooth noise, stripes, checks or grain."""
-    a, b = _muted_colour(rng), _muted_colour(rng)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size  # (S, S) each
+    a, b = _muted_colour(rng).astype(np.float32), _muted_colour(rng).astype(np.float32)
+    ramp = np.arange(size, dtype=np.float32) / size
+    yy, xx = ramp[:, None], ramp[None, :]  # (S, 1), (1, S): broadcast to (S, S)
     kind = int(rng.integers(5))
     if kind == 0:  # linear gradient at a random angle
         ang = rng.uniform(0, 2 * np.pi)
@@ -102,9 +103,10 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
         n = int(rng.integers(3, 10))
         t = ((np.floor(xx * n) + np.floor(yy * n)) % 2) * 0.8 + 0.1
     else:  # flat with grain
-        t = np.zeros((size, size), np.float32)
-    img = a + (b - a) * t[..., None]  # (S, S, 3)
-    img += rng.normal(0, rng.uniform(2, 9), (size, size, 3))  # sensor-like grain
+        t = np.zeros((1, 1), np.float32)
+    img = a + (b - a) * np.broadcast_to(t, (size, size))[..., None]  # (S, S, 3)
+    grain = rng.uniform(2, 9)
+    img += rng.standard_normal((size, size, 3), dtype=np.float32) * grain  # sensor-like grain
     return img.astype(np.float32)
 
 
@@ -230,14 +232,14 @@ def render(spec: WorldSpec, split: str, index: int):
     vis = _visible(full)
     colours = _pick_colours(rng, bg, vis, full)
     img = bg.copy()
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     for mask, colour in zip(full, colours, strict=True):
         # a gentle shading ramp and grain so that objects are not flat stickers
+        ys, xs = np.nonzero(mask)
         ang, amp = rng.uniform(0, 2 * np.pi), rng.uniform(0, 22)
-        ramp = amp * (np.cos(ang) * xx + np.sin(ang) * yy - 0.5)  # (S, S)
-        paint = np.array(COLOURS[colour], np.float32) + ramp[..., None]
-        paint += rng.normal(0, 3, paint.shape)
-        img[mask] = paint[mask]
+        ramp = amp * ((np.cos(ang) * xs + np.sin(ang) * ys) / size - 0.5)  # (n,)
+        paint = np.array(COLOURS[colour], np.float32) + ramp[:, None].astype(np.float32)
+        paint += rng.standard_normal((len(ys), 3), dtype=np.float32) * 3  # (n, 3)
+        img[ys, xs] = paint
     rgb = np.clip(np.rint(img), 0, 255).astype(np.uint8)  # (S, S, 3)
     views = _views(cats, colours, full, vis)
     phrases = describe(views, size, rng)

@@ -139,8 +139,10 @@ def test_phrases_vary(world):
     phrases = [r["phrase"] for img in regions for r in img["regions"]]
     assert len(set(phrases)) > 0.8 * len(phrases)
     text = " ".join(phrases)
-    for word in ("left", "the", "is", "corner"):
-        assert word in text.split()
+    words = set(text.split())
+    assert words & {"left", "right", "top", "bottom", "middle", "center"}  # positions
+    assert words & {"tiny", "small", "little", "large", "big", "huge"}  # sizes
+    assert words & {"disc", "dot", "hoop", "donut", "oval", "rhombus", "oblong", "moon"}  # synonyms
     assert any(w in text for w in ("above", "below", "behind", "covered", "in front of"))
 
 
