@@ -92,7 +92,9 @@ def loss_fn(model, batch):
     return types.SimpleNamespace(loss=ce + aux, ce=ce, aux=aux.detach())
 
 
-def make_trainer(run_dir, *, steps=6, batch_size=4, micro_batch=2, zero=0, seed=0, **train):
+def make_trainer(
+    run_dir, *, steps=6, batch_size=4, micro_batch=2, zero=0, seed=0, dropout=0.1, **train
+):
     from unicl.training.config import TrainConfig
     from unicl.training.trainer import Trainer
 
@@ -101,7 +103,7 @@ def make_trainer(run_dir, *, steps=6, batch_size=4, micro_batch=2, zero=0, seed=
     options.update(train)
     cfg = TrainConfig(steps=steps, batch_size=batch_size, micro_batch=micro_batch, **options)
     return Trainer(
-        ToyModel(),
+        ToyModel(dropout),
         streams(),
         collate,
         loss_fn,
@@ -116,7 +118,10 @@ def make_trainer(run_dir, *, steps=6, batch_size=4, micro_batch=2, zero=0, seed=
 def main(argv: list[str]) -> int:
     """One rank: train, then write losses and a parameter checksum to OUT.rank<r>.json."""
     out, zero, micro = argv[0], int(argv[1]), int(argv[2])
-    trainer = make_trainer(argv[3], steps=4, batch_size=4, micro_batch=micro, zero=zero)
+    # no dropout: ranks draw other dropout masks than one process would
+    trainer = make_trainer(
+        argv[3], steps=4, batch_size=4, micro_batch=micro, zero=zero, dropout=0.0
+    )
     history = trainer.run()
     params = torch.cat([p.detach().float().reshape(-1) for p in trainer.engine.module.parameters()])
     with open(f"{out}.rank{trainer.rank}.json", "w") as f:
