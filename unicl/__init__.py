@@ -8,4 +8,14 @@ form. See README.md.
 from unicl._version import __version__
 from unicl.config import ConfigError, UniclConfig, load_config
 
-__all__ = ["ConfigError", "UniclConfig", "__version__", "load_config"]
+__all__ = ["ConfigError", "InContextModel", "UniclConfig", "__version__", "load", "load_config"]
+
+
+def __getattr__(name: str):
+    # The API pulls in torch and the model; importing it on first use keeps
+    # `import unicl` (and so `unicl --help`) fast.
+    if name in ("load", "InContextModel"):
+        from unicl import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'unicl' has no attribute {name!r}")

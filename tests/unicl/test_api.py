@@ -1,0 +1,191 @@
+"""The public API (unicl/api.py): load, segment, caption, batching, ensembling, bad input.
+
+The model is a tiny randomly initialised decoder exported like `unicl export`
+does: these tests check shapes, types, the shared-prefix batch and the errors,
+not quality.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import unicl
+from unicl.config import load_config
+from unicl.inference import save_model
+from unicl.model import build_model
+from unicl.sequence import num_attributes
+from unicl.vocab import Vocabulary
+
+TINY_VQGAN = {
+    "resolution": 32,
+    "ch": 32,
+    "ch_mult": [1, 1, 1],
+    "num_res_blocks": 0,
+    "z_channels": 32,
+    "n_embed": 64,
+    "embed_dim": 16,
+}
+
+
+def export_tiny(out: Path) -> Path:
+    """A random 2-layer model with a fresh 32 px VQ-GAN, written as an export."""
+    cfg = load_config(
+        "shapes_tiny",
+        ["model.n_layer=2", "model.n_head=2", "model.d_model=32", "model.d_ff=64"],
+    )
+    cfg.tokenizers = [
+        {"name": "gpt2"},
+        {"name": "vqgan", "checkpoint": None, "config": TINY_VQGAN},
+        {"name": "bins"},
+    ]
+    for options in cfg.tasks.values():
+        options["image_size"] = 32
+    torch.manual_seed(0)
+    vocab = Vocabulary.from_config(cfg)
+    model = build_model(cfg.model, vocab.embedding_size, num_attributes(vocab, sorted(cfg.tasks)))
+    return save_model(cfg, model, vocab, out)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return export_tiny(tmp_path_factory.mktemp("export") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    return unicl.load(model_dir, device="cpu")
+
+
+def _image(h, w, seed):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _mask(h, w):
+    mask = np.zeros((h, w), bool)
+    mask[h // 4 : h // 2, w // 3 : w // 2 + 2] = True
+    return mask
+
+
+@pytest.fixture(scope="module")
+def demos():
+    return [(_image(40, 52, 1), _mask(40, 52)), (_image(36, 30, 2), _mask(36, 30))]
+
+
+def test_segment_returns_mask_at_query_resolution(model, demos, tmp_path):
+    query = _image(45, 61, 3)
+    path = tmp_path / "query.png"
+    Image.fromarray(query).save(path)
+    mask = model.segment(query, demos, category="star")
+    assert isinstance(mask, np.ndarray) and mask.dtype == np.bool_ and mask.shape == (45, 61)
+    # a path and a PIL image of the same pixels give the same answer (greedy decoding)
+    assert np.array_equal(model.segment(path, demos, category="star"), mask)
+    assert np.array_equal(model.segment(Image.fromarray(query), demos, category="star"), mask)
+
+
+def test_batch_shares_demos_and_matches_single_calls(model, demos):
+    queries = [_image(45, 61, 3), _image(20, 33, 4), _image(64, 48, 5)]
+    batch = model.segment(queries, demos, category="star", return_details=True)
+    assert [r.mask.shape for r in batch] == [(45, 61), (20, 33), (64, 48)]
+    for query, result in zip(queries, batch):
+        single = model.segment(query, demos, category="star", return_details=True)
+        np.testing.assert_array_equal(single.tokens[0], result.tokens[0])
+        np.testing.assert_allclose(single.probs[0], result.probs[0], rtol=1e-4, atol=1e-6)
+        np.testing.assert_array_equal(single.mask, result.mask)
+
+
+def test_details_and_ensemble(model, demos):
+    query = _image(30, 30, 6)
+    details = model.segment(query, demos[:1], category="star", return_details=True)
+    assert details.mask_image.shape == (30, 30) and details.mask_image.dtype == np.float32
+    assert len(details.tokens) == 1 and details.tokens[0].shape == details.probs[0].shape
+    assert ((details.probs[0] > 0) & (details.probs[0] <= 1)).all()
+    ensembled = model.segment(
+        query, demos[:1], category="star", ensemble=[demos[1:], demos], return_details=True
+    )
+    assert len(ensembled.tokens) == 3
+    singles = [
+        model.segment(query, d, category="star", return_details=True).mask_image
+        for d in (demos[:1], demos[1:], demos)
+    ]
+    np.testing.assert_allclose(ensembled.mask_image, np.mean(singles, axis=0), atol=1e-4)
+    np.testing.assert_array_equal(ensembled.mask, ensembled.mask_image > 127)
+
+
+def test_zero_shot_with_category(model):
+    assert model.segment(_image(24, 24, 7), [], category="star").shape == (24, 24)
+
+
+def test_caption(model):
+    image = _image(40, 52, 8)
+    demos = [(image, (2, 3, 30, 20), "a small red star"), (_image(30, 30, 9), (0, 0, 30, 30), "x")]
+    text = model.caption(_image(50, 50, 10), (5, 5, 40, 45), demos, category="star")
+    assert isinstance(text, str)
+    texts = model.caption(
+        [_image(50, 50, 10), image], [(5, 5, 40, 45), (0, 0, 10, 10)], demos, category="star"
+    )
+    assert len(texts) == 2 and texts[0] == text
+    details = model.caption(_image(50, 50, 10), (5, 5, 40, 45), demos, return_details=True)
+    assert isinstance(details.text, str) and details.tokens.shape == details.probs.shape
+
+
+def test_sampling_options(model, demos):
+    query = _image(30, 30, 6)
+    a = model.segment(query, demos, temperature=1.0, top_k=5, seed=1, return_details=True)
+    b = model.segment(query, demos, temperature=1.0, top_k=5, seed=1, return_details=True)
+    np.testing.assert_array_equal(a.tokens[0], b.tokens[0])
+    with pytest.raises(TypeError, match="unknown sampling option"):
+        model.segment(query, demos, temprature=1.0)
+    with pytest.raises(ValueError, match="temperature"):
+        model.segment(query, demos, temperature=-1.0)
+
+
+# ---- bad input ------------------------------------------------------------- #
+
+
+def test_bad_segment_input(model, demos, tmp_path):
+    query = _image(30, 30, 6)
+    text_file = tmp_path / "notes.txt"
+    text_file.write_text("hello")
+    with pytest.raises(ValueError, match=r"query: .*not a readable image"):
+        model.segment(text_file, demos)
+    with pytest.raises(FileNotFoundError, match=r"demos\[0\]\[0\]: file not found"):
+        model.segment(query, [(tmp_path / "missing.png", _mask(30, 30))])
+    with pytest.raises(ValueError, match=r"demos\[0\]: expected a \(image, mask\) tuple"):
+        model.segment(query, [(query,)])
+    with pytest.raises(ValueError, match=r"demos\[1\]\[1\]: mask is 30x30"):
+        model.segment(query, [demos[0], (_image(20, 20, 1), _mask(30, 30))])
+    with pytest.raises(ValueError, match="demos is empty and no category"):
+        model.segment(query, [])
+    with pytest.raises(ValueError, match=r"ensemble\[0\]\[0\]\[1\]"):
+        model.segment(query, demos, ensemble=[[(query, _mask(5, 5))]])
+
+
+def test_bad_caption_input(model):
+    image = _image(40, 52, 8)
+    demos = [(image, (2, 3, 30, 20), "a small red star")]
+    with pytest.raises(ValueError, match=r"box .* outside the image"):
+        model.caption(image, (0, 0, 60, 10), demos)
+    with pytest.raises(ValueError, match=r"demos\[0\]\[1\]: box .* outside"):
+        model.caption(image, (0, 0, 10, 10), [(image, (0, 0, 10, 99), "x")])
+    with pytest.raises(ValueError, match=r"demos\[0\]: expected a \(image, box, caption\)"):
+        model.caption(image, (0, 0, 10, 10), [(image, (0, 0, 10, 10))])
+    with pytest.raises(ValueError, match="box: for 2 queries"):
+        model.caption([image, image], (0, 0, 10, 10), demos)
+
+
+def test_load_errors(model_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="model directory not found"):
+        unicl.load(tmp_path / "nowhere")
+    import shutil
+
+    for missing in ("model.safetensors", "config.yaml", "tokenizers/vqgan/tokenizer.json"):
+        broken = tmp_path / missing.replace("/", "_")
+        shutil.copytree(model_dir, broken)
+        (broken / missing).unlink()
+        with pytest.raises(FileNotFoundError, match=missing.split("/")[-1].replace(".", r"\.")):
+            unicl.load(broken)
+    with pytest.raises(ValueError, match="dtype"):
+        unicl.load(model_dir, dtype="int8")

@@ -1,0 +1,499 @@
+"""Prompt -> answer machinery behind the public API and `unicl eval`.
+
+`Engine` holds a loaded model directory (config, vocabulary, task plugins,
+packer, decoder) and runs in-context prompts end to end (PAPER.md "Tasks",
+"Sequence layout"):
+
+    demonstrations + queries (arrays)  ->  records seen through views (tasks/base.py Shot)
+      -> Task.episode -> Packer.pack -> shared-prefix generation (unicl/generate.py)
+      -> Task.postprocess -> mask at the query's resolution / caption text
+
+User images are wrapped as in-memory records so the task plugins lay them out
+exactly as they lay out dataset records in training and evaluation. Views:
+demonstrations use the task's evaluation view (object-centred crops from their
+mask / box, as in the evaluation episodes); a segmentation query has no mask to
+centre on, so its view is the whole image (a square crop around it, padded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from unicl.tasks.records import CaptionRecord, SegmentationRecord
+
+#: files of an exported model directory (`unicl export`); tokenizers/<name>/ come too
+CONFIG_FILE = "config.yaml"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_DIR = "tokenizers"
+EXPORT_FILES = (CONFIG_FILE, WEIGHTS_FILE)
+#: decoded mask images are thresholded at this grey level (PAPER.md "Tasks")
+MASK_THRESHOLD = 127.0
+#: image ids of user images (demonstrations count up from 1, queries from here)
+QUERY_ID_BASE = 1_000_000_000
+
+
+@dataclasses.dataclass
+class ImageItem:
+    """One checked user image with what belongs to it (mask, box, caption)."""
+
+    image: np.ndarray  # (H, W, 3) uint8
+    mask: np.ndarray | None = None  # (H, W) bool
+    box: tuple[float, float, float, float] | None = None
+    text: str | None = None
+
+
+@dataclasses.dataclass
+class GeneratedAnswer:
+    """One query's answer from one prompt."""
+
+    tokens: np.ndarray  # (G,) generated global ids
+    probs: np.ndarray  # (G,) probability of each generated id under the sampling distribution
+    mask_image: np.ndarray | None = None  # (H, W) float32 grey 0-255 at the query's resolution
+    mask: np.ndarray | None = None  # (H, W) bool
+    text: str | None = None
+
+
+# --------------------------------------------------------------------------- #
+# in-memory records
+# --------------------------------------------------------------------------- #
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ArraySegmentationRecord(SegmentationRecord):
+    """A SegmentationRecord whose pixels live in memory (a user's image and mask)."""
+
+    image: np.ndarray | None = None
+    mask: np.ndarray | None = None
+
+    def load_image(self) -> np.ndarray:
+        return self.image
+
+    def load_mask(self) -> np.ndarray:
+        if self.mask is None:
+            return np.zeros((self.height, self.width), bool)
+        return self.mask
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ArrayCaptionRecord(CaptionRecord):
+    """A CaptionRecord whose pixels live in memory."""
+
+    image: np.ndarray | None = None
+
+    def load_image(self) -> np.ndarray:
+        return self.image
+
+
+def mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
+    """Tight (x0, y0, x1, y1) box of a mask's foreground (the whole image if empty)."""
+    ys, xs = np.nonzero(mask)
+    if not len(xs):
+        return (0.0, 0.0, float(mask.shape[1]), float(mask.shape[0]))
+    return (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+
+
+def segmentation_record(item: ImageItem, image_id: int, category: str) -> ArraySegmentationRecord:
+    h, w = item.image.shape[:2]
+    mask = item.mask
+    return ArraySegmentationRecord(
+        image_id=image_id,
+        image_path=Path(f"<memory:{image_id}>"),
+        category=category,
+        category_id=0,
+        height=h,
+        width=w,
+        box=mask_box(mask) if mask is not None else (0.0, 0.0, float(w), float(h)),
+        area=float(mask.sum()) if mask is not None else float(h * w),
+        segmentations=(),
+        image=item.image,
+        mask=mask,
+    )
+
+
+def caption_record(item: ImageItem, image_id: int, category: str) -> ArrayCaptionRecord:
+    h, w = item.image.shape[:2]
+    return ArrayCaptionRecord(
+        region_id=image_id,
+        image_id=image_id,
+        image_path=Path(f"<memory:{image_id}>"),
+        category=category,
+        phrase=item.text or "",
+        box=item.box,
+        height=h,
+        width=w,
+        image=item.image,
+    )
+
+
+def whole_image_crop(height: int, width: int) -> tuple[float, float, float, float]:
+    """The square crop centred on an image that contains all of it."""
+    side = float(max(height, width))
+    cx, cy = width / 2.0, height / 2.0
+    return (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
+
+
+# --------------------------------------------------------------------------- #
+# model directories
+# --------------------------------------------------------------------------- #
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """An exported model directory for `path` (an export, or a run whose weights are exported).
+
+    FileNotFoundError names the missing directory or file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model directory not found: {path}")
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a directory (expected a run or an exported model)")
+    if (path / WEIGHTS_FILE).is_file() or not _is_run_dir(path):
+        check_model_dir(path)
+        return path
+    from unicl.training import export as training_export
+
+    return Path(training_export.latest_export(path))
+
+
+def _is_run_dir(path: Path) -> bool:
+    """Does `path` look like a training run directory (rather than an export)?"""
+    return any((path / name).exists() for name in ("checkpoints", "run.json", "train_state.json"))
+
+
+def check_model_dir(path: Path) -> None:
+    """Every file an exported model needs is there, or FileNotFoundError naming it."""
+    for name in EXPORT_FILES:
+        if not (path / name).is_file():
+            raise FileNotFoundError(
+                f"{path / name} is missing: an exported model directory holds "
+                f"{', '.join(EXPORT_FILES)} and {TOKENIZER_DIR}/<name>/ (see `unicl export`)"
+            )
+    from unicl.config import load_config
+
+    cfg = load_config(path / CONFIG_FILE)
+    for spec in cfg.tokenizers:
+        tok_file = path / TOKENIZER_DIR / str(spec.get("name")) / "tokenizer.json"
+        if not tok_file.is_file():
+            raise FileNotFoundError(
+                f"{tok_file} is missing: the model's config names tokenizer "
+                f"{spec.get('name')!r}, whose files belong in {tok_file.parent}"
+            )
+
+
+def pick_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device: {device!r} is not a torch device ({err})") from err
+
+
+def pick_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    value = getattr(torch, str(dtype), None)
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise ValueError(
+            f"dtype: expected a floating torch dtype name (e.g. 'bfloat16'), got {dtype!r}"
+        )
+    return value
+
+
+def unapply_grey(grey: np.ndarray, view: Any, height: int, width: int) -> np.ndarray:
+    """A (s, s) float map in view coordinates -> (height, width) float32 on the original image.
+
+    The float counterpart of `View.unapply_mask` (bilinear instead of nearest), so
+    that maps from several prompts can be averaged before thresholding; outside
+    the crop the map is 0 (background).
+    """
+    from PIL import Image
+
+    grey = np.asarray(grey, np.float32)
+    if view.flip:
+        grey = grey[:, ::-1]
+    x0, y0, x1, y1 = (int(v) for v in view.crop)
+    side = Image.fromarray(np.ascontiguousarray(grey), mode="F").resize(
+        (x1 - x0, y1 - y0), Image.Resampling.BILINEAR
+    )
+    full = np.asarray(side, np.float32)  # (side, side)
+    out = np.zeros((height, width), np.float32)
+    ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    if ix1 > ix0 and iy1 > iy0:
+        out[iy0:iy1, ix0:ix1] = full[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0]
+    return out
+
+
+class Engine:
+    """A loaded model directory that turns prompts into answers (see the module docstring)."""
+
+    def __init__(self, cfg: Any, vocab: Any, model: torch.nn.Module, device: torch.device) -> None:
+        from unicl.data import build_packer, build_tasks
+
+        self.cfg = cfg
+        self.vocab = vocab
+        self.model = model
+        self.device = device
+        self.tasks = build_tasks(cfg, vocab)
+        self.packer = build_packer(cfg, vocab, self.tasks)
+
+    @classmethod
+    def from_dir(
+        cls,
+        model_dir: Path,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+    ) -> Engine:
+        """Build from an exported directory (checked by `check_model_dir`)."""
+        from safetensors.torch import load_file
+
+        from unicl.config import load_config
+        from unicl.model import build_model
+        from unicl.plugins import import_plugins
+        from unicl.sequence import num_attributes
+        from unicl.tokenizers.base import load_tokenizer
+        from unicl.vocab import Vocabulary
+
+        model_dir = Path(model_dir)
+        check_model_dir(model_dir)
+        device, dtype = pick_device(device), pick_dtype(dtype)
+        if device.type == "cpu":
+            torch.set_flush_denormal(True)  # denormals make CPU matmuls ~100x slower
+        cfg = load_config(model_dir / CONFIG_FILE)
+        import_plugins(cfg.plugins)
+        tokenizers = [
+            load_tokenizer(model_dir / TOKENIZER_DIR / str(spec["name"])) for spec in cfg.tokenizers
+        ]
+        vocab = Vocabulary(tokenizers, cfg.vocab)
+        model = build_model(
+            cfg.model, vocab.embedding_size, num_attributes(vocab, sorted(cfg.tasks))
+        )
+        state = load_file(str(model_dir / WEIGHTS_FILE))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"{model_dir / WEIGHTS_FILE} does not match the model its config describes: "
+                f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
+            )
+        model = model.to(device=device, dtype=dtype).eval()
+        return cls(cfg, vocab, model, device)
+
+    def describe(self) -> str:
+        params = sum(p.numel() for p in self.model.parameters())
+        tasks = ", ".join(sorted(self.tasks))
+        return f"{self.cfg.name}: {params / 1e6:.1f}M parameters, tasks {tasks}, on {self.device}"
+
+    def require_task(self, name: str) -> Any:
+        if name not in self.tasks:
+            raise ValueError(
+                f"this model was not trained for {name}; its tasks: {', '.join(sorted(self.tasks))}"
+            )
+        return self.tasks[name]
+
+    # ---- prompts ------------------------------------------------------------- #
+
+    def sampling(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Check sampling keyword arguments (temperature, top_k, top_p, seed)."""
+        known = {"temperature": 0.0, "top_k": None, "top_p": None, "seed": 0}
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise TypeError(f"unknown sampling option(s) {unknown}; valid: {', '.join(known)}")
+        out = {**known, **{k: v for k, v in options.items() if v is not None or k != "seed"}}
+        if not isinstance(out["temperature"], (int, float)) or out["temperature"] < 0:
+            raise ValueError(f"temperature must be a number >= 0, got {out['temperature']!r}")
+        if out["top_k"] is not None and (not isinstance(out["top_k"], int) or out["top_k"] < 1):
+            raise ValueError(f"top_k must be a positive int or None, got {out['top_k']!r}")
+        if out["top_p"] is not None and not 0 < float(out["top_p"]) <= 1:
+            raise ValueError(f"top_p must lie in (0, 1], got {out['top_p']!r}")
+        return out
+
+    def query_view(self, task: Any, height: int, width: int) -> Any:
+        """A user query's view: the whole image padded to a square (no mask to centre on)."""
+        from unicl.tasks.base import View
+        from unicl.tasks.transforms import full_square_crop_box
+
+        return View(full_square_crop_box(height, width), False, task.image_size)
+
+    def segmentation_episodes(
+        self, queries: Sequence[ImageItem], demos: Sequence[ImageItem], category: str | None
+    ) -> list[Any]:
+        """Episodes for user images: demos seen through evaluation views, queries whole."""
+        from unicl.tasks.base import Shot
+
+        task = self.tasks["segmentation"]
+        name = category or "object"
+        shots = []
+        for j, demo in enumerate(demos):
+            record = segmentation_record(demo, j + 1, name)
+            shots.append(Shot(record, task.eval_view(record)))
+        episodes = []
+        for i, query in enumerate(queries):
+            record = segmentation_record(query, QUERY_ID_BASE + i, name)
+            shot = Shot(record, self.query_view(task, record.height, record.width))
+            episodes.append(task.episode(shot, shots, name, category_text=category is not None))
+        return episodes
+
+    def caption_episodes(
+        self, queries: Sequence[ImageItem], demos: Sequence[ImageItem], category: str | None
+    ) -> list[Any]:
+        """Episodes for user images: every image seen through the task's evaluation view.
+
+        The captioning layout names the category in every pair; without one the
+        word "object" stands in for it.
+        """
+        from unicl.tasks.base import Shot
+
+        task = self.tasks["captioning"]
+        name = category or "object"
+        shots = []
+        for j, demo in enumerate(demos):
+            record = caption_record(demo, j + 1, name)
+            shots.append(Shot(record, task.eval_view(record)))
+        episodes = []
+        for i, query in enumerate(queries):
+            record = caption_record(dataclasses.replace(query, text="?"), QUERY_ID_BASE + i, name)
+            shot = Shot(record, task.eval_view(record, query=True))
+            episodes.append(task.episode(shot, shots, name, category_text=category is not None))
+        return episodes
+
+    def segment_batch(
+        self,
+        queries: Sequence[ImageItem],
+        demos: Sequence[ImageItem],
+        category: str | None,
+        options: dict[str, Any],
+    ) -> list[GeneratedAnswer]:
+        """One demo set, many queries: one shared-prefix generation batch."""
+        episodes = self.segmentation_episodes(queries, demos, category)
+        return self.answer_segmentation(episodes, options)
+
+    def caption_batch(
+        self,
+        queries: Sequence[ImageItem],
+        demos: Sequence[ImageItem],
+        category: str | None,
+        options: dict[str, Any],
+    ) -> list[GeneratedAnswer]:
+        episodes = self.caption_episodes(queries, demos, category)
+        return self.answer_captioning(episodes, options)
+
+    def answer_segmentation(self, episodes: Sequence[Any], options: dict[str, Any]) -> list:
+        """Episodes -> answers with the mask, its grey image and the generated tokens."""
+        task = self.tasks["segmentation"]
+        tok = self.vocab.tokenizers[task.image_tokenizer]
+        span = self.vocab.ranges[task.image_tokenizer]
+        out = []
+        for episode, (tokens, probs) in zip(episodes, self.generate(episodes, options)):
+            mask = task.postprocess(episode, tokens, self.vocab)
+            codes = [int(t) for t in tokens if int(t) in span]
+            image = tok.decode(self.vocab.to_local(task.image_tokenizer, codes))  # (s, s, 3)
+            height, width = episode.meta["query_size"]
+            grey = unapply_grey(image.mean(axis=-1), episode.meta["query_view"], height, width)
+            out.append(GeneratedAnswer(tokens, probs, mask_image=grey, mask=mask))
+        return out
+
+    def answer_captioning(self, episodes: Sequence[Any], options: dict[str, Any]) -> list:
+        task = self.tasks["captioning"]
+        out = []
+        for episode, (tokens, probs) in zip(episodes, self.generate(episodes, options)):
+            answer = task.postprocess(episode, tokens, self.vocab)
+            out.append(GeneratedAnswer(tokens, probs, text=answer.text))
+        return out
+
+    @staticmethod
+    def threshold_mask(grey: np.ndarray) -> np.ndarray:
+        """Mean decoded mask image -> bool mask (grey level > 127, PAPER.md)."""
+        return np.asarray(grey) > MASK_THRESHOLD
+
+    # ---- generation ------------------------------------------------------------ #
+
+    def generate(
+        self, episodes: Sequence[Any], options: dict[str, Any]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Generate the answer of every episode: [(global ids (G,), probabilities (G,))].
+
+        The longest token prefix that all episodes share (the category text and the
+        demonstrations, when they share a demonstration set) is prefilled once and
+        its keys/values are reused by every query (unicl/generate.py).
+        """
+        from unicl.generate import Prompt, Sampling, SegmentSpec, generate
+
+        if not episodes:
+            return []
+        packed = [self.packer.pack(e) for e in episodes]
+        prompts = [
+            Prompt(
+                p.input_ids[: p.prefix_length],
+                p.attributes[: p.prefix_length],
+                p.positions[: p.prefix_length],
+            )
+            for p in packed
+        ]
+        shared = _common_prefix(prompts)
+        prefix = None
+        if shared > 0:
+            prefix = Prompt(*(t[:shared] for t in prompts[0]))
+            prompts = [Prompt(*(t[shared:] for t in p)) for p in prompts]
+        steps = packed[0].generation
+        segments = []
+        for step in steps:
+            allowed = step.allowed_mask(self.vocab)
+            if step.length is not None:
+                segments.append(SegmentSpec(allowed, length=step.length))
+            else:
+                stop = [self.vocab[step.stop]] if step.stop else []
+                segments.append(SegmentSpec(allowed, max_length=step.max_length, stop_ids=stop))
+        table = self.packer.generation_attribute_table(episodes[0].task)
+        sampling = Sampling(options["temperature"], options["top_k"], options["top_p"])
+        generator = None
+        if sampling.temperature > 0:
+            generator = torch.Generator(self.device).manual_seed(int(options["seed"]))
+        out = generate(
+            self.model,
+            prompts,
+            segments,
+            table,
+            prefix=prefix,
+            sampling=sampling,
+            generator=generator,
+        )
+        return [(t.numpy(), p.float().numpy()) for t, p in zip(out.tokens, out.probs)]
+
+
+def _common_prefix(prompts: Sequence[Any]) -> int:
+    """Tokens every prompt shares at its start, leaving each at least one token of its own."""
+    first = prompts[0]
+    n = min(p.input_ids.numel() for p in prompts) - 1
+    for p in prompts[1:]:
+        same = (p.input_ids[:n] == first.input_ids[:n]) & (p.attributes[:n] == first.attributes[:n])
+        differs = (~same).nonzero()
+        if differs.numel():
+            n = int(differs[0, 0])
+    return max(n, 0)
+
+
+def save_model(cfg: Any, model: torch.nn.Module, vocab: Any, out_dir: str | Path) -> Path:
+    """Write an in-memory model as an exported directory that `unicl.load` reads.
+
+    The same layout as `unicl export` (config.yaml, model.safetensors,
+    tokenizers/<name>/), for models that never went through a training run: a
+    model trained in a notebook, or a randomly initialised one for speed tests.
+    """
+    from unicl.config import save_config
+    from unicl.training.export import save_weights
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / CONFIG_FILE)
+    save_weights(model.state_dict(), out / WEIGHTS_FILE)
+    for name, tok in vocab.tokenizers.items():
+        tok.save(out / TOKENIZER_DIR / name)
+    return out
