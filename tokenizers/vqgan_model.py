@@ -39,8 +39,10 @@ DDCONFIG_KEYS = (
 class VQGANConfig:
     """Taming's `ddconfig` plus the codebook (`n_embed` x `embed_dim`).
 
-    The defaults are the tiny CPU setting: 64 px, f8 -> 8x8 = 64 codes per image,
-    1024 codes (the paper's vocabulary count). `paper()` gives the paper's f16
+    The defaults are the tiny CPU setting (configs/vqgan_tiny.yaml): 64 px, f8 ->
+    8x8 = 64 codes per image, 1024 codes (the paper's vocabulary count), all widths
+    32. With num_res_blocks=0 taming's Encoder needs equal widths at every level
+    (ch_mult all equal); this is checked. `paper()` gives the paper's f16
     256 px model (taming's ImageNet f16-1024 architecture).
     """
 
@@ -48,8 +50,10 @@ class VQGANConfig:
     in_channels: int = 3
     out_ch: int = 3
     ch: int = 32
-    ch_mult: tuple[int, ...] = (1, 1, 2, 2)
-    num_res_blocks: int = 1
+    ch_mult: tuple[int, ...] = (1, 1, 1, 1)
+    # 0 = taming's minimum (the decoder still has one block per level); keeps the
+    # 64 px levels, which dominate the cost, cheap enough to train on a CPU
+    num_res_blocks: int = 0
     attn_resolutions: tuple[int, ...] = ()
     dropout: float = 0.0
     z_channels: int = 64
@@ -66,8 +70,9 @@ class VQGANConfig:
             raise ValueError("vqgan config: ch_mult must not be empty")
         for name in ("resolution", "ch", "num_res_blocks", "z_channels", "n_embed", "embed_dim"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < (name == "num_res_blocks") * -1 + 1:
-                raise ValueError(f"vqgan config: {name} must be a positive int, got {value!r}")
+            least = 0 if name == "num_res_blocks" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"vqgan config: {name} must be an int >= {least}, got {value!r}")
         if self.in_channels != 3 or self.out_ch != 3:
             raise ValueError("vqgan config: in_channels and out_ch must be 3 (RGB images)")
         widths = [self.ch * m for m in (1, *self.ch_mult)]
@@ -75,6 +80,11 @@ class VQGANConfig:
             # taming normalises with GroupNorm(32 groups)
             raise ValueError(
                 f"vqgan config: every width ch * ch_mult must be a multiple of 32, got {widths}"
+            )
+        if self.num_res_blocks == 0 and len(set(self.ch_mult)) > 1:
+            raise ValueError(
+                "vqgan config: num_res_blocks=0 needs equal ch_mult entries (taming's Encoder "
+                f"only changes width inside residual blocks), got {list(self.ch_mult)}"
             )
         if self.resolution % self.factor:
             raise ValueError(

@@ -93,7 +93,7 @@ def main() -> None:
     torch.set_flush_denormal(True)
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    tiny = VQGANConfig(ch_mult=(1, 1, 1, 1), num_res_blocks=0)  # configs/vqgan_tiny.yaml's model
+    tiny = VQGANConfig()  # the defaults are configs/vqgan_tiny.yaml's model
     results = {
         "device": args.device,
         "threads": torch.get_num_threads(),

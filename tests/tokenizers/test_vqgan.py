@@ -179,6 +179,10 @@ def test_checkpoint_that_does_not_fit_the_config(taming_files, tmp_path):
         VQGANTokenizer(checkpoint=None, config={"channels": 3})
     with pytest.raises(ValueError, match="multiple of 32"):
         VQGANConfig(ch=16)
+    with pytest.raises(ValueError, match="equal ch_mult"):
+        VQGANConfig(ch_mult=(1, 2, 2, 2), num_res_blocks=0)
+    with pytest.raises(ValueError, match="not divisible"):
+        VQGANConfig(resolution=60)
     torch.save({"state_dict": {"encoder.conv_in.weight": torch.zeros(1)}}, tmp_path / "bad.ckpt")
     with pytest.raises(ValueError, match="missing keys"):
         VQGANTokenizer.from_taming(tmp_path / "bad.ckpt", config)

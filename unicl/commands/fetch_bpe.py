@@ -21,7 +21,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--dest",
         type=Path,
         default=None,
-        help="file to write, or an existing directory to write gpt2.tiktoken into (default: unicl's cache, $UNICL_CACHE overrides)",
+        help="file to write, or an existing directory to write gpt2.tiktoken into "
+        "(default: unicl's cache; $UNICL_CACHE moves it)",
     )
 
 
