@@ -40,6 +40,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dtype", choices=("float32", "bfloat16"), help="default fp32 / bf16")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per row (median)")
     p.add_argument("--no-deepspeed", action="store_true", help="skip the DeepSpeed MoE rows")
+    p.add_argument(
+        "--plans-only", action="store_true", help="only the copy, plan and dispatch/combine rows"
+    )
     p.add_argument("--json", help="also write the rows to this file")
     args = p.parse_args()
     cpu = args.device == "cpu"
@@ -143,6 +146,8 @@ def bench_config(args, t, e, k, kind, deepspeed_moe) -> list[dict]:
         layer = deepspeed_moe(d, f, e, k, dev, dt)
         x3 = x.detach().view(1, t, d).requires_grad_()
         cases["DeepSpeed MoE (own gate)"] = lambda: layer(x3)[0].view(t, d)
+    if args.plans_only:
+        cases = {}
     rows = []
     base = {"T": t, "E": e, "k": k, "routing": kind, "d": d, "d_ff": f, "dtype": str(dt)[6:]}
     for name, fn in cases.items():
@@ -160,9 +165,8 @@ def bench_config(args, t, e, k, kind, deepspeed_moe) -> list[dict]:
                 "peak_mib": peak_mib(fwd_bwd(fn), dev),
             }
         )
-    dense = rows[0]["fwd_bwd_ms"]
     for row in rows:
-        row["vs_dense"] = row["fwd_bwd_ms"] / dense
+        row["vs_dense"] = row["fwd_bwd_ms"] / rows[0]["fwd_bwd_ms"]
     rows += bandwidth_rows(args, base, x.detach(), ids, gates.detach(), attr, e)
     return rows
 
@@ -245,7 +249,7 @@ def main() -> int:
         torch.set_flush_denormal(True)
     elif not torch.cuda.is_available():
         raise SystemExit("--device cuda needs a CUDA device")
-    ds = None if args.no_deepspeed else deepspeed_factory(args.device)
+    ds = None if args.no_deepspeed or args.plans_only else deepspeed_factory(args.device)
     cols = [
         "T",
         "E",

@@ -198,7 +198,7 @@ def pair_schedule(
     flat = attr_experts.reshape(-1).long()  # (P,) P = A*K
     keys = torch.where(flat < 0, num_experts, flat)  # (P,) dropped -> trash bucket
     pair_order = torch.sort(keys, stable=True).indices  # (P,)
-    pair_count = plan.counts.repeat_interleave(k)  # (P,) tokens behind each pair
+    pair_count = plan.counts[:, None].expand(a, k).reshape(-1)  # (P,) tokens behind each pair
     expert_counts = torch.zeros(num_experts + 1, dtype=torch.int32, device=flat.device)
     expert_counts.scatter_add_(0, keys, pair_count)  # (E + 1,)
     pair_start = _exclusive_cumsum(pair_count[pair_order])  # (P + 1,)
@@ -210,20 +210,21 @@ def pair_schedule(
 
 
 def torch_remap(plan: AttributePlan, attr_experts: torch.Tensor, num_experts: int) -> DispatchPlan:
-    """Reference remap: expand the sorted pairs to slots with one repeat_interleave (no sort)."""
+    """Reference remap: expand the sorted pairs to slots with a marked running sum (no sort)."""
     _check_attr_experts(attr_experts, plan.num_attributes, num_experts)
     k = attr_experts.shape[1]
     n = plan.sorted_token.numel()
     pair_order, pair_start, offsets = pair_schedule(plan, attr_experts, num_experts)
-    p = pair_order.numel()
-    # sorted pair q owning each sorted position: q repeated by its token count (sizes known)
-    pair_count = (pair_start[1:] - pair_start[:-1]).long()  # (P,)
-    q = torch.repeat_interleave(
-        torch.arange(p, device=pair_count.device), pair_count, output_size=n * k
-    )  # (S,)
+    s = n * k
+    # sorted pair q owning each sorted position = number of pair starts (after the first) at or
+    # before it: mark each start, then a running sum (empty pairs add their marks together)
+    marks = torch.zeros(s + 1, dtype=torch.int64, device=attr_experts.device)  # (S + 1,)
+    starts = pair_start[1:-1].long()  # (P - 1,) in [0, S]
+    marks.index_add_(0, starts, torch.ones_like(starts))
+    q = torch.cumsum(marks[:s], 0)  # (S,)
     pair = pair_order.long().index_select(0, q)  # (S,)
     attr, choice = pair // k, pair % k  # (S,), (S,)
-    pos = torch.arange(n * k, device=q.device)  # (S,)
+    pos = torch.arange(s, device=q.device)  # (S,)
     within = pos - pair_start.long().index_select(0, q)  # (S,) rank inside the attribute block
     start = plan.offsets.long().index_select(0, attr)  # (S,)
     token = plan.sorted_token.long().index_select(0, start + within)  # (S,)
