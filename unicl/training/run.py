@@ -133,8 +133,8 @@ def target_token_count(batch) -> torch.Tensor:
     return batch.loss_weights[:, 1:].detach().float().sum()
 
 
-def train(cfg, progress: bool = True):
-    """Train the run `cfg` (a UniclConfig) describes; returns the Trainer after it finished."""
+def build_trainer(cfg, progress: bool = True):
+    """Steps 1-4 of the module docstring for `cfg` (a UniclConfig): a Trainer ready to run."""
     from unicl.config import to_dict
     from unicl.model import build_model
     from unicl.plugins import import_plugins
@@ -163,7 +163,7 @@ def train(cfg, progress: bool = True):
         vocab_size=vocab.embedding_size,
         num_attributes=num_attributes(vocab, sorted(streams)),
     )
-    trainer = Trainer(
+    return Trainer(
         model,
         streams,
         collate,
@@ -176,5 +176,10 @@ def train(cfg, progress: bool = True):
         progress=progress,
         token_count=target_token_count,
     )
+
+
+def train(cfg, progress: bool = True):
+    """Train the run `cfg` (a UniclConfig) describes; returns the Trainer after it finished."""
+    trainer = build_trainer(cfg, progress)
     trainer.run()
     return trainer

@@ -1,0 +1,137 @@
+"""`unicl train` / `unicl export` on a small shapes world: real data, model, loss and checks.
+
+A fresh (untrained) tiny VQ-GAN is used so that the test depends on no shipped
+weights; the world, token caches and runs live in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+
+from unicl.config import load_config
+from unicl.training.run import build_trainer, train
+
+FRESH_VQGAN = (
+    "tokenizers=[{name: gpt2}, {name: bins}, {name: vqgan, checkpoint: null, config: "
+    "{resolution: 64, ch: 32, ch_mult: [1, 1, 1, 1], num_res_blocks: 0, attn_resolutions: [], "
+    "z_channels: 32, n_embed: 1024, embed_dim: 16}}]"
+)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> list[str]:
+    root = tmp_path_factory.mktemp("training-run")
+    return [
+        f"data.root={root / 'world'}",
+        "data.images=24",
+        "data.val_images=8",
+        "data.min_descriptions=1",
+        FRESH_VQGAN,
+        f"tasks.segmentation.cache_dir={root / 'tokens'}",
+        f"tasks.captioning.cache_dir={root / 'tokens'}",
+        "tasks.segmentation.cache_views=1",
+        "tasks.captioning.cache_views=1",
+        "train.batch_size=2",
+        "train.micro_batch=1",
+        "train.warmup_steps=1",
+        "train.log_every=1",
+        "train.tensorboard=false",
+    ]
+
+
+def run_cfg(base, run_dir, *extra):
+    return load_config("shapes_tiny", [*base, f"train.run_dir={run_dir}", *extra])
+
+
+def test_train_resume_and_export(base, tmp_path):
+    from safetensors.torch import load_file
+
+    from unicl.commands import export as export_cmd
+
+    run = tmp_path / "run"
+    first = train(run_cfg(base, run, "train.steps=2"), progress=False)
+    assert len(first.history) == 2
+    assert all(math.isfinite(s.ce) and s.tokens > 0 for s in first.history)
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(records[0]["expert_load"]) == 2  # MoE on layers 1 and 3
+    assert (run / "curves.png").is_file() and (run / "run.json").is_file()
+    # a longer horizon on the same run continues from step 2
+    more = train(run_cfg(base, run, "train.steps=3"), progress=False)
+    assert more.start_step == 2 and [s.step for s in more.history] == [2]
+
+    out = tmp_path / "exported"
+    args = export_cmd.argparse.Namespace(run=str(run), out=str(out), tag=None)
+    assert export_cmd.main(args) == 0
+    cfg = load_config(out / "config.yaml")
+    for spec in cfg.tokenizers:
+        assert (out / "tokenizers" / spec["name"] / "tokenizer.json").is_file()
+    weights = load_file(str(out / "model.safetensors"))
+    # every key of the model, fp32, equal to the trained weights; loads strictly
+    copy.deepcopy(more.engine.module).load_state_dict(weights, strict=True)
+    for name, param in more.engine.module.state_dict().items():
+        assert weights[name].dtype == torch.float32
+        torch.testing.assert_close(weights[name], param.float(), rtol=0, atol=0)
+
+
+def test_resume_with_another_model_fails_before_any_work(base, tmp_path):
+    run = tmp_path / "run"
+    train(run_cfg(base, run, "train.steps=1"), progress=False)
+    with pytest.raises(ValueError, match=r"model.n_layer: checkpoint 4, config 2"):
+        build_trainer(run_cfg(base, run, "model.n_layer=2"), progress=False)
+
+
+def test_bad_inputs_are_clear_errors(base, tmp_path):
+    with pytest.raises(FileNotFoundError, match="data.coco_train_ann"):
+        build_trainer(
+            run_cfg(base, tmp_path / "a", f"data.coco_train_ann={tmp_path / 'nope.json'}"),
+            progress=False,
+        )
+    with pytest.raises(ValueError, match="max_positions"):
+        build_trainer(run_cfg(base, tmp_path / "b", "model.max_positions=200"), progress=False)
+    with pytest.raises(ValueError, match="micro_batch"):
+        load_config("shapes_tiny", ["train.batch_size=3", "train.micro_batch=2"])
+
+
+@pytest.mark.slow
+def test_paper_config_builds_and_takes_one_step(base, tmp_path):
+    cfg = load_config(
+        "m2oegpt_coco",
+        [
+            *[o for o in base if not o.startswith("train.")],
+            *[
+                f"data.{k}="
+                for k in (
+                    "coco_train_ann",
+                    "coco_val_ann",
+                    "coco_train_images",
+                    "coco_val_images",
+                    "vg_train_regions",
+                    "vg_val_regions",
+                    "vg_images",
+                    "vg_image_data",
+                )
+            ],
+            # the fresh tokenizer is f8: 128 px crops give the paper's 16x16 = 256 codes
+            "tasks.segmentation.image_size=128",
+            "tasks.captioning.image_size=128",
+            "train.batch_size=1",
+            "train.micro_batch=1",
+            "train.precision=fp32",
+            "train.tensorboard=false",
+            f"train.run_dir={tmp_path / 'paper'}",
+        ],
+    )
+    assert (cfg.model.n_layer, cfg.model.d_model, cfg.model.num_experts) == (12, 768, 8)
+    assert cfg.model.moe_layer_indices() == [1, 3, 5, 7, 9, 11]
+    trainer = build_trainer(cfg, progress=False)
+    trainer.setup()
+    assert trainer.ds_config["zero_optimization"]["stage"] == 1
+    before = trainer.engine.module.wte.weight.detach().clone()
+    stats = trainer.train_step(0)
+    assert math.isfinite(stats.ce) and stats.seq_tokens <= 2060
+    assert not torch.equal(before, trainer.engine.module.wte.weight)
