@@ -61,7 +61,8 @@ class InContextModel:
     """A trained unicl model ready for in-context prompts (see the module docstring).
 
     Build it with `unicl.load(path)`. `sampling` options accepted by `segment` and
-    `caption`: `temperature` (0 = greedy, the default), `top_k`, `top_p`, `seed`.
+    `caption`: `temperature` (0 = greedy, the default), `top_k`, `top_p`, `seed`, and
+    `max_tokens` (a cap on the length of a generated caption).
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -109,7 +110,7 @@ class InContextModel:
                 prompt with as well; the decoded mask images of `demos` and of every
                 set are averaged before thresholding.
             return_details: return `SegmentationResult`s instead of bool masks.
-            **sampling: temperature, top_k, top_p, seed.
+            **sampling: temperature, top_k, top_p, seed, max_tokens.
 
         Returns:
             An (H, W) bool mask at the query's own resolution (a list for a list of
@@ -175,7 +176,7 @@ class InContextModel:
             demos: (image, box, caption) triples; may be empty when `category` is given.
             category: the region's category name as text (optional with demos).
             return_details: return `CaptionResult`s instead of strings.
-            **sampling: temperature, top_k, top_p, seed.
+            **sampling: temperature, top_k, top_p, seed, max_tokens.
 
         Returns:
             The caption (a list for a list of queries), or CaptionResult(s).

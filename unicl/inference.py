@@ -301,8 +301,12 @@ class Engine:
     # ---- prompts ------------------------------------------------------------- #
 
     def sampling(self, options: dict[str, Any]) -> dict[str, Any]:
-        """Check sampling keyword arguments (temperature, top_k, top_p, seed)."""
-        known = {"temperature": 0.0, "top_k": None, "top_p": None, "seed": 0}
+        """Check sampling keyword arguments (temperature, top_k, top_p, seed, max_tokens).
+
+        `max_tokens` caps free-length answers (captions; the stop tag included);
+        None keeps the prompt layout's own limit.
+        """
+        known = {"temperature": 0.0, "top_k": None, "top_p": None, "seed": 0, "max_tokens": None}
         unknown = sorted(set(options) - set(known))
         if unknown:
             raise TypeError(f"unknown sampling option(s) {unknown}; valid: {', '.join(known)}")
@@ -311,6 +315,9 @@ class Engine:
             raise ValueError(f"temperature must be a number >= 0, got {out['temperature']!r}")
         if out["top_k"] is not None and (not isinstance(out["top_k"], int) or out["top_k"] < 1):
             raise ValueError(f"top_k must be a positive int or None, got {out['top_k']!r}")
+        cap = out["max_tokens"]
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            raise ValueError(f"max_tokens must be a positive int or None, got {cap!r}")
         if out["top_p"] is not None and not 0 < float(out["top_p"]) <= 1:
             raise ValueError(f"top_p must lie in (0, 1], got {out['top_p']!r}")
         return out
@@ -450,7 +457,10 @@ class Engine:
                 segments.append(SegmentSpec(allowed, length=step.length))
             else:
                 stop = [self.vocab[step.stop]] if step.stop else []
-                segments.append(SegmentSpec(allowed, max_length=step.max_length, stop_ids=stop))
+                limit = step.max_length
+                if options.get("max_tokens") is not None:
+                    limit = min(limit, options["max_tokens"])
+                segments.append(SegmentSpec(allowed, max_length=limit, stop_ids=stop))
         table = self.packer.generation_attribute_table(episodes[0].task)
         sampling = Sampling(options["temperature"], options["top_k"], options["top_p"])
         generator = None
