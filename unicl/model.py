@@ -334,10 +334,14 @@ class UniclDecoder(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
+    @property
+    def head_weight(self) -> torch.Tensor:
+        """(V, D) output projection: the token embedding when tied."""
+        return self.wte.weight if self.head is None else self.head.weight
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Vocabulary logits of final hidden states: (..., D) -> (..., V)."""
-        weight = self.wte.weight if self.head is None else self.head.weight  # (V, D)
-        return F.linear(hidden, weight)
+        return F.linear(hidden, self.head_weight)
 
     def num_parameters(self, exclude_position: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())

@@ -1,0 +1,259 @@
+"""Benchmark the decoder: training step, KV-cached generation, shared-prefix batching, peak memory.
+
+    python tools/bench_model.py                      # everything, CPU
+    python tools/bench_model.py --only train gen     # a subset
+    python tools/bench_model.py --device cuda        # GPU rows (bf16 autocast for training)
+
+Rows (medians of --repeats timed runs after one warm-up; ratios against a baseline of the same run):
+  train   forward+backward tokens/s of the tiny config (4 x 524-token sequences) and the paper
+          config (1 x 2060 tokens), loss on half of the tokens, as in packed episodes.
+  gen     greedy generation tokens/s after a --context token prompt, with and without the KV
+          cache (the uncached path recomputes the whole sequence every step).
+  prefix  16 queries sharing one demonstration prefix: generate(prefix=...) (prefix prefilled
+          once) against the same 16 full prompts in one batch.
+  memory  peak memory of one forward+backward of the paper config at 2060 tokens (CPU: growth
+          of the process's peak RSS, measured in a fresh subprocess; CUDA: max_memory_allocated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import multiprocessing as mp
+import resource
+import statistics
+import time
+
+import torch
+
+from unicl.generate import Prompt, SegmentSpec, generate
+from unicl.loss import compute_loss
+from unicl.model import ModelConfig, build_model
+
+VOCAB = 52352  # the paper's 52295 ids padded to a multiple of 64
+ATTRIBUTES = 24
+
+
+class Batch:
+    def __init__(self, b: int, t: int, device, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.input_ids = torch.randint(0, VOCAB - 64, (b, t), generator=g).to(device)
+        self.attributes = torch.randint(0, ATTRIBUTES, (b, t), generator=g).to(device)
+        self.positions = torch.arange(t).expand(b, t).contiguous().to(device)
+        self.loss_weights = (torch.rand(b, t, generator=g) < 0.5).float().to(device)
+        self.attention_mask = torch.ones(b, t, dtype=torch.bool, device=device)
+        self.task = "bench"
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_s(fn, repeats: int, device) -> float:
+    fn()  # warm-up
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def config(name: str, **kw) -> ModelConfig:
+    return ModelConfig.paper(**kw) if name == "paper" else ModelConfig(**kw)
+
+
+def bench_train(args) -> list[dict]:
+    rows = []
+    for name, b, t in (("tiny", 4, 524), ("paper", 1, 2060)):
+        cfg = config(name, max_positions=max(2060, t))
+        torch.manual_seed(0)
+        model = build_model(cfg, VOCAB, ATTRIBUTES).to(args.device).train()
+        batch = Batch(b, t, args.device)
+        amp = "cuda" if args.device == "cuda" else None
+        step = functools.partial(_train_step, model, batch, amp)
+        reps = args.repeats if name == "tiny" else max(2, args.repeats // 2)
+        sec = median_s(step, reps, args.device)
+        rows.append(
+            {
+                "bench": "train",
+                "config": name,
+                "params_M": round(model.num_parameters() / 1e6, 1),
+                "batch": f"{b} x {t}",
+                "step_s": round(sec, 3),
+                "tokens_per_s": round(b * t / sec),
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def _train_step(model, batch, amp_device) -> None:
+    model.zero_grad(set_to_none=True)
+    with torch.autocast(amp_device or "cpu", torch.bfloat16, enabled=amp_device is not None):
+        out = compute_loss(model, batch)
+    out.loss.backward()
+
+
+def _prompt(n: int, start: int = 0, seed: int = 0) -> Prompt:
+    g = torch.Generator().manual_seed(seed)
+    return Prompt(
+        torch.randint(0, VOCAB - 64, (n,), generator=g),
+        torch.randint(0, ATTRIBUTES, (n,), generator=g),
+        torch.arange(start, start + n),
+    )
+
+
+def bench_gen(args) -> list[dict]:
+    rows = []
+    allowed = torch.zeros(VOCAB, dtype=torch.bool)
+    allowed[50257:51281] = True  # the VQ-GAN code span
+    table = torch.arange(VOCAB) % ATTRIBUTES
+    for name in args.gen_configs:
+        cfg = config(name, max_positions=2060)
+        torch.manual_seed(0)
+        model = build_model(cfg, VOCAB, ATTRIBUTES).to(args.device).eval()
+        q = _prompt(args.context)
+        new = args.new_tokens if name == "tiny" else max(4, args.new_tokens // 8)
+        segs = [SegmentSpec(allowed, length=new)]
+        out = {}
+        for cached in (True, False):
+            sec = median_s(
+                functools.partial(generate, model, q, segs, table, use_cache=cached),
+                args.repeats if cached else 1,
+                args.device,
+            )
+            out[cached] = sec
+        tokens = generate(model, q, segs, table).tokens[0]
+        same = torch.equal(tokens, generate(model, q, segs, table, use_cache=False).tokens[0])
+        rows.append(
+            {
+                "bench": "gen",
+                "config": name,
+                "context": args.context,
+                "new_tokens": new,
+                "cached_tok_s": round(new / out[True], 1),
+                "uncached_tok_s": round(new / out[False], 2),
+                "speedup": round(out[False] / out[True], 1),
+                "same_tokens": same,
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
+def bench_prefix(args) -> list[dict]:
+    cfg = config("tiny", max_positions=2060)
+    torch.manual_seed(0)
+    model = build_model(cfg, VOCAB, ATTRIBUTES).to(args.device).eval()
+    allowed = torch.zeros(VOCAB, dtype=torch.bool)
+    allowed[50257:51281] = True
+    table = torch.arange(VOCAB) % ATTRIBUTES
+    pre_len, q_len, new, n_q = 3 * 131 + 4, 66, 64, 16  # 3 demonstration pairs, a query image
+    prefix = _prompt(pre_len, seed=1)
+    queries = [_prompt(q_len, start=pre_len, seed=10 + i) for i in range(n_q)]
+    full = [Prompt(*(torch.cat([a, b]) for a, b in zip(prefix, q))) for q in queries]
+    segs = [SegmentSpec(allowed, length=new)]
+    shared = median_s(
+        lambda: generate(model, queries, segs, table, prefix=prefix), args.repeats, args.device
+    )
+    batched = median_s(lambda: generate(model, full, segs, table), args.repeats, args.device)
+    one_by_one = median_s(lambda: [generate(model, f, segs, table) for f in full], 1, args.device)
+    a = generate(model, queries, segs, table, prefix=prefix).tokens
+    b = generate(model, full, segs, table).tokens
+    row = {
+        "bench": "prefix",
+        "queries": n_q,
+        "prefix_tokens": pre_len,
+        "query_tokens": q_len,
+        "new_tokens": new,
+        "shared_prefix_s": round(shared, 3),
+        "full_prompts_batched_s": round(batched, 3),
+        "one_query_at_a_time_s": round(one_by_one, 3),
+        "speedup_vs_batched": round(batched / shared, 2),
+        "speedup_vs_one_by_one": round(one_by_one / shared, 2),
+        "same_tokens": all(torch.equal(x, y) for x, y in zip(a, b)),
+    }
+    print(row, flush=True)
+    return [row]
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _memory_child(device: str, queue) -> None:
+    torch.set_flush_denormal(True)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.paper(), VOCAB, ATTRIBUTES).to(device).train()
+    batch = Batch(1, 2060, device)
+    # the growth covers activations, gradients and temporaries of one forward+backward
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2**20
+    else:
+        base = _peak_rss_mib()
+    _train_step(model, batch, "cuda" if device == "cuda" else None)
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak = _peak_rss_mib()
+    params = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+    queue.put({"params_mib": round(params), "before_mib": round(base), "peak_mib": round(peak)})
+
+
+def bench_memory(args) -> list[dict]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_memory_child, args=(args.device, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    row = {
+        "bench": "memory",
+        "config": "paper",
+        "tokens": 2060,
+        "measure": "peak RSS" if args.device == "cpu" else "max_memory_allocated",
+        **result,
+        "step_growth_mib": result["peak_mib"] - result["before_mib"],
+    }
+    print(row, flush=True)
+    return [row]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--only", nargs="+", choices=("train", "gen", "prefix", "memory"))
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--context", type=int, default=1536, help="prompt tokens for the gen rows")
+    p.add_argument("--new-tokens", type=int, default=64, help="generated tokens (tiny gen row)")
+    p.add_argument("--gen-configs", nargs="+", default=["tiny"], choices=("tiny", "paper"))
+    p.add_argument("--threads", type=int, help="torch.set_num_threads")
+    p.add_argument("--json", help="also write the rows to this file")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    benches = {
+        "train": bench_train,
+        "gen": bench_gen,
+        "prefix": bench_prefix,
+        "memory": bench_memory,
+    }
+    rows = []
+    for name in args.only or list(benches):
+        rows += benches[name](args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
