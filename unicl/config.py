@@ -27,9 +27,15 @@ import typing
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union
 
 import yaml
+
+if TYPE_CHECKING:  # imported lazily at run time, see _sections()
+    from unicl.model import ModelConfig
+    from unicl.tasks.data import DataConfig
+    from unicl.training.config import TrainConfig
+    from unicl.vocab import VocabConfig
 
 T = TypeVar("T")
 

@@ -31,7 +31,8 @@ def test_register_build_and_names(reg):
 def test_unknown_name_lists_valid_names(reg):
     reg.register("circle")(object)
     reg.register("star")(dict)
-    with pytest.raises(RegistryError, match=r"unknown widget 'heart'; valid widget names: circle, star"):
+    expected = r"unknown widget 'heart'; valid widget names: circle, star"
+    with pytest.raises(RegistryError, match=expected):
         reg.get("heart")
     with pytest.raises(KeyError):  # RegistryError is a KeyError for callers that catch those
         reg.build("heart")
@@ -56,7 +57,8 @@ def test_unknown_option_is_named(reg):
         def __init__(self, size: int = 1, *, depth: int = 2):
             pass
 
-    with pytest.raises(TypeError, match=r"unknown option\(s\) \['colour'\]; valid options: size, depth"):
+    expected = r"unknown option\(s\) \['colour'\]; valid options: size, depth"
+    with pytest.raises(TypeError, match=expected):
         reg.build("w", colour="red")
 
 
