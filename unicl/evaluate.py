@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 #: metric key -> (column title, format, higher is better)
 METRICS: dict[str, tuple[str, str, bool]] = {
     "miou": ("mIoU", "{:.2f}", True),
@@ -130,3 +132,239 @@ def check_shots(shots: Sequence[int], max_shots: int = 3) -> list[int]:
     if not out or bad:
         raise ValueError(f"shots must be integers in [0, {max_shots}], got {list(shots)}")
     return out
+
+
+# --------------------------------------------------------------------------- #
+# running an evaluation
+# --------------------------------------------------------------------------- #
+
+
+@dataclasses.dataclass
+class EvalOptions:
+    """What `evaluate` runs (the `unicl eval` options)."""
+
+    shots: Sequence[int] = (0, 1, 2, 3)
+    split: str = "val"
+    seed: int = 0  # episode seed
+    queries_per_category: int | None = 10  # None: every record of the split
+    batch_size: int = 8  # episodes generated together
+    baselines: bool = True
+    #: demonstration sets averaged per query (1 = none): rotations of the max-shot demos
+    ensemble: int = 1
+    max_tokens: int | None = None  # cap on generated caption tokens
+
+
+def episode_dir(root: str | Path, opts: EvalOptions) -> Path:
+    """Where the episode files of these options live under `root`."""
+    limit = "all" if opts.queries_per_category is None else f"q{opts.queries_per_category}"
+    return Path(root) / f"{opts.split}_seed{opts.seed}_{limit}"
+
+
+def ensure_episode_files(engine: Any, directory: Path, opts: EvalOptions, max_shots: int = 3):
+    """The episode files (made once with tasks/episodes.py, then reused)."""
+    from unicl.tasks.episodes import write_episode_files
+
+    if not any(directory.glob("*.json")):
+        write_episode_files(
+            engine.tasks,
+            engine.cfg.data,
+            directory,
+            split=opts.split,
+            seed=opts.seed,
+            max_shots=max_shots,
+            queries_per_category=opts.queries_per_category,
+        )
+    return directory
+
+
+def _episode_files(directory: Path, task: str, opts: EvalOptions) -> dict[str, Path]:
+    from unicl.tasks.episodes import GROUPS, episode_file_name
+
+    files = {}
+    for group in GROUPS:
+        path = directory / episode_file_name(task, opts.split, group, opts.seed)
+        if path.is_file():
+            files[group] = path
+    if not files:
+        raise FileNotFoundError(
+            f"no {task} episode files for split {opts.split!r}, seed {opts.seed} in {directory}"
+        )
+    return files
+
+
+def rotations(episode: Any, full: Any, k: int, n: int) -> list[Any]:
+    """`n` demonstration sets for a k-shot query: rotations of the max-shot demo list.
+
+    Set j uses demos (j, j+1, ..., j+k-1) mod m of the m-shot episode `full`; set 0
+    is the k-shot episode itself (the files nest their shot sets). For k = m the sets
+    are orderings of the same demonstrations, for k < m different demonstrations.
+    """
+    m = full.shots
+    sets = [episode]
+    for j in range(1, min(n, m) if k else 1):
+        pairs = [full.pairs[(j + i) % m] for i in range(k)] + [full.query]
+        sets.append(dataclasses.replace(episode, pairs=pairs))
+    return sets
+
+
+def evaluate(
+    model: Any,
+    task: str,
+    episodes: str | Path,
+    opts: EvalOptions | None = None,
+    run: str = "",
+    progress: bool = True,
+) -> EvalTable:
+    """Score `model` (an InContextModel) on the episode files in `episodes` (see module doc)."""
+    from unicl.tasks.episodes import load_episodes, read_episode_file
+
+    opts = opts or EvalOptions()
+    shots = check_shots(opts.shots)
+    engine = model.engine
+    the_task = engine.require_task(task)
+    files = _episode_files(Path(episodes), task, opts)
+    records = {
+        the_task.record_id(r): r
+        for pool in the_task.load_pools(engine.cfg.data, opts.split).values()
+        for r in pool
+    }
+    plan = []  # (group, shots, [episode sets])
+    for group, path in files.items():
+        max_shots = read_episode_file(path)["max_shots"]
+        if shots[-1] > max_shots:
+            raise ValueError(f"{path} holds episodes of up to {max_shots} shots, not {shots[-1]}")
+        full = list(load_episodes(path, the_task, engine.cfg.data, max_shots, records))
+        for k in shots:
+            plain = list(load_episodes(path, the_task, engine.cfg.data, k, records))
+            plan.append(
+                (group, k, [rotations(e, f, k, opts.ensemble) for e, f in zip(plain, full)])
+            )
+    table = EvalTable(task=task, run=run, meta={"options": _plain(opts), "files": _names(files)})
+    total = sum(len(sets) for _, _, sets in plan)
+    scorer = _Scorer(task)
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=f"eval {task}", unit="query", disable=not progress) as bar:
+        for group, k, sets in plan:
+            rows = scorer.run(engine, sets, k, opts, bar)
+            for method, (n, metrics) in rows.items():
+                table.rows.append(Row(method, k, group, n, metrics))
+    scorer.close()
+    table.rows.sort(key=lambda r: (_method_rank(r.method), r.shots, SPLITS.index(r.split)))
+    return table
+
+
+def _method_rank(method: str) -> int:
+    order = [MODEL, BASELINE_BACKGROUND, BASELINE_COPY]
+    return order.index(method) if method in order else len(order)
+
+
+def _plain(opts: EvalOptions) -> dict[str, Any]:
+    out = dataclasses.asdict(opts)
+    out["shots"] = list(out["shots"])
+    return out
+
+
+def _names(files: dict[str, Path]) -> dict[str, str]:
+    return {group: path.name for group, path in files.items()}
+
+
+class _Scorer:
+    """Generates the answers of a group of episodes and scores them (one task)."""
+
+    def __init__(self, task: str) -> None:
+        self.task = task
+        self._captions = None
+
+    def close(self) -> None:
+        if self._captions is not None:
+            self._captions.close()
+
+    def run(self, engine, sets, k: int, opts: EvalOptions, bar) -> dict[str, tuple[int, dict]]:
+        options = engine.sampling({"max_tokens": opts.max_tokens})
+        n_sets = max(len(s) for s in sets)
+        # answers[j][i]: query i's answer from its j-th demonstration set
+        answers = [[None] * len(sets) for _ in range(n_sets)]
+        for j in range(n_sets):
+            order = [i for i, s in enumerate(sets) if len(s) > j]
+            for start in range(0, len(order), opts.batch_size):
+                chunk = order[start : start + opts.batch_size]
+                episodes = [sets[i][j] for i in chunk]
+                if self.task == "segmentation":
+                    got = engine.answer_segmentation(episodes, options)
+                else:
+                    got = engine.answer_captioning(episodes, options)
+                for i, answer in zip(chunk, got):
+                    answers[j][i] = answer
+                if j == 0:
+                    bar.update(len(chunk))
+        if self.task == "segmentation":
+            return self._segmentation(engine, sets, answers, k, opts)
+        return self._captioning(sets, answers)
+
+    def _segmentation(self, engine, sets, answers, k, opts) -> dict[str, tuple[int, dict]]:
+        from unicl.tasks.metrics import SegmentationMeter
+
+        meters = {MODEL: SegmentationMeter()}
+        if opts.baselines:
+            meters[BASELINE_BACKGROUND] = SegmentationMeter()
+            if k > 0:
+                meters[BASELINE_COPY] = SegmentationMeter()
+        for i, episode_sets in enumerate(sets):
+            episode = episode_sets[0]
+            truth = episode.meta["query_record"].load_mask()  # (H, W) bool
+            mine = [answers[j][i] for j in range(len(episode_sets))]
+            if len(mine) == 1:
+                pred = mine[0].mask
+            else:
+                pred = engine.threshold_mask(np.mean([a.mask_image for a in mine], axis=0))
+            meters[MODEL].update(pred, truth, episode.category)
+            if BASELINE_BACKGROUND in meters:
+                meters[BASELINE_BACKGROUND].update(np.zeros_like(truth), truth, episode.category)
+            if BASELINE_COPY in meters:
+                meters[BASELINE_COPY].update(copy_demo_mask(episode), truth, episode.category)
+        return {
+            name: (len(m), {"miou": 100.0 * m.class_miou, "mae": m.mae})
+            for name, m in meters.items()
+        }
+
+    def _captioning(self, sets, answers) -> dict[str, tuple[int, dict]]:
+        from unicl.tasks.metrics import CaptionScorer, densecap_map
+
+        if self._captions is None:
+            self._captions = CaptionScorer()
+        preds, refs, dets, truth = [], [], {}, {}
+        for i, episode_sets in enumerate(sets):
+            episode = episode_sets[0]
+            record = episode.meta["query_record"]
+            answer = answers[0][i]
+            preds.append(answer.text)
+            refs.append([record.phrase])
+            # region captioning: the box is given; a caption's score is its mean log-probability
+            score = (
+                float(np.log(np.clip(answer.probs, 1e-12, 1.0)).mean())
+                if len(answer.probs)
+                else 0.0
+            )
+            key = episode.meta["query_id"]
+            dets[key] = [(record.box, answer.text, score)]
+            truth[key] = [(record.box, record.phrase)]
+        scores = self._captions.score(preds, refs)
+        mean_ap = densecap_map(dets, truth, scorer=self._captions.meteor_scores)
+        metrics = {
+            "bleu4": 100.0 * scores["bleu4"],
+            "meteor": None if scores["meteor"] is None else 100.0 * scores["meteor"],
+            "cider": 100.0 * scores["cider"],
+            "map": None if mean_ap is None else 100.0 * mean_ap,
+        }
+        return {MODEL: (len(preds), metrics)}
+
+
+def copy_demo_mask(episode: Any) -> np.ndarray:
+    """The "copy demo mask" baseline: demo 1's mask in its view, pasted through the query's view."""
+    demo_mask = np.asarray(episode.pairs[0][1].payload, bool)  # (S, S) in demo 1's view
+    height, width = episode.meta["query_size"]
+    view = episode.meta["query_view"]
+    if demo_mask.shape != (view.size, view.size):
+        raise ValueError(f"demo mask of shape {demo_mask.shape} is not in a {view.size} px view")
+    return view.unapply_mask(demo_mask, height, width)

@@ -1,0 +1,87 @@
+"""`unicl eval RUN`: score a model on the fixed evaluation episodes (unicl/evaluate.py).
+
+    unicl eval runs/shapes-tiny --task segmentation --shots 0 1 2 3
+
+Writes `eval_<task>.json` and `eval_<task>.md` (seen / unseen categories, the
+model and the baselines) into `--out` (default RUN/eval) and prints the table.
+The episode files are made on first use under RUN/episodes and reused after.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", metavar="RUN", help="a run directory or an exported model")
+    parser.add_argument(
+        "--task", choices=("segmentation", "captioning"), default="segmentation", help="task"
+    )
+    parser.add_argument(
+        "--shots", type=int, nargs="+", default=[0, 1, 2, 3], help="shot counts (default 0 1 2 3)"
+    )
+    parser.add_argument(
+        "--episodes", default=None, metavar="DIR", help="episode files (default RUN/episodes/...)"
+    )
+    parser.add_argument("--out", default=None, metavar="DIR", help="output (default RUN/eval)")
+    parser.add_argument("--split", default="val", help="dataset split (default val)")
+    parser.add_argument("--seed", type=int, default=0, help="episode seed (default 0)")
+    parser.add_argument(
+        "--queries-per-category",
+        type=int,
+        default=10,
+        help="queries per category when the episode files are made (default 10; 0 = all)",
+    )
+    parser.add_argument(
+        "--ensemble",
+        type=int,
+        default=1,
+        help="average each query's mask over this many demo sets (rotations; default 1)",
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="episodes per generation batch")
+    parser.add_argument("--max-tokens", type=int, default=None, help="cap on caption tokens")
+    parser.add_argument("--no-baselines", action="store_true", help="skip the baselines")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def main(args: argparse.Namespace) -> int:
+    from unicl.commands.caption import report_errors
+
+    return report_errors("eval", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import unicl
+    from unicl.evaluate import EvalOptions, ensure_episode_files, episode_dir, evaluate
+
+    opts = EvalOptions(
+        shots=args.shots,
+        split=args.split,
+        seed=args.seed,
+        queries_per_category=args.queries_per_category or None,
+        batch_size=args.batch_size,
+        baselines=not args.no_baselines,
+        ensemble=args.ensemble,
+        max_tokens=args.max_tokens,
+    )
+    if opts.ensemble < 1 or opts.batch_size < 1:
+        raise ValueError("--ensemble and --batch-size must be >= 1")
+    model = unicl.load(args.run, device=args.device)
+    run = Path(args.run)
+    if args.episodes is not None:
+        episodes = Path(args.episodes)
+        if not episodes.is_dir():
+            raise FileNotFoundError(f"--episodes: directory not found: {episodes}")
+    else:
+        episodes = ensure_episode_files(model.engine, episode_dir(run / "episodes", opts), opts)
+    table = evaluate(model, args.task, episodes, opts, run=str(run), progress=not args.no_progress)
+    suffix = f"_ensemble{opts.ensemble}" if opts.ensemble > 1 else ""
+    json_path, md_path = table.save(
+        Path(args.out) if args.out else run / "eval", f"eval_{args.task}{suffix}"
+    )
+    print(table.to_markdown())
+    print(f"written: {json_path} and {md_path}")
+    return 0
