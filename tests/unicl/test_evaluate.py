@@ -2,8 +2,11 @@
 
 import json
 
+import numpy as np
 import pytest
+import torch
 
+from unicl.config import load_config
 from unicl.evaluate import (
     BASELINE_BACKGROUND,
     MODEL,
@@ -12,6 +15,16 @@ from unicl.evaluate import (
     check_shots,
     load_table,
 )
+
+TINY_VQGAN = {
+    "resolution": 16,
+    "ch": 32,
+    "ch_mult": [1, 1, 1],
+    "num_res_blocks": 0,
+    "z_channels": 32,
+    "n_embed": 64,
+    "embed_dim": 16,
+}
 
 
 def _table():
@@ -50,3 +63,78 @@ def test_check_shots():
         check_shots([4])
     with pytest.raises(ValueError, match="shots"):
         check_shots([])
+
+
+# ---- a real evaluation on a tiny world with a random tiny model ------------ #
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """An exported random tiny model whose data is a small shapes world."""
+    import yaml
+
+    from unicl.inference import save_model
+    from unicl.model import build_model
+    from unicl.sequence import num_attributes
+    from unicl.vocab import Vocabulary
+
+    root = tmp_path_factory.mktemp("eval")
+    cfg = load_config(
+        "shapes_tiny",
+        [
+            "model.n_layer=1",
+            "model.n_head=2",
+            "model.d_model=32",
+            "model.d_ff=64",
+            f"data.root={root / 'world'}",
+            "data.images=30",
+            "data.val_images=48",
+            "data.size=64",
+            "data.workers=1",
+        ],
+    )
+    cfg.tokenizers[1] = {"name": "vqgan", "checkpoint": None, "config": TINY_VQGAN}
+    for options in cfg.tasks.values():
+        options["image_size"] = 16
+    cfg.tasks["captioning"]["pad_to_image_length"] = False
+    torch.manual_seed(0)
+    vocab = Vocabulary.from_config(cfg)
+    model = build_model(cfg.model, vocab.embedding_size, num_attributes(vocab, sorted(cfg.tasks)))
+    out = save_model(cfg, model, vocab, root / "model")
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["val_images"] == 48
+    return out
+
+
+def test_evaluate_segmentation_with_baselines(tiny_run):
+    import unicl
+    from unicl.evaluate import (
+        BASELINE_COPY,
+        EvalOptions,
+        copy_demo_mask,
+        ensure_episode_files,
+        episode_dir,
+        evaluate,
+    )
+    from unicl.tasks.episodes import load_episodes
+
+    model = unicl.load(tiny_run, device="cpu")
+    opts = EvalOptions(shots=[0, 1], queries_per_category=1, batch_size=4)
+    files = ensure_episode_files(model.engine, episode_dir(tiny_run / "episodes", opts), opts)
+    table = evaluate(model, "segmentation", files, opts, run="tiny", progress=False)
+    for split in ("seen", "unseen"):
+        row = table.get(MODEL, 1, split)
+        assert row.episodes > 0 and 0 <= row.metrics["miou"] <= 100
+        assert 0 <= row.metrics["mae"] <= 1
+        assert table.get(BASELINE_COPY, 0, split) is None  # nothing to copy at 0 shots
+    # the all-background baseline: IoU 0, MAE = mean foreground fraction of the queries
+    task = model.engine.tasks["segmentation"]
+    path = next(files.glob("segmentation_val_seen_*.json"))
+    episodes = list(load_episodes(path, task, model.engine.cfg.data, 1))
+    truths = [e.meta["query_record"].load_mask() for e in episodes]
+    background = table.get(BASELINE_BACKGROUND, 1, "seen")
+    assert background.metrics["miou"] == 0.0
+    assert background.metrics["mae"] == pytest.approx(np.mean([t.mean() for t in truths]))
+    # copying demo 1's mask through the views lands it at the query's resolution
+    copied = copy_demo_mask(episodes[0])
+    assert copied.shape == truths[0].shape and copied.dtype == np.bool_
+    assert "| model | 1 |" in table.to_markdown()
