@@ -242,7 +242,7 @@ def collate(sequences: Sequence[PackedSequence], pad_to: int | None = None) -> B
 class _Run:
     """Tokens of one segment or tag while packing."""
 
-    ids: torch.Tensor  # (n,) global ids
+    ids: np.ndarray  # (n,) int64 global ids
     span: int
     role: Role
     weight: float
@@ -297,36 +297,44 @@ class Packer:
 
     def encode_segment(self, segment: Segment) -> torch.Tensor:
         """(n,) global ids of one segment (cached local ids are used when present)."""
+        return torch.from_numpy(self._encode(segment))
+
+    def _encode(self, segment: Segment) -> np.ndarray:
         if segment.modality == SPECIAL_SPAN:
-            return torch.tensor([self.vocab[segment.payload]], dtype=torch.long)
-        if segment.ids is not None:
-            local = torch.as_tensor(np.asarray(segment.ids), dtype=torch.long).reshape(-1)
-            return self.vocab.to_global(segment.modality, local)
+            return np.array([self.vocab[segment.payload]], dtype=np.int64)
         if segment.modality not in self.vocab.tokenizers:
             raise ValueError(
                 f"segment modality {segment.modality!r} is not a configured tokenizer; "
                 f"configured: {', '.join(self.vocab.tokenizers)} (or 'special')"
             )
-        tok = self.vocab.tokenizers[segment.modality]
-        if segment.kind:
-            method = getattr(tok, f"encode_{segment.kind}", None)
+        if segment.ids is not None:
+            local = segment.ids
+        else:
+            tok = self.vocab.tokenizers[segment.modality]
+            method = getattr(tok, f"encode_{segment.kind}", None) if segment.kind else tok.encode
             if method is None:
                 raise ValueError(
                     f"tokenizer {segment.modality!r} has no encode_{segment.kind}() for "
                     f"segments of kind {segment.kind!r}"
                 )
             local = method(segment.payload)
-        else:
-            local = tok.encode(segment.payload)
-        return self.vocab.to_global(segment.modality, torch.as_tensor(local).reshape(-1))
+        if isinstance(local, torch.Tensor):
+            local = local.numpy()
+        local = np.asarray(local, dtype=np.int64).reshape(-1)  # (n,)
+        r = self.vocab.ranges[segment.modality]
+        if local.size and (local.min() < 0 or local.max() >= len(r)):
+            raise ValueError(
+                f"{segment.modality}: local ids must lie in [0, {len(r)}), got {local[:8].tolist()}"
+            )
+        return local + r.start
 
     def _tag(self, name: str, role: Role) -> _Run:
         # tags opening or closing an output segment are predicted (and weighted) like it
         weight = 1.0 if role == "output" else 0.0
-        return _Run(torch.tensor([self.vocab[name]]), self._special_span, role, weight)
+        return _Run(np.array([self.vocab[name]], np.int64), self._special_span, role, weight)
 
     def _segment_run(self, segment: Segment, task: str) -> _Run:
-        ids = self.encode_segment(segment)
+        ids = self._encode(segment)
         span = (
             self._special_span
             if segment.modality == SPECIAL_SPAN
@@ -366,6 +374,7 @@ class Packer:
             runs += self._pair_runs(episode.prefix, task)[0]
         pair_starts: list[int] = []
         gen_run = 0
+        query_lengths: list[int] = []
         for index, pair in enumerate(episode.pairs):
             if not pair:
                 raise ValueError(f"{task} episode: pair {index} has no segments")
@@ -378,20 +387,19 @@ class Packer:
                 # the prompt ends right before the first generated segment's own tokens:
                 # the [BOI]/[BOT] that opens it is part of the prompt
                 gen_run = len(runs) + content[episode.generation_start()]
+                query_lengths = [len(pair_runs[i].ids) for i in content]
             runs += pair_runs
-        lengths = [len(r.ids) for r in runs]
-        total = sum(lengths)
+        lengths = np.array([len(r.ids) for r in runs])
+        total = int(lengths.sum())
         self._check_budget(episode, total, pair_starts)
-        input_ids = torch.cat([r.ids for r in runs])  # (T,)
-        span = torch.cat([torch.full((n,), r.span) for r, n in zip(runs, lengths)])  # (T,)
-        role = torch.cat([torch.full((n,), ROLES[r.role]) for r, n in zip(runs, lengths)])  # (T,)
-        weights = torch.cat(
-            [torch.full((n,), r.weight, dtype=torch.float32) for r, n in zip(runs, lengths)]
-        )  # (T,)
+        input_ids = torch.from_numpy(np.concatenate([r.ids for r in runs]))  # (T,)
+        span = np.repeat([r.span for r in runs], lengths)  # (T,)
+        role = np.repeat([ROLES[r.role] for r in runs], lengths)  # (T,)
+        weights = np.repeat(np.array([r.weight for r in runs], np.float32), lengths)  # (T,)
         weights[0] = 0.0  # nothing predicts the first token
         base = self.table.task_index(task) * len(self.table.spans)
-        attributes = (base + span) * 2 + role  # (T,)
-        prefix_length = sum(lengths[:gen_run])
+        attributes = torch.from_numpy((base + span) * 2 + role)  # (T,)
+        prefix_length = int(lengths[:gen_run].sum())
         pad_id = self.vocab.pad_id
         query_end = total
         while query_end > prefix_length and int(input_ids[query_end - 1]) == pad_id:
@@ -402,11 +410,13 @@ class Packer:
             input_ids=input_ids,
             attributes=attributes,
             positions=torch.arange(total, dtype=torch.long),
-            loss_weights=weights,
+            loss_weights=torch.from_numpy(weights),
             pair_starts=pair_starts,
             query_end=query_end,
             prefix_length=prefix_length,
-            generation=self._generation_steps(episode, prefix_length, total - prefix_length),
+            generation=self._generation_steps(
+                episode, query_lengths, prefix_length, total - prefix_length
+            ),
             pad_id=pad_id,
             pad_attribute=(base + self._special_span) * 2,
             meta=episode.meta,
@@ -427,7 +437,7 @@ class Packer:
             )
         if length == target:
             return []
-        pad = torch.full((target - length,), self.vocab.pad_id, dtype=torch.long)
+        pad = np.full(target - length, self.vocab.pad_id, dtype=np.int64)
         return [_Run(pad, self._special_span, "input", 0.0)]
 
     @property
@@ -450,7 +460,7 @@ class Packer:
         )
 
     def _generation_steps(
-        self, episode: Episode, prefix_length: int, remaining: int
+        self, episode: Episode, lengths: list[int], prefix_length: int, remaining: int
     ) -> list[GenerationStep]:
         """How to generate the query's answer from its generation start.
 
@@ -460,7 +470,8 @@ class Packer:
         counts the stop token: the padded pair's remaining tokens, else
         `max_text_tokens` (and never past the model's positions).
         """
-        segments = episode.query[episode.generation_start() :]
+        start = episode.generation_start()
+        segments = episode.query[start:]
         budget = remaining if episode.pad_pairs else self.max_text_tokens
         if self.max_positions is not None:
             budget = min(budget, max(1, self.max_positions - prefix_length))
@@ -471,7 +482,7 @@ class Packer:
             if self.is_image(segment):
                 if index > 0:
                     steps.append(GenerationStep((), (BOI,), segment.role, length=1))
-                n = len(self.encode_segment(segment))
+                n = lengths[start + index]  # token count of this segment as packed
                 steps.append(GenerationStep((segment.modality,), (), segment.role, length=n))
                 index += 1
                 continue
