@@ -135,3 +135,14 @@ def test_paper_config_builds_and_takes_one_step(base, tmp_path):
     stats = trainer.train_step(0)
     assert math.isfinite(stats.ce) and stats.seq_tokens <= 2060
     assert not torch.equal(before, trainer.engine.module.wte.weight)
+
+
+def test_train_command_reports_config_errors(capsys):
+    from unicl.cli import main
+
+    assert main(["train", "shapes_tiny", "train.batch_size=3", "train.micro_batch=2"]) == 2
+    assert "train.batch_size (3) must be a multiple of train.micro_batch (2)" in (
+        capsys.readouterr().err
+    )
+    assert main(["train", "shapes_tiny", "train.optimizer=sgd"]) == 2
+    assert "adamw" in capsys.readouterr().err
