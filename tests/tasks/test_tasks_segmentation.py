@@ -71,6 +71,11 @@ def vocab():
     return Vocabulary([GPT2Tokenizer(), CellTokenizer(grid=16), BinsTokenizer()])
 
 
+def largest(pools: dict) -> str:
+    """The category with the most records (the world's content may change)."""
+    return max(sorted(pools), key=lambda c: len(pools[c]))
+
+
 def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / max((a | b).sum(), 1))
 
@@ -113,7 +118,8 @@ def test_bad_records_are_skipped_and_counted(data_cfg):
 
 def test_views_keep_image_and_mask_aligned(data_cfg):
     task = SegmentationTask(image_size=64, flip_prob=1.0)
-    record = max(task.pools(data_cfg, "train")["square"], key=lambda r: r.area)
+    pools = task.pools(data_cfg, "train")
+    record = max(pools[largest(pools)], key=lambda r: r.area)
     rng = np.random.default_rng(0)
     view = task.train_view(record, rng)
     assert view.flip and view.size == 64
@@ -136,7 +142,8 @@ def test_views_keep_image_and_mask_aligned(data_cfg):
 
 def test_eval_views_are_deterministic_and_query_crop_full(data_cfg):
     task = SegmentationTask(image_size=64)
-    record = task.pools(data_cfg, "train")["square"][0]
+    pools = task.pools(data_cfg, "train")
+    record = pools[largest(pools)][0]
     assert task.eval_view(record) == task.eval_view(record)
     assert not task.eval_view(record).flip
     full = SegmentationTask(image_size=64, query_crop="full").eval_view(record, query=True)
@@ -164,21 +171,23 @@ def test_episode_demos_from_other_images(data_cfg):
 
 def test_category_text_and_zero_shot_prefix(data_cfg, vocab):
     task = SegmentationTask(shots=1, image_size=64)
-    pool = task.pools(data_cfg, "train")["square"]
-    q, d = Shot(pool[0], task.eval_view(pool[0])), Shot(pool[1], task.eval_view(pool[1]))
-    assert task.episode(q, [d], "square").prefix == []
-    zero = task.episode(q, [], "square")
-    assert [s.payload for s in zero.prefix] == ["Category:", "<c_st>", " square", "<c_ed>"]
-    with_text = SegmentationTask(shots=1, image_size=64, category_text=True).episode(
-        q, [d], "square"
-    )
+    pools = task.pools(data_cfg, "train")
+    pool = pools[largest(pools)]
+    name = pool[0].category
+    other = next(r for r in pool if r.image_id != pool[0].image_id)
+    q, d = Shot(pool[0], task.eval_view(pool[0])), Shot(other, task.eval_view(other))
+    assert task.episode(q, [d], name).prefix == []
+    zero = task.episode(q, [], name)
+    assert [s.payload for s in zero.prefix] == ["Category:", "<c_st>", f" {name}", "<c_ed>"]
+    with_text = SegmentationTask(shots=1, image_size=64, category_text=True).episode(q, [d], name)
     packed = Packer(vocab, ["segmentation"]).pack(with_text)
     prefix = vocab.decode(
         "gpt2", [i for i in packed.input_ids[: packed.pair_starts[0]] if i < 50257]
     )
-    assert prefix == "Category: square"
-    # [BOT] "Category" ":" <c_st> " square" <c_ed>
-    assert packed.pair_starts[0] == 6 and packed.loss_weights[:6].sum() == 0
+    assert prefix == f"Category: {name}"
+    # [BOT] "Category" ":" <c_st> " name" <c_ed>
+    n = 5 + len(vocab.tokenizers["gpt2"].encode(f" {name}"))
+    assert packed.pair_starts[0] == n and packed.loss_weights[:n].sum() == 0
 
 
 def test_paper_length_with_256_codes(data_cfg):
@@ -200,11 +209,12 @@ def test_paper_length_with_256_codes(data_cfg):
 
 def test_postprocess_maps_mask_to_original_resolution(data_cfg, vocab):
     task = SegmentationTask(shots=1, image_size=64)
-    pool = task.pools(data_cfg, "train")["square"]
+    pools = task.pools(data_cfg, "train")
+    pool = pools[largest(pools)]
     query = max(pool, key=lambda r: r.area)
     demo = next(r for r in pool if r.image_id != query.image_id)
     for view in (task.eval_view(query), dataclasses.replace(task.eval_view(query), flip=True)):
-        ep = task.episode(Shot(query, view), [Shot(demo, task.eval_view(demo))], "square")
+        ep = task.episode(Shot(query, view), [Shot(demo, task.eval_view(demo))], query.category)
         packed = Packer(vocab, ["segmentation"]).pack(ep)
         assert packed.target_ids[-1] == vocab["[EOC]"]
         mask = task.postprocess(ep, packed.target_ids.tolist(), vocab)
