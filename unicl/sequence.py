@@ -275,6 +275,10 @@ class Packer:
             for name, tok in vocab.tokenizers.items()
             if getattr(tok, "modality", "") == "image"
         }
+        self._image_span_ids = {vocab.spans.index(name) for name in self._image_spans}
+        # tokenizers are stateless, so the ids of a text payload never change: the
+        # template's words, repeated in every pair, are encoded once
+        self._text_ids: dict[tuple[str, str], np.ndarray] = {}
         for tag in (BOI, BOT, EOC, PAD):
             vocab[tag]  # fail early (KeyError naming the tag) if the vocabulary lacks one
 
@@ -307,6 +311,10 @@ class Packer:
                 f"segment modality {segment.modality!r} is not a configured tokenizer; "
                 f"configured: {', '.join(self.vocab.tokenizers)} (or 'special')"
             )
+        text_key = (segment.modality, segment.payload)
+        if segment.ids is None and not segment.kind and isinstance(segment.payload, str):
+            if text_key in self._text_ids:
+                return self._text_ids[text_key]
         if segment.ids is not None:
             local = segment.ids
         else:
@@ -326,7 +334,12 @@ class Packer:
             raise ValueError(
                 f"{segment.modality}: local ids must lie in [0, {len(r)}), got {local[:8].tolist()}"
             )
-        return local + r.start
+        ids = local + r.start
+        if segment.ids is None and not segment.kind and isinstance(segment.payload, str):
+            if len(self._text_ids) >= 65536:
+                self._text_ids.clear()
+            self._text_ids[text_key] = ids
+        return ids
 
     def _tag(self, name: str, role: Role) -> _Run:
         # tags opening or closing an output segment are predicted (and weighted) like it
@@ -439,10 +452,6 @@ class Packer:
             return []
         pad = np.full(target - length, self.vocab.pad_id, dtype=np.int64)
         return [_Run(pad, self._special_span, "input", 0.0)]
-
-    @property
-    def _image_span_ids(self) -> set[int]:
-        return {self.vocab.spans.index(name) for name in self._image_spans}
 
     def _check_budget(self, episode: Episode, total: int, pair_starts: list[int]) -> None:
         if self.max_positions is None or total <= self.max_positions:
