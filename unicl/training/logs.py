@@ -133,15 +133,15 @@ def plot_curves(records: list[dict[str, Any]], out: str | Path, title: str = "")
         mine = [r for r in rows if r["task"] == task]
         steps = [r["step"] for r in mine]
         ce = [r["ce"] for r in mine]
-        (line,) = ax_ce.plot(steps, ce, alpha=0.25)
-        ax_ce.plot(steps, _smooth(ce, 10), color=line.get_color(), label=task)
+        marker = "." if len(steps) < 30 else None  # a lone point draws no line
+        (line,) = ax_ce.plot(steps, ce, alpha=0.25, marker=marker)
+        ax_ce.plot(steps, _smooth(ce, 10), color=line.get_color(), label=task, marker=marker)
     ax_ce.set(xlabel="step", ylabel="cross-entropy (output tokens)", title="loss per task")
-    ax_ce.set_yscale("log")
     if rows:
         ax_ce.legend()
     for ax, key, label in (
         (ax_lr, "lr", "learning rate"),
-        (ax_gn, "grad_norm", "gradient norm (before normalisation)"),
+        (ax_gn, "grad_norm", "gradient norm (before clipping)"),
         (ax_tps, "tokens_per_s", "tokens / s"),
     ):
         points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
