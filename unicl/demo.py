@@ -17,8 +17,12 @@ evaluation), so a second `unicl demo` only redraws the figures.
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -95,3 +99,248 @@ def render_grid(rows: Sequence[GridRow], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
     return path
+
+
+# --------------------------------------------------------------------------- #
+# the pipeline
+# --------------------------------------------------------------------------- #
+
+DEFAULT_CONFIG = "shapes_tiny"
+#: rows of the grid: this many seen and unseen categories
+GRID_SEEN, GRID_UNSEEN = 4, 3
+#: caption examples in captions.md
+CAPTION_SAMPLES = 10
+
+
+@dataclasses.dataclass
+class DemoOptions:
+    """What `unicl demo` does (its command-line options)."""
+
+    config: str = DEFAULT_CONFIG
+    overrides: Sequence[str] = ()
+    run: str | None = None  # default: the config's run directory (runs/<name>)
+    out: str | None = None  # default: results/<name>
+    retrain: bool = False
+    shots: Sequence[int] = (0, 1, 2, 3)
+    queries_per_category: int = 3
+    max_tokens: int | None = None  # cap on generated caption tokens (None: the layout's)
+    progress: bool = True
+
+
+def _say(message: str) -> None:
+    print(f"[unicl demo] {message}", flush=True)
+
+
+def run_finished(run_dir: Path, steps: int) -> bool:
+    """Did a training run in `run_dir` finish its `steps` (run.json written by the trainer)?"""
+    path = run_dir / "run.json"
+    if not path.is_file():
+        return False
+    info = json.loads(path.read_text())
+    return info.get("status") == "finished" and info.get("step") == steps
+
+
+def _clear_run(run_dir: Path) -> None:
+    """Remove a previous run for --retrain (only something that looks like a run)."""
+    if not run_dir.exists():
+        return
+    if not ((run_dir / "run.json").exists() or (run_dir / "checkpoints").is_dir()):
+        raise ValueError(
+            f"--retrain: {run_dir} exists but is not a training run directory; choose another --run"
+        )
+    shutil.rmtree(run_dir)
+
+
+def run_demo(opts: DemoOptions | None = None) -> Path:
+    """Everything `unicl demo` does (see the module docstring); returns the results folder."""
+    import torch
+
+    from unicl.config import load_config
+    from unicl.tasks.data import ensure_world
+    from unicl.training.run import run_dir_of, train
+
+    opts = opts or DemoOptions()
+    overrides = list(opts.overrides)
+    if opts.run is not None:
+        overrides.append(f"train.run_dir={opts.run}")
+    cfg = load_config(opts.config, overrides)
+    run_dir = run_dir_of(cfg)
+    out = Path(opts.out) if opts.out else Path("results") / cfg.name
+    torch.set_flush_denormal(True)
+    started = time.perf_counter()
+
+    _say(f"1/4 shapes world in {cfg.data.root}")
+    ensure_world(cfg.data)
+    if opts.retrain:
+        _clear_run(run_dir)
+    if run_finished(run_dir, cfg.train.steps):
+        _say(f"2/4 reusing the finished run {run_dir} ({cfg.train.steps} steps)")
+    else:
+        _say(f"2/4 training {cfg.name} for {cfg.train.steps} steps into {run_dir}")
+        train(cfg, progress=opts.progress)
+
+    import unicl
+
+    model = unicl.load(run_dir)
+    _say("3/4 evaluating on the fixed evaluation episodes")
+    tables = {
+        task: evaluate_or_reuse(model, run_dir, task, opts)
+        for task in ("segmentation", "captioning")
+        if task in model.engine.tasks
+    }
+    _say(f"4/4 writing {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    write_metrics(tables, out, cfg.name)
+    if "segmentation" in tables:
+        rows = grid_rows(model, _episodes_dir(run_dir, opts), max(opts.shots))
+        render_grid(rows, out / "grid.png")
+    if "captioning" in tables:
+        shots = min(max(opts.shots), 1)
+        write_captions(model, _episodes_dir(run_dir, opts), shots, out, opts.max_tokens)
+    write_loss_curves(run_dir, out / "loss.png")
+    minutes = (time.perf_counter() - started) / 60
+    _say(f"done in {minutes:.1f} min. Results in {out}/:")
+    for name in ("grid.png", "captions.md", "metrics.md", "metrics.json", "loss.png"):
+        if (out / name).exists():
+            _say(f"  {out / name}")
+    return out
+
+
+def _eval_options(opts: DemoOptions):
+    from unicl.evaluate import EvalOptions
+
+    return EvalOptions(
+        shots=list(opts.shots),
+        queries_per_category=opts.queries_per_category,
+        max_tokens=opts.max_tokens,
+    )
+
+
+def _episodes_dir(run_dir: Path, opts: DemoOptions) -> Path:
+    from unicl.evaluate import episode_dir
+
+    return episode_dir(run_dir / "episodes", _eval_options(opts))
+
+
+def evaluate_or_reuse(model: Any, run_dir: Path, task: str, opts: DemoOptions):
+    """The run's evaluation table for `task`: read back if made with these options, else made."""
+    from unicl.evaluate import (
+        ensure_episode_files,
+        evaluate,
+        load_table,
+        options_dict,
+    )
+
+    eval_opts = _eval_options(opts)
+    path = run_dir / "eval" / f"eval_{task}.json"
+    if path.is_file():
+        table = load_table(path)
+        if table.meta.get("options") == options_dict(eval_opts):
+            _say(f"    reusing {path}")
+            return table
+    episodes = ensure_episode_files(model.engine, _episodes_dir(run_dir, opts), eval_opts)
+    table = evaluate(model, task, episodes, eval_opts, run=str(run_dir), progress=opts.progress)
+    table.save(run_dir / "eval")
+    return table
+
+
+def write_metrics(tables: dict[str, Any], out: Path, name: str) -> None:
+    """metrics.md (both tables) and metrics.json."""
+    lines = [f"# {name}: evaluation on the fixed episodes\n"]
+    for task, table in tables.items():
+        lines.append(f"## {task}\n\n{table.to_markdown()}")
+    lines.append(
+        "mIoU, BLEU-4, METEOR, CIDEr and mAP in %; MAE as a fraction of pixels. "
+        "See docs/evaluation.md for the protocol.\n"
+    )
+    (out / "metrics.md").write_text("\n".join(lines))
+    (out / "metrics.json").write_text(
+        json.dumps({task: t.to_json() for task, t in tables.items()}, indent=2)
+    )
+
+
+def _pick(episodes: list, groups: dict[str, int]) -> list:
+    """The first episode of each category, up to groups[group] categories per group."""
+    chosen, seen_categories = [], set()
+    counts = dict.fromkeys(groups, 0)
+    for episode in episodes:
+        group = episode.meta.get("group", "seen")
+        if episode.category in seen_categories or counts.get(group, 0) >= groups.get(group, 0):
+            continue
+        seen_categories.add(episode.category)
+        counts[group] += 1
+        chosen.append(episode)
+    return chosen
+
+
+def _load_group_episodes(model: Any, episodes_dir: Path, task: str, shots: int) -> list:
+    from unicl.tasks.episodes import load_episodes
+
+    engine = model.engine
+    out = []
+    for path in sorted(episodes_dir.glob(f"{task}_*.json")):
+        out.extend(load_episodes(path, engine.tasks[task], engine.cfg.data, shots))
+    return out
+
+
+def grid_rows(model: Any, episodes_dir: Path, shots: int) -> list[GridRow]:
+    """Predictions for one episode of several seen and unseen categories."""
+    from unicl.tasks.metrics import binary_iou
+
+    episodes = _load_group_episodes(model, episodes_dir, "segmentation", shots)
+    chosen = _pick(episodes, {"seen": GRID_SEEN, "unseen": GRID_UNSEEN})
+    answers = model.engine.answer_segmentation(chosen, model.engine.sampling({}))
+    rows = []
+    for episode, answer in zip(chosen, answers):
+        record = episode.meta["query_record"]
+        truth = record.load_mask()
+        demos = []
+        for pair in episode.demos:
+            # demo pairs hold the view's pixels: (S, S, 3) image, (S, S) mask
+            demos.append((np.asarray(pair[0].payload), np.asarray(pair[1].payload, bool)))
+        rows.append(
+            GridRow(
+                category=episode.category,
+                unseen=episode.meta.get("group") == "unseen",
+                demos=demos,
+                query=record.load_image(),
+                prediction=answer.mask,
+                truth=truth,
+                iou=binary_iou(answer.mask, truth),
+            )
+        )
+    return rows
+
+
+def write_captions(
+    model: Any, episodes_dir: Path, shots: int, out: Path, max_tokens: int | None = None
+) -> Path:
+    """captions.md: generated region captions next to their references."""
+    episodes = _load_group_episodes(model, episodes_dir, "captioning", shots)
+    per_group = CAPTION_SAMPLES // 2
+    chosen = _pick(episodes, {"seen": per_group, "unseen": CAPTION_SAMPLES - per_group})
+    options = model.engine.sampling({"max_tokens": max_tokens})
+    answers = model.engine.answer_captioning(chosen, options)
+    lines = [
+        f"# Region captions ({shots}-shot, one query per category)\n",
+        "| category | split | box (x0, y0, x1, y1) | reference | generated |",
+        "|---|---|---|---|---|",
+    ]
+    for episode, answer in zip(chosen, answers):
+        record = episode.meta["query_record"]
+        box = ", ".join(f"{v:.0f}" for v in record.box)
+        cells = [episode.category, episode.meta.get("group", ""), box, record.phrase, answer.text]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    path = out / "captions.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_loss_curves(run_dir: Path, path: Path) -> Path | None:
+    """The run's loss curves (from its metrics.jsonl) as a PNG."""
+    from unicl.training.logs import METRICS, plot_curves, read_metrics
+
+    records = read_metrics(run_dir / METRICS)
+    if not records:
+        return None
+    return plot_curves(records, path, title=f"training of {run_dir.name}")

@@ -239,7 +239,9 @@ def evaluate(
             plan.append(
                 (group, k, [rotations(e, f, k, opts.ensemble) for e, f in zip(plain, full)])
             )
-    table = EvalTable(task=task, run=run, meta={"options": _plain(opts), "files": _names(files)})
+    table = EvalTable(
+        task=task, run=run, meta={"options": options_dict(opts), "files": _names(files)}
+    )
     total = sum(len(sets) for _, _, sets in plan)
     scorer = _Scorer(task)
     from tqdm import tqdm
@@ -259,7 +261,7 @@ def _method_rank(method: str) -> int:
     return order.index(method) if method in order else len(order)
 
 
-def _plain(opts: EvalOptions) -> dict[str, Any]:
+def options_dict(opts: EvalOptions) -> dict[str, Any]:
     out = dataclasses.asdict(opts)
     out["shots"] = list(out["shots"])
     return out
