@@ -151,7 +151,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise ConfigError(f"{key}: expected {len(args)} items, got {len(value)}")
-            return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+            return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
         item = args[0] if args else Any
         return tuple(_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value))
     if origin in (dict, Mapping) or tp is dict:

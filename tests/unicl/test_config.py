@@ -117,3 +117,17 @@ def test_packaged_configs_load_by_name(name):
     cfg = load_config(name)
     assert isinstance(cfg, UniclConfig)
     assert to_dict(load_config(f"{name}.yaml")) == to_dict(cfg)
+
+
+def test_fixed_length_tuples():
+    @dataclasses.dataclass
+    class Betas:
+        betas: tuple[float, float] = (0.9, 0.999)
+        sizes: tuple[int, ...] = ()
+
+    cfg = from_dict(Betas, {"betas": [0.8, 1], "sizes": [1, 2, 3]})
+    assert cfg.betas == (0.8, 1.0) and cfg.sizes == (1, 2, 3)
+    with pytest.raises(ConfigError, match=r"betas: expected 2 items, got 3"):
+        from_dict(Betas, {"betas": [0.1, 0.2, 0.3]})
+    with pytest.raises(ConfigError, match=r"sizes\[1\]: expected int"):
+        from_dict(Betas, {"sizes": [1, "x"]})
