@@ -231,3 +231,17 @@ def test_registry_builds_with_options_and_rejects_unknown():
         TASKS.build("segmentation", shot=3)
     with pytest.raises(ValueError, match="shots must be >= 0"):
         SegmentationTask(shots=-1)
+
+
+def test_episodes_cover_every_record_once(data_cfg):
+    task = SegmentationTask(shots=2, image_size=64)
+    pools = task.pools(data_cfg, "train")
+    for train in (True, False):
+        episodes = list(task.episodes(pools, np.random.default_rng(0), train=train))
+        assert sorted(e.meta["query_id"] for e in episodes) == sorted(
+            task.record_id(r) for pool in pools.values() for r in pool
+        )
+        assert all(e.shots == 2 for e in episodes)
+        assert all(not e.meta["query_view"].flip for e in episodes) or train
+    again = list(task.episodes(pools, np.random.default_rng(0), train=False))
+    assert [e.meta["demo_ids"] for e in again] == [e.meta["demo_ids"] for e in episodes]
