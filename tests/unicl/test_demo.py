@@ -27,3 +27,80 @@ def test_grid_size(tmp_path):
     with Image.open(path) as im:
         # widest row: 3 demos + query + prediction + truth
         assert im.width > 6 * CELL and im.height > 2 * CELL
+
+
+TINY_CONFIG = """
+base: shapes_tiny
+name: demo-test
+data:
+  root: {root}/world
+  images: 40
+  val_images: 48
+  size: 64
+  workers: 1
+  min_descriptions: 5
+tokenizers:
+  - name: gpt2
+  - name: vqgan
+    checkpoint: null
+    config: {{resolution: 16, ch: 32, ch_mult: [1, 1, 1], num_res_blocks: 0, z_channels: 32,
+             n_embed: 64, embed_dim: 16}}
+  - name: bins
+tasks:
+  segmentation: {{shots: 3, image_size: 16, cache_views: 1}}
+  captioning: {{shots: 3, image_size: 16, cache_views: 1, pad_to_image_length: false}}
+model: {{n_layer: 1, n_head: 2, d_model: 32, d_ff: 64, num_experts: 2}}
+train: {{steps: 2, batch_size: 2, micro_batch: 2, warmup_steps: 1, save_every: 0, log_every: 1,
+        plot_every: 2}}
+"""
+
+
+def test_pipeline_end_to_end_and_reuse(tmp_path, monkeypatch, capsys):
+    """The whole demo on a tiny world and a 2-step run; a second run reuses everything."""
+    from unicl import demo
+
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_CONFIG.format(root=tmp_path))
+    opts = demo.DemoOptions(
+        config=str(config),
+        run=str(tmp_path / "run"),
+        out=str(tmp_path / "results"),
+        shots=(0, 1),
+        queries_per_category=1,
+        max_tokens=3,
+        progress=False,
+    )
+    out = demo.run_demo(opts)
+    for name in ("grid.png", "captions.md", "metrics.md", "metrics.json", "loss.png"):
+        assert (out / name).is_file(), name
+    metrics = (out / "metrics.md").read_text()
+    assert "## segmentation" in metrics and "## captioning" in metrics
+    assert "| copy demo mask | 1 |" in metrics
+    captions = (out / "captions.md").read_text().splitlines()
+    assert len(captions) > 3 and "unseen" in "\n".join(captions)
+    with Image.open(out / "grid.png") as im:
+        assert im.height > 3 * CELL  # several categories, seen and unseen
+    assert demo.run_finished(tmp_path / "run", 2)
+    printed = capsys.readouterr().out
+    assert "training demo-test" in printed and str(out) in printed
+
+    run_json = (tmp_path / "run" / "run.json").stat().st_mtime_ns
+    eval_json = (tmp_path / "run" / "eval" / "eval_segmentation.json").stat().st_mtime_ns
+    demo.run_demo(opts)
+    printed = capsys.readouterr().out
+    assert "reusing the finished run" in printed and "reusing" in printed.split("3/4")[1]
+    assert (tmp_path / "run" / "run.json").stat().st_mtime_ns == run_json
+    assert (tmp_path / "run" / "eval" / "eval_segmentation.json").stat().st_mtime_ns == eval_json
+
+
+def test_retrain_refuses_a_directory_that_is_not_a_run(tmp_path):
+    import pytest
+
+    from unicl import demo
+
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not a training run directory"):
+        demo._clear_run(tmp_path / "notes")
+    assert (tmp_path / "notes" / "keep.txt").is_file()
