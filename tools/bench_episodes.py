@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--views", type=int, default=4, help="cached views per record")
     parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--device", default="cpu", help="where the VQ-GAN runs (cpu, cuda)")
     args = parser.parse_args()
 
     import torch
@@ -51,9 +52,10 @@ def main() -> None:
     from unicl.vocab import Vocabulary
 
     try:
-        vq = VQGANTokenizer()  # the shipped tiny VQ-GAN (64 px, 8 x 8 codes)
+        vq = VQGANTokenizer(device=args.device)  # the shipped tiny VQ-GAN (64 px, 8 x 8 codes)
     except (FileNotFoundError, ValueError):
-        vq = VQGANTokenizer(checkpoint=None)  # same architecture, untrained: same cost
+        # same architecture, untrained: same cost
+        vq = VQGANTokenizer(checkpoint=None, device=args.device)
     vocab = Vocabulary([GPT2Tokenizer(), vq, BinsTokenizer()])
     print(f"image tokenizer: vqgan {vq.config.resolution} px, {vq.codes_per_image} codes")
     with tempfile.TemporaryDirectory() as cache_dir:
