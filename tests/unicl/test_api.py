@@ -198,3 +198,35 @@ def test_load_errors(model_dir, tmp_path):
             unicl.load(broken)
     with pytest.raises(ValueError, match="dtype"):
         unicl.load(model_dir, dtype="int8")
+
+
+# ---- the segment / caption commands ----------------------------------------- #
+
+
+def test_segment_and_caption_commands(model_dir, tmp_path, capsys):
+    from unicl.cli import main
+
+    paths = {}
+    for name, array in {
+        "demo": _image(40, 52, 1),
+        "mask": _mask(40, 52).astype(np.uint8) * 255,
+        "query": _image(33, 47, 2),
+    }.items():
+        paths[name] = str(tmp_path / f"{name}.png")
+        Image.fromarray(array).save(paths[name])
+    out = tmp_path / "pred.png"
+    argv = ["segment", "--demo", paths["demo"], paths["mask"], "--query", paths["query"]]
+    assert main([*argv, "--category", "star", "--out", str(out), "--model", str(model_dir)]) == 0
+    with Image.open(out) as im:
+        assert im.size == (47, 33) and set(np.unique(np.asarray(im))) <= {0, 255}
+    argv = ["caption", "--demo", paths["demo"], "1", "2", "30", "20", "a red star"]
+    argv += ["--query", paths["query"], "0", "0", "20", "20", "--model", str(model_dir)]
+    assert main([*argv, "--max-tokens", "4"]) == 0
+    assert capsys.readouterr().out.strip() != ""
+    # bad input: one line on stderr naming the problem, exit status 2
+    bad = ["segment", "--demo", paths["demo"], str(tmp_path / "nope.png"), "--query"]
+    assert main([*bad, paths["query"], "--out", str(out), "--model", str(model_dir)]) == 2
+    assert "demos[0][1]: file not found" in capsys.readouterr().err
+    argv = ["caption", "--query", paths["query"], "0", "0", "99", "20", "--category", "star"]
+    assert main([*argv, "--model", str(model_dir)]) == 2
+    assert "outside the image" in capsys.readouterr().err

@@ -31,6 +31,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--top-k", type=int, default=None, help="sample from the k likeliest ids")
     parser.add_argument("--seed", type=int, default=0, help="random seed for sampling")
+    parser.add_argument(
+        "--max-tokens", type=int, default=None, help="cap on the generated caption's tokens"
+    )
 
 
 def report_errors(command: str, run) -> int:
@@ -45,7 +48,12 @@ def report_errors(command: str, run) -> int:
 
 
 def sampling_options(args: argparse.Namespace) -> dict:
-    return {"temperature": args.temperature, "top_k": args.top_k, "seed": args.seed}
+    return {
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "seed": args.seed,
+        "max_tokens": args.max_tokens,
+    }
 
 
 def load_model(args: argparse.Namespace):
