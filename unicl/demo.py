@@ -47,11 +47,19 @@ class GridRow:
     iou: float | None = None
 
 
+def boundary(mask: np.ndarray) -> np.ndarray:
+    """Pixels of `mask` with a 4-neighbour outside it, (H, W) bool."""
+    padded = np.pad(mask, 1)
+    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~inner
+
+
 def overlay(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """`image` with `mask` tinted red, as (H, W, 3) uint8."""
+    """`image` with `mask` tinted red and outlined in white, as (H, W, 3) uint8."""
     out = image.astype(np.float32)  # (H, W, 3)
-    tint = (1 - MASK_ALPHA) * out[mask] + MASK_ALPHA * MASK_RGB  # (N, 3)
-    out[mask] = tint
+    out[mask] = (1 - MASK_ALPHA) * out[mask] + MASK_ALPHA * MASK_RGB  # (N, 3)
+    # the outline keeps the mask visible on red objects too
+    out[boundary(mask)] = 255.0
     return out.round().clip(0, 255).astype(np.uint8)
 
 

@@ -15,11 +15,13 @@ def _row(k, unseen=False):
 
 
 def test_overlay_tints_only_the_mask():
-    img = np.full((4, 4, 3), 100, np.uint8)
-    mask = np.zeros((4, 4), bool)
-    mask[0, 0] = True
+    img = np.full((6, 6, 3), 100, np.uint8)
+    mask = np.zeros((6, 6), bool)
+    mask[1:5, 1:5] = True
     out = overlay(img, mask)
-    assert (out[1:, :] == 100).all() and out[0, 0, 0] > 100 and out[0, 0, 1] < 100
+    assert (out[~mask] == 100).all()
+    assert (out[2, 2, 0] > 100) and (out[2, 2, 1] < 100)  # inside: tinted red
+    assert (out[1, 1] == 255).all() and (out[1, 3] == 255).all()  # edge: outlined
 
 
 def test_grid_size(tmp_path):
@@ -66,7 +68,7 @@ def test_pipeline_end_to_end_and_reuse(tmp_path, monkeypatch, capsys):
         config=str(config),
         run=str(tmp_path / "run"),
         out=str(tmp_path / "results"),
-        shots=(0, 1),
+        shots=(1,),
         queries_per_category=1,
         max_tokens=3,
         progress=False,
