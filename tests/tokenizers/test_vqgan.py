@@ -199,3 +199,17 @@ def test_configs():
         ).grid
         == 6
     )
+
+
+def test_builtin_tiny_quantizer():
+    # the default checkpoint: the shipped quantizer trained on the shapes world
+    tok = build_tokenizer({"name": "vqgan"})
+    assert (tok.vocab_size, tok.codes_per_image, tok.config.resolution) == (1024, 64, 64)
+    yy, xx = np.mgrid[:64, :64]
+    disc = (yy - 30) ** 2 + (xx - 34) ** 2 < 18**2
+    square = (abs(yy - 32) < 20) & (abs(xx - 28) < 14)
+    back = tok.decode_mask(tok.encode_mask([disc, square]))
+    for mask, out in zip([disc, square], back):
+        iou = (mask & out).sum() / (mask | out).sum()
+        assert iou > 0.8, iou
+    assert tok.decode(tok.encode(np.zeros((64, 64, 3), np.uint8))).shape == (64, 64, 3)

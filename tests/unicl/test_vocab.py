@@ -98,6 +98,9 @@ def test_default_config_tokenizers_order(toks):
     vocab = Vocabulary.from_config(cfg)
     assert len(vocab) == 52295
     assert [t["name"] for t in UniclConfig().tokenizers] == ["gpt2", "vqgan", "bins"]
+    # the defaults as they are (vqgan = the shipped builtin:vqgan_shapes_tiny)
+    default = Vocabulary.from_config(UniclConfig())
+    assert len(default) == 52295 and default.tokenizers["vqgan"].codes_per_image == 64
 
 
 def test_external_plugin_grows_the_vocabulary(tmp_path, monkeypatch):
