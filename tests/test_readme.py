@@ -17,6 +17,15 @@ from PIL import Image
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_cpu_thread():
+    """Generation is many tiny matmuls: one thread is much faster on a busy CPU (restored after)."""
+    from unicl.inference import cpu_threads
+
+    with cpu_threads(1):
+        yield
+
+
 def python_example() -> str:
     text = README.read_text()
     section = text.split("## Python API", 1)[1].split("\n## ", 1)[0]

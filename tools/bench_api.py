@@ -63,7 +63,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="rounds (the median is reported)")
     parser.add_argument("--batch", type=int, default=16, help="queries of the shared-demo batch")
     parser.add_argument("--batch-shots", type=int, default=1, help="shots of the batch test")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.device == "cpu":
         torch.set_flush_denormal(True)
 

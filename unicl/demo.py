@@ -132,6 +132,8 @@ class DemoOptions:
     shots: Sequence[int] = (0, 1, 2, 3)
     queries_per_category: int = 3
     max_tokens: int | None = None  # cap on generated caption tokens (None: the layout's)
+    #: torch threads while evaluating on CPU (see unicl.inference.cpu_threads); None: unchanged
+    eval_threads: int | None = 1
     progress: bool = True
 
 
@@ -188,9 +190,15 @@ def run_demo(opts: DemoOptions | None = None) -> Path:
         train(cfg, progress=opts.progress)
 
     import unicl
+    from unicl.inference import cpu_threads
 
     model = unicl.load(run_dir)
     _say("3/4 evaluating on the fixed evaluation episodes")
+    with cpu_threads(opts.eval_threads if model.device.type == "cpu" else None):
+        return _evaluate_and_write(model, run_dir, out, cfg.name, opts, started)
+
+
+def _evaluate_and_write(model, run_dir: Path, out: Path, name: str, opts, started: float) -> Path:
     tables = {
         task: evaluate_or_reuse(model, run_dir, task, opts)
         for task in ("segmentation", "captioning")
@@ -198,7 +206,7 @@ def run_demo(opts: DemoOptions | None = None) -> Path:
     }
     _say(f"4/4 writing {out}")
     out.mkdir(parents=True, exist_ok=True)
-    write_metrics(tables, out, cfg.name)
+    write_metrics(tables, out, name)
     if "segmentation" in tables:
         rows = grid_rows(model, _episodes_dir(run_dir, opts), max(opts.shots))
         render_grid(rows, out / "grid.png")
@@ -208,9 +216,9 @@ def run_demo(opts: DemoOptions | None = None) -> Path:
     write_loss_curves(run_dir, out / "loss.png")
     minutes = (time.perf_counter() - started) / 60
     _say(f"done in {minutes:.1f} min. Results in {out}/:")
-    for name in ("grid.png", "captions.md", "metrics.md", "metrics.json", "loss.png"):
-        if (out / name).exists():
-            _say(f"  {out / name}")
+    for file in ("grid.png", "captions.md", "metrics.md", "metrics.json", "loss.png"):
+        if (out / file).exists():
+            _say(f"  {out / file}")
     return out
 
 

@@ -17,6 +17,7 @@ centre on, so its view is the whole image (a square crop around it, padded).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
@@ -184,6 +185,26 @@ def check_model_dir(path: Path) -> None:
                 f"{tok_file} is missing: the model's config names tokenizer "
                 f"{spec.get('name')!r}, whose files belong in {tok_file.parent}"
             )
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int | None):
+    """Run a block with `n` torch intra-op threads (None: unchanged), then restore.
+
+    Generation on CPU is a long series of tiny matmuls (one token per step); on a
+    busy machine, several OpenMP threads per matmul wait on each other far longer
+    than the matmul takes (docs/BENCHMARKS.md "Inference API": one thread was ~10x
+    faster on 2 loaded cores), so the demo evaluates with one thread.
+    """
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def pick_device(device: str | torch.device | None) -> torch.device:

@@ -30,6 +30,15 @@ TINY_VQGAN = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_cpu_thread():
+    """Generation is many tiny matmuls: one thread is much faster on a busy CPU (restored after)."""
+    from unicl.inference import cpu_threads
+
+    with cpu_threads(1):
+        yield
+
+
 def export_tiny(out: Path) -> Path:
     """A random 2-layer model with a fresh 32 px VQ-GAN, written as an export."""
     cfg = load_config(

@@ -27,6 +27,15 @@ TINY_VQGAN = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_cpu_thread():
+    """Generation is many tiny matmuls: one thread is much faster on a busy CPU (restored after)."""
+    from unicl.inference import cpu_threads
+
+    with cpu_threads(1):
+        yield
+
+
 def _table():
     table = EvalTable(task="segmentation", run="runs/x")
     table.rows += [

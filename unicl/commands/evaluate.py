@@ -42,6 +42,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=None, help="cap on caption tokens")
     parser.add_argument("--no-baselines", action="store_true", help="skip the baselines")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -56,6 +59,7 @@ def _run(args: argparse.Namespace) -> int:
 
     import unicl
     from unicl.evaluate import EvalOptions, ensure_episode_files, episode_dir, evaluate
+    from unicl.inference import cpu_threads
 
     opts = EvalOptions(
         shots=args.shots,
@@ -77,7 +81,10 @@ def _run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--episodes: directory not found: {episodes}")
     else:
         episodes = ensure_episode_files(model.engine, episode_dir(run / "episodes", opts), opts)
-    table = evaluate(model, args.task, episodes, opts, run=str(run), progress=not args.no_progress)
+    with cpu_threads(args.threads):
+        table = evaluate(
+            model, args.task, episodes, opts, run=str(run), progress=not args.no_progress
+        )
     suffix = f"_ensemble{opts.ensemble}" if opts.ensemble > 1 else ""
     json_path, md_path = table.save(
         Path(args.out) if args.out else run / "eval", f"eval_{args.task}{suffix}"
