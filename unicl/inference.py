@@ -207,6 +207,20 @@ def cpu_threads(n: int | None):
         torch.set_num_threads(before)
 
 
+def _load_tokenizer(directory: Path, device: torch.device) -> Any:
+    """A saved tokenizer; one that runs a network (VQ-GAN) runs it on the model's device."""
+    import json
+
+    from unicl.tokenizers.base import TOKENIZER_FILE, build_tokenizer, load_tokenizer
+
+    spec = json.loads((directory / TOKENIZER_FILE).read_text())
+    options = dict(spec.get("options", {}))
+    if "device" not in options:
+        return load_tokenizer(directory)
+    options["device"] = str(device)
+    return build_tokenizer({"name": spec["name"], **options}, base_dir=directory)
+
+
 def pick_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -280,7 +294,6 @@ class Engine:
         from unicl.model import build_model
         from unicl.plugins import import_plugins
         from unicl.sequence import num_attributes
-        from unicl.tokenizers.base import load_tokenizer
         from unicl.vocab import Vocabulary
 
         model_dir = Path(model_dir)
@@ -291,7 +304,8 @@ class Engine:
         cfg = load_config(model_dir / CONFIG_FILE)
         import_plugins(cfg.plugins)
         tokenizers = [
-            load_tokenizer(model_dir / TOKENIZER_DIR / str(spec["name"])) for spec in cfg.tokenizers
+            _load_tokenizer(model_dir / TOKENIZER_DIR / str(spec["name"]), device)
+            for spec in cfg.tokenizers
         ]
         vocab = Vocabulary(tokenizers, cfg.vocab)
         model = build_model(
