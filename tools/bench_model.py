@@ -11,6 +11,10 @@ Rows (medians of --repeats timed runs after one warm-up; ratios against a baseli
           cache (the uncached path recomputes the whole sequence every step).
   prefix  16 queries sharing one demonstration prefix: generate(prefix=...) (prefix prefilled
           once) against the same 16 full prompts in one batch.
+  moe     the MoE layer's dispatch (unicl.moe.ops.expert_ffn, dropless, balanced top-2 routing)
+          against a dense FFN of equal active FLOPs (hidden k * d_ff) and deepspeed.moe.layer.MoE
+          (its own gate, capacity factor 1.0), forward+backward, the three interleaved run by run
+          so that a shared machine's load hits them alike (tools/bench_moe.py has more rows).
   memory  peak memory of one forward+backward of the paper config at 2060 tokens (CPU: growth
           of the process's peak RSS, measured in a fresh subprocess; CUDA: max_memory_allocated).
 """
@@ -21,7 +25,6 @@ import argparse
 import functools
 import json
 import multiprocessing as mp
-import resource
 import statistics
 import time
 
@@ -182,8 +185,72 @@ def bench_prefix(args) -> list[dict]:
     return [row]
 
 
+def bench_moe_layer(args) -> list[dict]:
+    from bench_moe import deepspeed_factory  # tools/ sibling: DeepSpeed's MoE on this device
+
+    build_ds = deepspeed_factory(args.device)
+    rows = []
+    for t in args.moe_tokens:
+        rows += _moe_rows(args, t, build_ds)
+    return rows
+
+
+def _moe_rows(args, t: int, build_ds) -> list[dict]:
+    import torch.nn.functional as F
+
+    from unicl.moe.ops import expert_ffn
+
+    d, f, e, k = 256, 1024, 8, 2
+    g = torch.Generator().manual_seed(t)
+    x = torch.randn(t, d, requires_grad=True)
+    dense1, dense2 = torch.nn.Linear(d, k * f), torch.nn.Linear(k * f, d)
+    w1 = (torch.randn(e, d, f, generator=g) / d**0.5).requires_grad_()
+    b1 = torch.zeros(e, f, requires_grad=True)
+    w2 = (torch.randn(e, f, d, generator=g) / f**0.5).requires_grad_()
+    b2 = torch.zeros(e, d, requires_grad=True)
+    ids = torch.rand(t, e, generator=g).topk(k, 1).indices  # balanced top-2
+    gates = torch.softmax(torch.randn(t, k, generator=g), -1).requires_grad_()
+    ds_layer = build_ds(d, f, e, k, args.device, torch.float32)
+    x3 = x.detach().view(1, t, d).requires_grad_()
+    grad = torch.randn(t, d, generator=g)
+    cases = {
+        "dense FFN (k*d_ff)": lambda: dense2(F.gelu(dense1(x))).backward(grad),
+        "unicl.moe.ops": lambda: expert_ffn(x, ids, gates, w1, b1, w2, b2).backward(grad),
+        "DeepSpeed MoE": lambda: ds_layer(x3)[0].view(t, d).backward(grad),
+    }
+    times = {name: [] for name in cases}
+    for fn in cases.values():
+        fn()  # warm-up
+    for _ in range(args.repeats):
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    dense = statistics.median(times["dense FFN (k*d_ff)"])
+    rows = []
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        rows.append(
+            {
+                "bench": "moe",
+                "T": t,
+                "threads": torch.get_num_threads(),
+                "path": name,
+                "fwd_bwd_ms": round(med * 1e3),
+                "vs_dense": round(med / dense, 2),
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
 def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """This process's peak RSS (VmHWM: unlike ru_maxrss, it does not survive exec from a parent)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # KiB
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def _memory_child(device: str, queue) -> None:
@@ -229,7 +296,8 @@ def bench_memory(args) -> list[dict]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--only", nargs="+", choices=("train", "gen", "prefix", "memory"))
+    p.add_argument("--only", nargs="+", choices=("train", "gen", "prefix", "moe", "memory"))
+    p.add_argument("--moe-tokens", type=int, nargs="+", default=[4096, 16384])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--context", type=int, default=1536, help="prompt tokens for the gen rows")
     p.add_argument("--new-tokens", type=int, default=64, help="generated tokens (tiny gen row)")
@@ -244,6 +312,7 @@ def main() -> int:
         "train": bench_train,
         "gen": bench_gen,
         "prefix": bench_prefix,
+        "moe": bench_moe_layer,
         "memory": bench_memory,
     }
     rows = []

@@ -363,20 +363,23 @@ class UniclDecoder(nn.Module):
             )
         if input_ids.numel() == 0:
             raise ValueError("input_ids is empty")
-        lo, hi = int(positions.min()), int(positions.max())
-        if lo < 0 or hi >= self.cfg.max_positions:
+        # one host sync for all range checks
+        bounds = torch.stack(
+            [t.min().long() for t in (positions, input_ids, attributes)]
+            + [t.max().long() for t in (positions, input_ids, attributes)]
+        ).tolist()
+        (p_lo, i_lo, a_lo), (p_hi, i_hi, a_hi) = bounds[:3], bounds[3:]
+        if p_lo < 0 or p_hi >= self.cfg.max_positions:
             raise ValueError(
-                f"positions must lie in [0, max_positions={self.cfg.max_positions}), got [{lo}, "
-                f"{hi}]: the sequence is longer than the model's positions"
+                f"positions must lie in [0, max_positions={self.cfg.max_positions}), got "
+                f"[{p_lo}, {p_hi}]: the sequence is longer than the model's positions"
             )
-        lo, hi = int(input_ids.min()), int(input_ids.max())
-        if lo < 0 or hi >= self.vocab_size:
-            raise ValueError(f"input_ids must lie in [0, {self.vocab_size}), got [{lo}, {hi}]")
-        lo, hi = int(attributes.min()), int(attributes.max())
-        if lo < 0 or hi >= self.num_attributes:
+        if i_lo < 0 or i_hi >= self.vocab_size:
+            raise ValueError(f"input_ids must lie in [0, {self.vocab_size}), got [{i_lo}, {i_hi}]")
+        if a_lo < 0 or a_hi >= self.num_attributes:
             raise ValueError(
                 f"attribute ids must lie in [0, num_attributes={self.num_attributes}), "
-                f"got [{lo}, {hi}]"
+                f"got [{a_lo}, {a_hi}]"
             )
         if kv_cache is not None:
             if kv_cache.batch != shape[0]:
