@@ -239,7 +239,8 @@ def _episodes_dir(run_dir: Path, opts: DemoOptions) -> Path:
 
 
 def evaluate_or_reuse(model: Any, run_dir: Path, task: str, opts: DemoOptions):
-    """The run's evaluation table for `task`: read back if made with these options, else made."""
+    """The run's evaluation table for `task`: read back if made with these options from the
+    same checkpoint (export), else made again."""
     from unicl.evaluate import (
         ensure_episode_files,
         evaluate,
@@ -251,7 +252,8 @@ def evaluate_or_reuse(model: Any, run_dir: Path, task: str, opts: DemoOptions):
     path = run_dir / "eval" / f"eval_{task}.json"
     if path.is_file():
         table = load_table(path)
-        if table.meta.get("options") == options_dict(eval_opts):
+        same_model = table.meta.get("model") == str(model.engine.model_dir)
+        if same_model and table.meta.get("options") == options_dict(eval_opts):
             _say(f"    reusing {path}")
             return table
     episodes = ensure_episode_files(model.engine, _episodes_dir(run_dir, opts), eval_opts)

@@ -240,7 +240,13 @@ def evaluate(
                 (group, k, [rotations(e, f, k, opts.ensemble) for e, f in zip(plain, full)])
             )
     table = EvalTable(
-        task=task, run=run, meta={"options": options_dict(opts), "files": _names(files)}
+        task=task,
+        run=run,
+        meta={
+            "options": options_dict(opts),
+            "files": _names(files),
+            "model": str(engine.model_dir) if engine.model_dir else None,
+        },
     )
     total = sum(len(sets) for _, _, sets in plan)
     scorer = _Scorer(task)

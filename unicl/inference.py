@@ -278,6 +278,8 @@ class Engine:
         self.model = model
         self.device = device
         self.tasks = build_tasks(cfg, vocab)
+        #: the exported directory the weights came from (None for an in-memory model)
+        self.model_dir: Path | None = None
         self.packer = build_packer(cfg, vocab, self.tasks)
 
     @classmethod
@@ -319,7 +321,9 @@ class Engine:
                 f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
             )
         model = model.to(device=device, dtype=dtype).eval()
-        return cls(cfg, vocab, model, device)
+        engine = cls(cfg, vocab, model, device)
+        engine.model_dir = model_dir
+        return engine
 
     def describe(self) -> str:
         params = sum(p.numel() for p in self.model.parameters())
