@@ -202,17 +202,18 @@ def _moe_rows(args, t: int, build_ds) -> list[dict]:
 
     d, f, e, k = 256, 1024, 8, 2
     g = torch.Generator().manual_seed(t)
-    x = torch.randn(t, d, requires_grad=True)
-    dense1, dense2 = torch.nn.Linear(d, k * f), torch.nn.Linear(k * f, d)
-    w1 = (torch.randn(e, d, f, generator=g) / d**0.5).requires_grad_()
-    b1 = torch.zeros(e, f, requires_grad=True)
-    w2 = (torch.randn(e, f, d, generator=g) / f**0.5).requires_grad_()
-    b2 = torch.zeros(e, d, requires_grad=True)
-    ids = torch.rand(t, e, generator=g).topk(k, 1).indices  # balanced top-2
-    gates = torch.softmax(torch.randn(t, k, generator=g), -1).requires_grad_()
+    dev = args.device
+    x = torch.randn(t, d, device=dev, requires_grad=True)
+    dense1, dense2 = torch.nn.Linear(d, k * f).to(dev), torch.nn.Linear(k * f, d).to(dev)
+    w1 = (torch.randn(e, d, f, generator=g) / d**0.5).to(dev).requires_grad_()
+    b1 = torch.zeros(e, f, device=dev, requires_grad=True)
+    w2 = (torch.randn(e, f, d, generator=g) / f**0.5).to(dev).requires_grad_()
+    b2 = torch.zeros(e, d, device=dev, requires_grad=True)
+    ids = torch.rand(t, e, generator=g).topk(k, 1).indices.to(dev)  # balanced top-2
+    gates = torch.softmax(torch.randn(t, k, generator=g), -1).to(dev).requires_grad_()
     ds_layer = build_ds(d, f, e, k, args.device, torch.float32)
     x3 = x.detach().view(1, t, d).requires_grad_()
-    grad = torch.randn(t, d, generator=g)
+    grad = torch.randn(t, d, generator=g).to(dev)
     cases = {
         "dense FFN (k*d_ff)": lambda: dense2(F.gelu(dense1(x))).backward(grad),
         "unicl.moe.ops": lambda: expert_ffn(x, ids, gates, w1, b1, w2, b2).backward(grad),
@@ -225,6 +226,7 @@ def _moe_rows(args, t: int, build_ds) -> list[dict]:
         for name, fn in cases.items():
             start = time.perf_counter()
             fn()
+            sync(dev)
             times[name].append(time.perf_counter() - start)
     dense = statistics.median(times["dense FFN (k*d_ff)"])
     rows = []
