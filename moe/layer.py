@@ -20,6 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from unicl.moe.kernels.plan import AttributePlan
 from unicl.moe.ops import activation_fn, expert_ffn
 from unicl.moe.router import RouterOutput, build_router
 
@@ -108,8 +109,19 @@ class MoELayer(nn.Module):
             return kernel
         return kernel if kernel is not None else expert_ffn
 
-    def route_and_run(self, x: torch.Tensor, attributes: torch.Tensor | None) -> MoEOutput:
-        """x (..., D), attributes (...) int -> MoEOutput(y (..., D), aux_loss, router)."""
+    def route_and_run(
+        self,
+        x: torch.Tensor,
+        attributes: torch.Tensor | None,
+        attribute_plan: AttributePlan | None = None,
+    ) -> MoEOutput:
+        """x (..., D), attributes (...) int -> MoEOutput(y (..., D), aux_loss, router).
+
+        `attribute_plan` (`build_attribute_plan(attributes.reshape(-1), A)`, made once per batch
+        by the decoder and shared by its MoE layers) lets the attribute router's decision become
+        an expert-contiguous token order by permuting attribute blocks instead of sorting the
+        N * K assignments again in every layer.
+        """
         if x.shape[-1] != self.d_model:
             raise ValueError(f"x must end in d_model={self.d_model}, got {tuple(x.shape)}")
         lead = x.shape[:-1]
@@ -125,7 +137,13 @@ class MoELayer(nn.Module):
         elif self.router_kind == "attribute":
             raise ValueError("the attribute router needs `attributes` (one id per token)")
         routing = self.router(flat, attrs)
-        y = self.dispatch_fn(flat)(
+        dispatch = self.dispatch_fn(flat)
+        plan = None
+        if attribute_plan is not None and routing.attribute_experts is not None:
+            plan = attribute_plan.remap(routing.attribute_experts, self.num_experts)
+            if dispatch is expert_ffn:
+                plan = plan.to_routing_plan()  # the reference ops' form of the same order
+        y = dispatch(
             flat,
             routing.expert_ids,
             routing.weights.to(flat.dtype),
@@ -134,14 +152,18 @@ class MoELayer(nn.Module):
             self.w2,
             self.b2,
             activation=self.activation,
+            plan=plan,
         )  # (N, D)
         return MoEOutput(y.view(*lead, self.d_model), routing.aux_loss, routing)
 
     def forward(
-        self, x: torch.Tensor, attributes: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        attributes: torch.Tensor | None = None,
+        attribute_plan: AttributePlan | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """x (..., D), attributes (...) -> (y (..., D), aux_loss scalar)."""
-        out = self.route_and_run(x, attributes)
+        out = self.route_and_run(x, attributes, attribute_plan)
         return out.y, out.aux_loss
 
     def active_flops_per_token(self) -> int:

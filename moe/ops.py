@@ -294,16 +294,20 @@ def expert_ffn(
     w2: torch.Tensor,
     b2: torch.Tensor,
     activation: str = "gelu",
+    *,
+    plan: RoutingPlan | None = None,
 ) -> torch.Tensor:
     """y[n] = sum_k weights[n, k] * FFN_{expert_ids[n, k]}(x[n]); ids of -1 contribute nothing.
 
     x (N, D), expert_ids (N, K) int64, weights (N, K), w1 (E, D, F), b1 (E, F), w2 (E, F, D),
     b2 (E, D) -> (N, D). FFN_e(v) = act(v @ w1[e] + b1[e]) @ w2[e] + b2[e].
-    Differentiable in x, weights and all expert parameters.
+    Differentiable in x, weights and all expert parameters. `plan` is `make_plan(expert_ids, E)`
+    when the caller already has it (attribute routing reuses one per batch, see moe/layer.py).
     """
     _check_shapes(x, expert_ids, weights, w1, b1, w2, b2)
     activation_fn(activation)  # validates the name
-    plan = make_plan(expert_ids, w1.shape[0])
+    if plan is None:
+        plan = make_plan(expert_ids, w1.shape[0])
     if x.shape[0] == 0 or plan.slots.shape[0] == 0:
         return x.new_zeros(x.shape)  # nothing routed anywhere
     return _ExpertFFN.apply(x, weights, w1, b1, w2, b2, plan, activation)

@@ -50,6 +50,9 @@ class RouterOutput(NamedTuple):
     expert_load: torch.Tensor
     #: scalar int64 number of assignments dropped by the capacity limit
     dropped: torch.Tensor
+    #: (A, K) int64 experts of each attribute id (attribute router without a capacity limit,
+    #: else None): rows of attributes absent from the batch are 0 and never read
+    attribute_experts: torch.Tensor | None = None
 
 
 def gshard_aux_loss(probs: torch.Tensor, top1: torch.Tensor, counts=None) -> torch.Tensor:
@@ -240,7 +243,12 @@ class AttributeRouter(_Router):
         aux = gshard_aux_loss(probs, ids_u[:, 0], counts)
         ids = ids_u.index_select(0, inverse)  # (N, K)
         weights = weights_u.index_select(0, inverse)  # (N, K)
-        return self._finish(ids, weights, aux, n)
+        out = self._finish(ids, weights, aux, n)
+        if self.capacity_factor is not None:
+            return out  # dropping depends on token order: no per-attribute table
+        table = ids_u.new_zeros(self.num_attributes, self.top_k)  # (A, K)
+        table[uniq] = ids_u
+        return out._replace(attribute_experts=table)
 
 
 def build_router(

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unicl.moe.kernels.plan import build_attribute_plan
 from unicl.moe.layer import BACKENDS, MoELayer
 from unicl.moe.ops import ACTIVATIONS
 
@@ -58,6 +59,9 @@ class ModelConfig:
     #: lambda of the load-balancing loss: loss = CE + aux_loss_weight * sum of layer aux losses
     aux_loss_weight: float = 0.02
     moe_backend: str = "auto"
+    #: attribute routing: group tokens by attribute once per forward and let every MoE layer
+    #: reuse that grouping (moe/kernels/plan.py) instead of sorting its assignments again
+    attribute_plan: bool = True
     #: FFN nonlinearity (GPT-2 uses the tanh approximation of GELU)
     activation: str = "gelu_tanh"
 
@@ -274,11 +278,11 @@ class Block(nn.Module):
         else:
             self.mlp = MLP(cfg)
 
-    def forward(self, x, attributes, mask, cache, layer):
+    def forward(self, x, attributes, mask, cache, layer, attribute_plan=None):
         x = x + self.attn(self.ln_1(x), mask, cache, layer)  # (B, T, D)
         if not self.is_moe:
             return x + self.mlp(self.ln_2(x)), None
-        out = self.moe.route_and_run(self.ln_2(x), attributes)
+        out = self.moe.route_and_run(self.ln_2(x), attributes, attribute_plan)
         return x + self.moe_drop(out.y), out
 
 
@@ -316,6 +320,12 @@ class UniclDecoder(nn.Module):
         moe = set(self.moe_layers)
         self.blocks = nn.ModuleList(
             Block(cfg, i in moe, num_attributes) for i in range(cfg.n_layer)
+        )
+        self.reuse_attribute_plan = bool(
+            cfg.attribute_plan
+            and self.moe_layers
+            and cfg.router == "attribute"
+            and cfg.capacity_factor is None
         )
         self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)
         self.head = None if cfg.tie_embeddings else nn.Linear(cfg.d_model, vocab_size, bias=False)
@@ -430,8 +440,13 @@ class UniclDecoder(nn.Module):
         x = self.drop(self.wte(input_ids) + self.wpe(positions))  # (B, T, D)
         aux = x.new_zeros(())
         loads, dropped = [], []
+        # attribute routing sends every token of one attribute to the same experts: group the
+        # tokens by attribute once here, and each MoE layer only permutes the attribute blocks
+        plan = None
+        if self.reuse_attribute_plan:
+            plan = build_attribute_plan(attributes.reshape(-1), self.num_attributes)
         for i, block in enumerate(self.blocks):
-            x, moe_out = block(x, attributes, mask, kv_cache, i)
+            x, moe_out = block(x, attributes, mask, kv_cache, i, plan)
             if moe_out is not None:
                 aux = aux + moe_out.aux_loss
                 loads.append(moe_out.router.expert_load)
