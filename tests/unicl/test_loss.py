@@ -98,3 +98,29 @@ def test_bad_batch():
     batch.loss_weights = batch.loss_weights[:, :-1]
     with pytest.raises(ValueError, match="loss_weights"):
         compute_loss(model, batch)
+
+
+def test_closed_spans_score_targets_within_their_range():
+    """Targets inside a closed span use a softmax over that span; the rest the full head."""
+    torch.manual_seed(0)
+    model = build_model(cfg(), V, A).eval()
+    batch = make_batch(seed=3)
+    span = range(30, 62)
+    out = compute_loss(model, batch, closed_spans=[span])
+    logits = model(batch.input_ids, batch.attributes, batch.positions).logits[:, :-1]
+    logits = logits.reshape(-1, V)  # (B*(T-1), V)
+    targets = batch.input_ids[:, 1:].reshape(-1)
+    inside = (targets >= span.start) & (targets < span.stop)
+    assert inside.any() and (~inside).any()
+    full = F.cross_entropy(logits, targets, reduction="none")
+    local = F.cross_entropy(
+        logits[:, span.start : span.stop],
+        (targets - span.start).clamp(0, len(span) - 1),
+        reduction="none",
+    )
+    nll = torch.where(inside, local, full)
+    w = batch.loss_weights[:, 1:].reshape(-1)
+    torch.testing.assert_close(out.ce, (nll * w).sum() / w.sum())
+    assert out.ce < compute_loss(model, batch).ce  # fewer competitors: a smaller loss
+    out.loss.backward()
+    assert model.wte.weight.grad[span.start : span.stop].abs().sum() > 0

@@ -48,6 +48,9 @@ class TrainConfig:
     eps: float = 1e-8
     #: global L2 gradient-norm clip (DeepSpeed `gradient_clipping`); 0 disables
     grad_clip: float = 0.5
+    #: tokenizer names whose target tokens are scored by a softmax over that tokenizer's ids only
+    #: (the set constrained decoding chooses from); [] = the full vocabulary (the paper)
+    closed_loss_spans: list[str] = dataclasses.field(default_factory=list)
     #: "task_balanced_adamw" (the paper) or plain "adamw" (ablation)
     optimizer: Optimizer = "task_balanced_adamw"
     #: task probability: "sqrt" (of dataset size, the paper), "proportional", "uniform"

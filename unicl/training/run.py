@@ -110,10 +110,13 @@ def check_fits(streams, max_positions: int) -> None:
 class _Loss:
     """compute_loss, with per-layer expert loads as token shares for the logs."""
 
+    def __init__(self, closed_spans=()):
+        self.closed_spans = tuple(closed_spans)  # global id ranges (train.closed_loss_spans)
+
     def __call__(self, model, batch):
         from unicl.loss import compute_loss
 
-        out = compute_loss(model, batch)
+        out = compute_loss(model, batch, self.closed_spans)
         load = None
         if out.expert_load:
             counts = torch.stack([x.detach().float() for x in out.expert_load])  # (L, E)
@@ -157,6 +160,12 @@ def build_trainer(cfg, progress: bool = True):
     vocab = Vocabulary.from_config(cfg)
     streams = build_streams(cfg, vocab, rank, progress)
     check_fits(streams, cfg.model.max_positions)
+    unknown = sorted(set(cfg.train.closed_loss_spans) - set(vocab.tokenizers))
+    if unknown:
+        raise ValueError(
+            f"train.closed_loss_spans names {unknown}, which are not configured tokenizers; "
+            f"valid: {', '.join(vocab.tokenizers)}"
+        )
     torch.manual_seed(cfg.seed)
     model = build_model(
         cfg.model,
@@ -167,7 +176,7 @@ def build_trainer(cfg, progress: bool = True):
         model,
         streams,
         collate,
-        _Loss(),
+        _Loss(vocab.ranges[name] for name in cfg.train.closed_loss_spans),
         cfg.train,
         cfg.deepspeed,
         run_dir_of(cfg),
