@@ -141,7 +141,7 @@ def plot_curves(records: list[dict[str, Any]], out: str | Path, title: str = "")
         ax_ce.legend()
     for ax, key, label in (
         (ax_lr, "lr", "learning rate"),
-        (ax_gn, "grad_norm", "gradient norm (before clipping)"),
+        (ax_gn, "grad_norm", "gradient norm"),
         (ax_tps, "tokens_per_s", "tokens / s"),
     ):
         points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]

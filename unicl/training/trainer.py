@@ -266,7 +266,8 @@ class Trainer:
         return self.checkpoints.save(self.engine, step, state, self.config)
 
     def grad_norm(self) -> float:
-        """The last step's global gradient norm before clipping (DeepSpeed's, else ours)."""
+        """The last step's global gradient norm: DeepSpeed's (before clipping) when the engine
+        reports one, else the norm the task-balanced optimiser saw (after DeepSpeed's clipping)."""
         norm = self.engine.get_global_grad_norm()
         if norm is None:
             norm = getattr(self.optimizer, "last_grad_norm", None)
