@@ -11,19 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_cpu_thread():
-    """Generation is many tiny matmuls: one thread is much faster on a busy CPU (restored after)."""
-    from unicl.inference import cpu_threads
-
-    with cpu_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def python_example() -> str:
@@ -34,30 +27,9 @@ def python_example() -> str:
     return blocks[0]
 
 
-def make_tiny_export(out: Path) -> Path:
-    from unicl.config import load_config
-    from unicl.inference import save_model
-    from unicl.model import build_model
-    from unicl.sequence import num_attributes
-    from unicl.vocab import Vocabulary
-
-    cfg = load_config(
-        "shapes_tiny", ["model.n_layer=1", "model.n_head=2", "model.d_model=32", "model.d_ff=64"]
-    )
-    vqgan = {"resolution": 32, "ch": 32, "ch_mult": [1, 1, 1], "num_res_blocks": 0}
-    vqgan.update({"z_channels": 32, "n_embed": 64, "embed_dim": 16})
-    cfg.tokenizers[1] = {"name": "vqgan", "checkpoint": None, "config": vqgan}
-    for options in cfg.tasks.values():
-        options["image_size"] = 32
-    torch.manual_seed(0)
-    vocab = Vocabulary.from_config(cfg)
-    model = build_model(cfg.model, vocab.embedding_size, num_attributes(vocab, sorted(cfg.tasks)))
-    return save_model(cfg, model, vocab, out)
-
-
-def test_readme_python_example(tmp_path, monkeypatch, capsys):
+def test_readme_python_example(tmp_path, monkeypatch, capsys, make_tiny_export):
     monkeypatch.chdir(tmp_path)
-    make_tiny_export(tmp_path / "runs" / "shapes-tiny")
+    make_tiny_export(tmp_path / "runs" / "shapes-tiny", image_size=32)
     rng = np.random.default_rng(0)
     for name, (h, w) in {"demo1": (90, 100), "demo2": (72, 64), "query": (96, 88)}.items():
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(f"{name}.png")

@@ -5,64 +5,18 @@ does: these tests check shapes, types, the shared-prefix batch and the errors,
 not quality.
 """
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import unicl
-from unicl.config import load_config
-from unicl.inference import save_model
-from unicl.model import build_model
-from unicl.sequence import num_attributes
-from unicl.vocab import Vocabulary
 
-TINY_VQGAN = {
-    "resolution": 16,
-    "ch": 32,
-    "ch_mult": [1, 1, 1],
-    "num_res_blocks": 0,
-    "z_channels": 32,
-    "n_embed": 64,
-    "embed_dim": 16,
-}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_cpu_thread():
-    """Generation is many tiny matmuls: one thread is much faster on a busy CPU (restored after)."""
-    from unicl.inference import cpu_threads
-
-    with cpu_threads(1):
-        yield
-
-
-def export_tiny(out: Path) -> Path:
-    """A random 2-layer model with a fresh 32 px VQ-GAN, written as an export."""
-    cfg = load_config(
-        "shapes_tiny",
-        ["model.n_layer=1", "model.n_head=2", "model.d_model=32", "model.d_ff=64"],
-    )
-    cfg.tokenizers = [
-        {"name": "gpt2"},
-        {"name": "vqgan", "checkpoint": None, "config": TINY_VQGAN},
-        {"name": "bins"},
-    ]
-    for options in cfg.tasks.values():
-        options["image_size"] = 16
-    # 16 codes per image leave no room to pad captions to the image-pair length
-    cfg.tasks["captioning"]["pad_to_image_length"] = False
-    torch.manual_seed(0)
-    vocab = Vocabulary.from_config(cfg)
-    model = build_model(cfg.model, vocab.embedding_size, num_attributes(vocab, sorted(cfg.tasks)))
-    return save_model(cfg, model, vocab, out)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return export_tiny(tmp_path_factory.mktemp("export") / "tiny")
+def model_dir(tmp_path_factory, make_tiny_export):
+    return make_tiny_export(tmp_path_factory.mktemp("export") / "tiny")
 
 
 @pytest.fixture(scope="module")

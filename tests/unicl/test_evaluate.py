@@ -4,9 +4,7 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-from unicl.config import load_config
 from unicl.evaluate import (
     BASELINE_BACKGROUND,
     MODEL,
@@ -16,24 +14,7 @@ from unicl.evaluate import (
     load_table,
 )
 
-TINY_VQGAN = {
-    "resolution": 16,
-    "ch": 32,
-    "ch_mult": [1, 1, 1],
-    "num_res_blocks": 0,
-    "z_channels": 32,
-    "n_embed": 64,
-    "embed_dim": 16,
-}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_cpu_thread():
-    """Generation is many tiny matmuls: one thread is much faster on a busy CPU (restored after)."""
-    from unicl.inference import cpu_threads
-
-    with cpu_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
 def _table():
@@ -78,38 +59,13 @@ def test_check_shots():
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, make_tiny_export):
     """An exported random tiny model whose data is a small shapes world."""
     import yaml
 
-    from unicl.inference import save_model
-    from unicl.model import build_model
-    from unicl.sequence import num_attributes
-    from unicl.vocab import Vocabulary
-
     root = tmp_path_factory.mktemp("eval")
-    cfg = load_config(
-        "shapes_tiny",
-        [
-            "model.n_layer=1",
-            "model.n_head=2",
-            "model.d_model=32",
-            "model.d_ff=64",
-            f"data.root={root / 'world'}",
-            "data.images=30",
-            "data.val_images=48",
-            "data.size=64",
-            "data.workers=1",
-        ],
-    )
-    cfg.tokenizers[1] = {"name": "vqgan", "checkpoint": None, "config": TINY_VQGAN}
-    for options in cfg.tasks.values():
-        options["image_size"] = 16
-    cfg.tasks["captioning"]["pad_to_image_length"] = False
-    torch.manual_seed(0)
-    vocab = Vocabulary.from_config(cfg)
-    model = build_model(cfg.model, vocab.embedding_size, num_attributes(vocab, sorted(cfg.tasks)))
-    out = save_model(cfg, model, vocab, root / "model")
+    world = [f"data.root={root / 'world'}", "data.images=30", "data.val_images=48"]
+    out = make_tiny_export(root / "model", overrides=[*world, "data.size=64", "data.workers=1"])
     assert yaml.safe_load((out / "config.yaml").read_text())["data"]["val_images"] == 48
     return out
 
