@@ -3,51 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
 
 import numpy as np
 import pytest
-import torch
 
 from unicl.sequence import Packer
 from unicl.tasks import Shot
 from unicl.tasks.captioning import CaptioningTask, swap_left_right
 from unicl.tasks.data import DataConfig
 from unicl.tasks.world import WorldSpec, make_world
-from unicl.tokenizers import Tokenizer
 from unicl.tokenizers.bins import BinsTokenizer
 from unicl.tokenizers.gpt2 import GPT2Tokenizer
 from unicl.vocab import Vocabulary
-
-
-class CellTokenizer(Tokenizer):
-    """Test image tokenizer: grid x grid cells, code = mean grey level // 4 (64 codes)."""
-
-    name: ClassVar[str] = "vqgan"
-    modality: ClassVar[str] = "image"
-
-    def __init__(self, grid: int = 8) -> None:
-        self.grid = grid
-
-    @property
-    def vocab_size(self) -> int:
-        return 64
-
-    @property
-    def codes_per_image(self) -> int:
-        return self.grid**2
-
-    def encode(self, payload: Any) -> torch.Tensor:
-        img = np.asarray(payload, dtype=np.float64).mean(axis=2)
-        g, s = self.grid, img.shape[0] // self.grid
-        cells = img[: g * s, : g * s].reshape(g, s, g, s).mean(axis=(1, 3))
-        return torch.as_tensor((cells // 4).astype(np.int64).reshape(-1))
-
-    def decode(self, ids: Any) -> np.ndarray:
-        return (self.check_ids(ids).numpy().reshape(self.grid, self.grid) * 4 + 2).astype(np.uint8)
-
-    def options(self) -> dict[str, Any]:
-        return {"grid": self.grid}
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +27,8 @@ def data_cfg(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def vocab():
-    return Vocabulary([GPT2Tokenizer(), CellTokenizer(grid=8), BinsTokenizer()])
+def vocab(cell_tokenizer):
+    return Vocabulary([GPT2Tokenizer(), cell_tokenizer(grid=8), BinsTokenizer()])
 
 
 @pytest.fixture(scope="module")

@@ -3,58 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar
 
 import numpy as np
 import pytest
-import torch
 
 from unicl.sequence import Packer
 from unicl.tasks import TASKS, Shot
 from unicl.tasks.data import DataConfig
 from unicl.tasks.segmentation import SegmentationTask
 from unicl.tasks.world import WorldSpec, make_world
-from unicl.tokenizers import Tokenizer
 from unicl.tokenizers.bins import BinsTokenizer
 from unicl.tokenizers.gpt2 import GPT2Tokenizer
 from unicl.vocab import Vocabulary
-
-
-class CellTokenizer(Tokenizer):
-    """Test image tokenizer: grid x grid cells, code = mean grey level // 4 (64 codes)."""
-
-    name: ClassVar[str] = "vqgan"
-    modality: ClassVar[str] = "image"
-
-    def __init__(self, grid: int = 16) -> None:
-        self.grid = grid
-
-    @property
-    def vocab_size(self) -> int:
-        return 64
-
-    @property
-    def codes_per_image(self) -> int:
-        return self.grid**2
-
-    def encode(self, payload: Any) -> torch.Tensor:
-        img = np.asarray(payload, dtype=np.float64)
-        img = img.mean(axis=2) if img.ndim == 3 else img
-        g, s = self.grid, img.shape[0] // self.grid
-        cells = img[: g * s, : g * s].reshape(g, s, g, s).mean(axis=(1, 3))
-        return torch.as_tensor((cells // 4).astype(np.int64).reshape(-1))
-
-    def encode_mask(self, mask: Any) -> torch.Tensor:
-        return self.encode(np.asarray(mask, dtype=np.uint8) * 255)
-
-    def decode(self, ids: Any) -> np.ndarray:
-        return (self.check_ids(ids).numpy().reshape(self.grid, self.grid) * 4 + 2).astype(np.uint8)
-
-    def decode_mask(self, ids: Any) -> np.ndarray:
-        return self.decode(ids) > 127
-
-    def options(self) -> dict[str, Any]:
-        return {"grid": self.grid}
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +27,8 @@ def data_cfg(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def vocab():
-    return Vocabulary([GPT2Tokenizer(), CellTokenizer(grid=16), BinsTokenizer()])
+def vocab(cell_tokenizer):
+    return Vocabulary([GPT2Tokenizer(), cell_tokenizer(grid=16), BinsTokenizer()])
 
 
 def largest(pools: dict) -> str:
@@ -190,9 +150,9 @@ def test_category_text_and_zero_shot_prefix(data_cfg, vocab):
     assert packed.pair_starts[0] == n and packed.loss_weights[:n].sum() == 0
 
 
-def test_paper_length_with_256_codes(data_cfg):
+def test_paper_length_with_256_codes(data_cfg, cell_tokenizer):
     """3 demos + query at 256 px with a 256-code tokenizer: exactly 2060 tokens."""
-    vocab = Vocabulary([CellTokenizer(grid=16), BinsTokenizer()])
+    vocab = Vocabulary([cell_tokenizer(grid=16), BinsTokenizer()])
     task = SegmentationTask(shots=3, image_size=256)
     pools = task.pools(data_cfg, "train")
     category = sorted(pools)[0]
