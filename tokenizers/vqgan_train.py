@@ -58,6 +58,9 @@ class VQGANTrainConfig:
     # the LR schedule also counts as progress; 0 = no limit. CPU time, not wall time, so a
     # budget means the same work on a busy shared machine.
     max_cpu_minutes: float = 0.0
+    # stop after this much wall-clock time of the training loop (the budget to use on a GPU,
+    # where the work is not CPU time); 0 = no limit. Whichever budget runs out first stops it.
+    max_minutes: float = 0.0
     batch_size: int = 16
     lr: float = 1e-3
     warmup: int = 50
@@ -72,6 +75,7 @@ class VQGANTrainConfig:
     checkpoint_every: int = 200
     resume: bool = True
     threads: int = 0  # torch threads; 0 = torch's default
+    device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
 
 
 # --------------------------------------------------------------------------- #
@@ -130,7 +134,7 @@ class CodebookEMA:
         self.weight.requires_grad_(False)
         k = self.weight.shape[0]
         self.decay, self.eps = decay, eps
-        self.count = torch.zeros(k)  # (K,) EMA of assignments per step
+        self.count = torch.zeros(k, device=self.weight.device)  # (K,) EMA of assignments per step
         self.total = self.weight.detach().clone()  # (K, D) EMA of summed latents
         self.initialised = False
 
@@ -142,7 +146,7 @@ class CodebookEMA:
         k = self.weight.shape[0]
         if not self.initialised:
             # start from real latents so that every code is near the data
-            self.weight.copy_(flat[torch.randint(0, flat.shape[0], (k,))])
+            self.weight.copy_(flat[torch.randint(0, flat.shape[0], (k,), device=flat.device)])
             self.total.copy_(self.weight)
             self.count.fill_(1.0)
             self.initialised = True
@@ -163,7 +167,7 @@ class CodebookEMA:
         if dead.numel() == 0:
             return 0
         flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (N, D)
-        pick = flat[torch.randint(0, flat.shape[0], (dead.numel(),))]
+        pick = flat[torch.randint(0, flat.shape[0], (dead.numel(),), device=flat.device)]
         pick = pick + 0.01 * pick.std() * torch.randn_like(pick)
         self.weight[dead] = pick
         self.total[dead] = pick
@@ -230,11 +234,22 @@ def _lr(cfg: VQGANTrainConfig, step: int, progress: float) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
+def resolve_device(name: str) -> torch.device:
+    """`auto` is the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r}, but CUDA is not available here")
+    return device
+
+
 def train_vqgan(cfg: VQGANTrainConfig) -> dict[str, Any]:
     """Train (or resume) per `cfg`; export the model to `out/export`; return the val report."""
     from unicl.tokenizers.vqgan import VQGANTokenizer
 
     torch.set_flush_denormal(True)
+    device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -247,7 +262,7 @@ def train_vqgan(cfg: VQGANTrainConfig) -> dict[str, Any]:
     images, masks = make_crops(train_records, size, cfg.crops_per_record, rng, "train crops")
     rendered = np.stack([render_mask(m) for m in masks])  # (N, s, s, 3)
 
-    model = VQGAN(cfg.model)
+    model = VQGAN(cfg.model).to(device)
     ema = CodebookEMA(model, cfg.ema_decay)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.5, 0.9))
@@ -255,13 +270,13 @@ def train_vqgan(cfg: VQGANTrainConfig) -> dict[str, Any]:
     if cfg.disc_weight > 0:
         from taming.modules.discriminator.model import NLayerDiscriminator
 
-        disc = NLayerDiscriminator(input_nc=3, ndf=32, n_layers=2)
+        disc = NLayerDiscriminator(input_nc=3, ndf=32, n_layers=2).to(device)
         disc_opt = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
 
-    step, elapsed_before = 0, 0.0
+    step, elapsed_before, wall_before = 0, 0.0, 0.0
     ckpt_path = out / CHECKPOINT_FILE
     if cfg.resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         ema.load_state_dict(state["ema"])
@@ -269,7 +284,8 @@ def train_vqgan(cfg: VQGANTrainConfig) -> dict[str, Any]:
             disc.load_state_dict(state["disc"])
             disc_opt.load_state_dict(state["disc_opt"])
         step, elapsed_before = int(state["step"]), float(state["elapsed"])
-        torch.set_rng_state(state["torch_rng"])
+        wall_before = float(state.get("wall_elapsed", 0.0))
+        torch.set_rng_state(state["torch_rng"].cpu())
         rng = np.random.default_rng([cfg.seed, step])
     elif (out / LOG_FILE).exists():
         (out / LOG_FILE).unlink()  # a fresh run starts a fresh log
@@ -278,6 +294,7 @@ def train_vqgan(cfg: VQGANTrainConfig) -> dict[str, Any]:
         state = {
             "model": model.state_dict(), "opt": opt.state_dict(), "ema": ema.state_dict(),
             "step": step, "elapsed": elapsed, "torch_rng": torch.get_rng_state(),
+            "wall_elapsed": wall_before + time.time() - wall_start,
         }  # fmt: skip
         if disc is not None:
             state["disc"], state["disc_opt"] = disc.state_dict(), disc_opt.state_dict()
@@ -292,9 +309,12 @@ def train_vqgan(cfg: VQGANTrainConfig) -> dict[str, Any]:
     with (out / LOG_FILE).open("a") as log:
         while step < cfg.steps:
             elapsed = elapsed_before + time.process_time() - start
-            budget = 60 * cfg.max_cpu_minutes
-            progress = max(step / cfg.steps, elapsed / budget if budget else 0.0)
-            if budget and elapsed >= budget:
+            wall = wall_before + time.time() - wall_start
+            progress = step / cfg.steps
+            for spent, minutes in ((elapsed, cfg.max_cpu_minutes), (wall, cfg.max_minutes)):
+                if minutes:
+                    progress = max(progress, spent / (60 * minutes))
+            if progress >= 1.0:
                 break
             lr = _lr(cfg, step, progress)
             for group in opt.param_groups:
@@ -304,7 +324,7 @@ def train_vqgan(cfg: VQGANTrainConfig) -> dict[str, Any]:
             batch = np.concatenate([images[pick_i], rendered[pick_m]])  # (B, s, s, 3)
             flip = rng.random(len(batch)) < 0.5
             batch[flip] = batch[flip, :, ::-1]
-            x = to_input(batch)  # (B, 3, s, s)
+            x = to_input(batch).to(device, non_blocking=True)  # (B, 3, s, s)
 
             rec, z, z_q, codes = model(x)
             l1 = (rec - x).abs().mean()
@@ -332,7 +352,8 @@ def train_vqgan(cfg: VQGANTrainConfig) -> dict[str, Any]:
             if step % cfg.log_every == 0 or step == cfg.steps:
                 elapsed = elapsed_before + time.process_time() - start
                 with torch.no_grad():
-                    r8 = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+                    r8 = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu()
+                    r8 = r8.numpy()
                 n_img = cfg.batch_size - n_masks
                 gt = batch[n_img:, :, :, 0] > 127  # (n_masks, s, s) the masks of this batch
                 row = {
@@ -344,7 +365,7 @@ def train_vqgan(cfg: VQGANTrainConfig) -> dict[str, Any]:
                     "perplexity": perplexity(codes, cfg.model.n_embed),
                     "dead_codes": int((ema.count < cfg.dead_threshold).sum()),
                     "restarted": restarted, "cpu_s": round(elapsed, 1),
-                    "wall_s": round(time.time() - wall_start, 1),
+                    "wall_s": round(wall_before + time.time() - wall_start, 1),
                 }  # fmt: skip
                 log.write(json.dumps(row) + "\n")
                 log.flush()
@@ -361,10 +382,11 @@ def train_vqgan(cfg: VQGANTrainConfig) -> dict[str, Any]:
     export = save_export(model, out / EXPORT_DIR)
     val_records = _records(cfg, "val", cfg.val_records, np.random.default_rng(cfg.seed + 1))
     val_images, val_masks = make_crops(val_records, size, 1, None, "val crops")
-    report = evaluate(VQGANTokenizer.from_model(model), val_images, val_masks)
+    report = evaluate(VQGANTokenizer.from_model(model, device=str(device)), val_images, val_masks)
     report.update({
-        "steps": step, "train_cpu_minutes": round(elapsed / 60, 2),
-        "train_wall_minutes": round((time.time() - wall_start) / 60, 2), "export": str(export),
+        "steps": step, "device": device.type, "train_cpu_minutes": round(elapsed / 60, 2),
+        "train_wall_minutes": round((wall_before + time.time() - wall_start) / 60, 2),
+        "export": str(export),
     })  # fmt: skip
     (out / "eval.json").write_text(json.dumps(report, indent=2))
     return report

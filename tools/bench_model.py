@@ -70,9 +70,25 @@ def config(name: str, **kw) -> ModelConfig:
     return ModelConfig.paper(**kw) if name == "paper" else ModelConfig(**kw)
 
 
+def train_flops(cfg: ModelConfig, b: int, t: int, loss_tokens: float) -> float:
+    """Matmul FLOPs of one forward+backward (PaLM's count: 6 x active weights per token, plus
+    12 x layers x width x T per token for attention, without discounting the causal half; the
+    tied head only on loss rows, as compute_loss does). Routers and LayerNorms are left out."""
+    d, f = cfg.d_model, cfg.d_ff
+    moe = set(cfg.moe_layer_indices()) if cfg.router != "dense" else set()
+    per_token = 0.0
+    for layer in range(cfg.n_layer):
+        ffn = (cfg.top_k if layer in moe else 1) * 2 * d * f
+        per_token += 6 * (4 * d * d + ffn) + 12 * d * t
+    return b * t * per_token + 6 * d * VOCAB * loss_tokens
+
+
 def bench_train(args) -> list[dict]:
     rows = []
-    for name, b, t in (("tiny", 4, 524), ("paper", 1, 2060)):
+    gpu = args.device.startswith("cuda")
+    # on a GPU, a batch of 8 paper sequences too: one 2060-token sequence does not fill it
+    shapes = [("tiny", 4, 524), ("paper", 1, 2060)] + ([("paper", 8, 2060)] if gpu else [])
+    for name, b, t in shapes:
         cfg = config(name, max_positions=max(2060, t))
         torch.manual_seed(0)
         model = build_model(cfg, VOCAB, ATTRIBUTES).to(args.device).train()
@@ -91,6 +107,10 @@ def bench_train(args) -> list[dict]:
                 "tokens_per_s": round(b * t / sec),
             }
         )
+        if gpu:
+            flops = train_flops(cfg, b, t, float(batch.loss_weights.sum()))
+            rows[-1]["TFLOP/s"] = round(flops / sec / 1e12, 1)
+            rows[-1]["MFU"] = round(flops / sec / (args.peak_tflops * 1e12), 3)
         print(rows[-1], flush=True)
     return rows
 
@@ -305,6 +325,10 @@ def main() -> int:
     p.add_argument("--new-tokens", type=int, default=64, help="generated tokens (tiny gen row)")
     p.add_argument("--gen-configs", nargs="+", default=["tiny"], choices=("tiny", "paper"))
     p.add_argument("--threads", type=int, help="torch.set_num_threads")
+    p.add_argument(
+        "--peak-tflops", type=float, default=989.0,
+        help="the GPU's dense bf16 peak for MFU (default: H100 SXM's 989)",
+    )  # fmt: skip
     p.add_argument("--json", help="also write the rows to this file")
     args = p.parse_args()
     if args.threads:
