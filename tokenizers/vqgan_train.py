@@ -116,9 +116,10 @@ def _records(cfg: VQGANTrainConfig, split: str, limit: int, rng: np.random.Gener
     return [records[i] for i in sorted(order)]
 
 
-def to_input(batch: np.ndarray) -> torch.Tensor:
-    """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1]."""
-    return torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+def to_input(batch: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1] on `device` (moved as uint8)."""
+    x = torch.from_numpy(np.ascontiguousarray(batch)).to(device, non_blocking=True)
+    return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 # --------------------------------------------------------------------------- #
@@ -250,6 +251,7 @@ def train_vqgan(cfg: VQGANTrainConfig) -> dict[str, Any]:
 
     torch.set_flush_denormal(True)
     device = resolve_device(cfg.device)
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: autotune the convs
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -324,7 +326,7 @@ def train_vqgan(cfg: VQGANTrainConfig) -> dict[str, Any]:
             batch = np.concatenate([images[pick_i], rendered[pick_m]])  # (B, s, s, 3)
             flip = rng.random(len(batch)) < 0.5
             batch[flip] = batch[flip, :, ::-1]
-            x = to_input(batch).to(device, non_blocking=True)  # (B, 3, s, s)
+            x = to_input(batch, device)  # (B, 3, s, s)
 
             rec, z, z_q, codes = model(x)
             l1 = (rec - x).abs().mean()
