@@ -39,9 +39,10 @@ DDCONFIG_KEYS = (
 class VQGANConfig:
     """Taming's `ddconfig` plus the codebook (`n_embed` x `embed_dim`).
 
-    The defaults are the tiny CPU setting (configs/vqgan_tiny.yaml): 64 px, f8 ->
-    8x8 = 64 codes per image, 1024 codes (the paper's vocabulary count), all widths
-    32. With num_res_blocks=0 taming's Encoder needs equal widths at every level
+    The defaults are the tiny setting of the shipped `builtin:vqgan_shapes_tiny`
+    (configs/vqgan_tiny.yaml): 64 px, f8 -> 8x8 = 64 codes per image, 1024 codes (the
+    paper's vocabulary count), widths 32/32/64/64, one residual block per level (1.1M
+    weights). With num_res_blocks=0 taming's Encoder needs equal widths at every level
     (ch_mult all equal); this is checked. `paper()` gives the paper's f16
     256 px model (taming's ImageNet f16-1024 architecture).
     """
@@ -50,10 +51,9 @@ class VQGANConfig:
     in_channels: int = 3
     out_ch: int = 3
     ch: int = 32
-    ch_mult: tuple[int, ...] = (1, 1, 1, 1)
-    # 0 = taming's minimum (the decoder still has one block per level); keeps the
-    # 64 px levels, which dominate the cost, cheap enough to train on a CPU
-    num_res_blocks: int = 0
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2)
+    # taming's decoder has num_res_blocks + 1 blocks per level; 0 is its minimum
+    num_res_blocks: int = 1
     attn_resolutions: tuple[int, ...] = ()
     dropout: float = 0.0
     z_channels: int = 64

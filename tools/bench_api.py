@@ -41,7 +41,7 @@ def build(paper: bool, out: Path, device: str, dtype: str | None):
         vq = VQGANConfig.paper().to_dict()
     else:
         cfg = load_config("shapes_tiny")
-        vq = VQGANConfig(ch_mult=(1, 1, 1, 1), num_res_blocks=0).to_dict()  # vqgan_tiny's shape
+        vq = VQGANConfig().to_dict()  # the defaults are vqgan_tiny's shape
     cfg.tokenizers = [
         {"name": "gpt2"},
         {"name": "vqgan", "checkpoint": None, "config": vq},

@@ -5,7 +5,7 @@ deterministic object-centred val crops at the tokenizer's resolution, and saves 
 grid of originals next to reconstructions (images and masks).
 
     python tools/eval_vqgan.py --checkpoint builtin:vqgan_shapes_tiny \
-        --world worlds/vqgan --images 1500 --val-images 200 --records 300 \
+        --world worlds/vqgan --images 8000 --val-images 200 --records 300 \
         --png docs/images/vqgan_reconstructions.png
 """
 
@@ -63,7 +63,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="builtin:vqgan_shapes_tiny")
     parser.add_argument("--world", default="worlds/vqgan")
-    parser.add_argument("--images", type=int, default=1500, help="train images of that world")
+    parser.add_argument("--images", type=int, default=8000, help="train images of that world")
     parser.add_argument("--val-images", type=int, default=200)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--records", type=int, default=300, help="val records to evaluate")
