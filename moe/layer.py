@@ -6,8 +6,11 @@ A drop-in replacement for a transformer block's FFN. `forward(x, attributes)` re
 Backends for the dispatch step (the routing is the same for all):
   - "reference": `unicl.moe.ops.expert_ffn`, plain PyTorch (the CPU path and the test oracle);
   - "triton": `unicl.moe.kernels.triton_expert_ffn` (same signature; CUDA);
-  - "auto": triton for CUDA tensors when the kernels import, else reference. Decided per call from
-    the input's device, so a layer built on CPU and moved to a GPU picks the kernel.
+  - "grouped": `unicl.moe.grouped.grouped_expert_ffn`, PyTorch's grouped GEMM (bf16 on Hopper);
+  - "auto": decided per call by `choose_backend` from the input's device and compute dtype, so a
+    layer built on CPU and moved to a GPU picks a GPU path: reference on the CPU; on CUDA the
+    grouped GEMM for bf16 work on GPUs that have it, else Triton when it imports, else reference
+    (measurements behind this order: docs/BENCHMARKS.md, "MoE layer and expert dispatch").
 
 Letters: N tokens, D width, F expert hidden width, E experts, K choices per token.
 """
@@ -20,11 +23,33 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from unicl.moe.grouped import compute_dtype, grouped_expert_ffn, grouped_mm_available
 from unicl.moe.kernels.plan import AttributePlan
 from unicl.moe.ops import activation_fn, expert_ffn
 from unicl.moe.router import RouterOutput, build_router
 
-BACKENDS = ("auto", "reference", "triton")
+BACKENDS = ("auto", "reference", "triton", "grouped")
+
+
+def choose_backend(
+    requested: str, device_type: str, dtype: torch.dtype, *, triton: bool, grouped: bool
+) -> str:
+    """The backend a call runs: `requested` unless it is "auto" (see the module docstring).
+
+    `triton` / `grouped`: whether those paths can run on this device.
+    """
+    if requested != "auto":
+        return requested
+    if device_type != "cuda":
+        return "reference"
+    if grouped and dtype == torch.bfloat16:
+        return "grouped"
+    return "triton" if triton else "reference"
+
+
+@functools.lru_cache(maxsize=8)
+def _grouped_available(device: torch.device) -> bool:
+    return grouped_mm_available(device)
 
 
 @functools.lru_cache(maxsize=1)
@@ -97,17 +122,24 @@ class MoELayer(nn.Module):
 
     def dispatch_fn(self, x: torch.Tensor):
         """The dispatch op this call uses for input `x` (see the module docstring)."""
-        if self.backend == "reference" or (self.backend == "auto" and not x.is_cuda):
+        kernel = _triton_kernel() if x.is_cuda or self.backend == "triton" else None
+        backend = choose_backend(
+            self.backend,
+            x.device.type,
+            compute_dtype(x),
+            triton=kernel is not None,
+            grouped=x.is_cuda and _grouped_available(x.device),
+        )
+        if backend == "reference":
             return expert_ffn
-        kernel = _triton_kernel()
-        if self.backend == "triton":
-            if kernel is None:
-                raise RuntimeError(
-                    "backend='triton' but unicl.moe.kernels cannot be imported "
-                    "(install the 'kernels' extra: triton)"
-                )
-            return kernel
-        return kernel if kernel is not None else expert_ffn
+        if backend == "grouped":
+            return grouped_expert_ffn
+        if kernel is None:
+            raise RuntimeError(
+                "backend='triton' but unicl.moe.kernels cannot be imported "
+                "(install the 'kernels' extra: triton)"
+            )
+        return kernel
 
     def route_and_run(
         self,
@@ -141,8 +173,8 @@ class MoELayer(nn.Module):
         plan = None
         if attribute_plan is not None and routing.attribute_experts is not None:
             plan = attribute_plan.remap(routing.attribute_experts, self.num_experts)
-            if dispatch is expert_ffn:
-                plan = plan.to_routing_plan()  # the reference ops' form of the same order
+            if dispatch is not _triton_kernel():
+                plan = plan.to_routing_plan()  # the PyTorch paths' form of the same order
         y = dispatch(
             flat,
             routing.expert_ids,
@@ -182,4 +214,4 @@ def dense_equivalent_d_ff(layer: MoELayer) -> int:
     return layer.top_k * layer.d_ff
 
 
-__all__ = ["BACKENDS", "MoELayer", "MoEOutput", "dense_equivalent_d_ff"]
+__all__ = ["BACKENDS", "MoELayer", "MoEOutput", "choose_backend", "dense_equivalent_d_ff"]

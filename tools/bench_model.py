@@ -87,9 +87,11 @@ def bench_train(args) -> list[dict]:
     rows = []
     gpu = args.device.startswith("cuda")
     # on a GPU, a batch of 8 paper sequences too: one 2060-token sequence does not fill it
-    shapes = [("tiny", 4, 524), ("paper", 1, 2060)] + ([("paper", 8, 2060)] if gpu else [])
-    for name, b, t in shapes:
-        cfg = config(name, max_positions=max(2060, t))
+    shapes = [("tiny", 4, 524, "auto"), ("paper", 1, 2060, "auto")]
+    if gpu:  # the MoE backends compared end to end on a batch that fills the GPU
+        shapes += [("paper", 8, 2060, backend) for backend in ("auto", "triton", "reference")]
+    for name, b, t, backend in shapes:
+        cfg = config(name, max_positions=max(2060, t), moe_backend=backend)
         torch.manual_seed(0)
         model = build_model(cfg, VOCAB, ATTRIBUTES).to(args.device).train()
         batch = Batch(b, t, args.device)
@@ -103,6 +105,7 @@ def bench_train(args) -> list[dict]:
                 "config": name,
                 "params_M": round(model.num_parameters() / 1e6, 1),
                 "batch": f"{b} x {t}",
+                "moe_backend": backend,
                 "step_s": round(sec, 3),
                 "tokens_per_s": round(b * t / sec),
             }

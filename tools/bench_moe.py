@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from unicl.moe import kernels, ops
+from unicl.moe.grouped import grouped_expert_ffn, grouped_mm_available
 from unicl.moe.kernels import build_attribute_plan, torch_dispatch_plan
 
 ROUTINGS = ("balanced", "zipf", "all_to_one", "attribute")
@@ -142,6 +143,10 @@ def bench_config(args, t, e, k, kind, deepspeed_moe) -> list[dict]:
             cases["triton + attribute plan"] = lambda: kernels.triton_expert_ffn(
                 x, ids, gates, w1, b1, w2, b2, plan=aplan.remap(table, e)
             )
+    if dev == "cuda" and dt == torch.bfloat16 and grouped_mm_available(dev):
+        cases["grouped GEMM (torch._grouped_mm)"] = lambda: grouped_expert_ffn(
+            x, ids, gates, w1, b1, w2, b2
+        )
     if deepspeed_moe is not None and kind == "balanced":
         layer = deepspeed_moe(d, f, e, k, dev, dt)
         x3 = x.detach().view(1, t, d).requires_grad_()
