@@ -1,9 +1,11 @@
 """Expert dispatch through PyTorch's grouped GEMM (`torch._grouped_mm`).
 
-The rows are gathered into expert order once (`ops.gather`), each projection of all experts is
-one grouped GEMM over the expert segments (CUTLASS on Hopper GPUs, bf16), and the gate-weighted
-combine is `ops.combine`. Autograd comes from PyTorch's own derivative of the grouped GEMM, so
-the backward is two grouped GEMMs per projection as well: no loop over experts on either side.
+The rows are gathered into expert order once (`ops.gather`, then into 16-row aligned expert
+segments), each projection of all experts is one grouped GEMM over the segments (CUTLASS on
+Hopper GPUs, bf16), and the gate-weighted combine is `ops.combine`. Autograd comes from
+PyTorch's own derivative of the grouped GEMM, so the backward is two grouped GEMMs per
+projection as well: no loop over experts on either side. Bias gradients are segment sums taken
+as a (E, M) one-hot matmul, which accumulates in fp32 even for bf16 inputs.
 
 On CUDA the grouped GEMM takes bf16 only: fp32 inputs are computed in bf16 when autocast asks
 for it and are otherwise refused (use the "reference" or "triton" backend for fp32 on GPUs).
@@ -32,18 +34,56 @@ def grouped_mm_available(device: torch.device | str = "cuda") -> bool:
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype the grouped GEMM runs in for input `x` (autocast's on CUDA when enabled)."""
-    if x.is_cuda and torch.is_autocast_enabled("cuda"):
-        return torch.get_autocast_dtype("cuda")
+    """The dtype expert matmuls run in for input `x`: autocast's for x's device when enabled."""
+    kind = x.device.type
+    if kind in ("cuda", "cpu") and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
     return x.dtype
 
 
-def _segment_bias(bias: torch.Tensor, plan: RoutingPlan, m: int) -> torch.Tensor:
-    """(E, C) per-expert biases -> (M, C), one row per sorted assignment."""
-    expert = torch.repeat_interleave(
-        torch.arange(bias.shape[0], device=bias.device), plan.counts, output_size=m
+#: every expert's segment is padded to a multiple of this many rows, and to at least this many:
+#: the grouped GEMM's kernels want 16-row aligned group offsets, and an empty group would leave
+#: that expert's weight gradient unwritten
+ALIGN = 16
+
+
+def _padded_layout(plan: RoutingPlan, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Row of each sorted assignment in the padded layout, expert of each padded row, group ends.
+
+    Returns (rows (M,) int64, expert (M_pad,) int64, ends (E,) int32). Host-side sizes come from
+    `plan.counts_list`, so this adds no device sync.
+    """
+    counts = plan.counts_list
+    padded = [max(ALIGN, -(-c // ALIGN) * ALIGN) for c in counts]  # (E,) host ints
+    e = len(counts)
+    padded_t = torch.tensor(padded, device=device)  # (E,)
+    pad_starts = torch.cumsum(padded_t, 0) - padded_t  # (E,)
+    expert_of_sorted = torch.repeat_interleave(
+        torch.arange(e, device=device), plan.counts, output_size=plan.slots.shape[0]
     )  # (M,)
-    return bias.index_select(0, expert)
+    shift = (pad_starts - plan.offsets[:-1])[expert_of_sorted]  # (M,)
+    rows = torch.arange(plan.slots.shape[0], device=device) + shift  # (M,)
+    expert = torch.repeat_interleave(
+        torch.arange(e, device=device), padded_t, output_size=sum(padded)
+    )  # (M_pad,)
+    return rows, expert, torch.cumsum(padded_t, 0).to(torch.int32)
+
+
+class _ExpandBias(torch.autograd.Function):
+    """(E, C) biases -> (R, C) rows `bias[expert]`; the backward sums rows per expert by matmul."""
+
+    @staticmethod
+    def forward(ctx, bias: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(expert)
+        ctx.num_experts = bias.shape[0]
+        return bias.index_select(0, expert)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (expert,) = ctx.saved_tensors
+        onehot = grad.new_zeros(ctx.num_experts, expert.shape[0])  # (E, R)
+        onehot.scatter_(0, expert[None], 1.0)
+        return onehot @ grad, None  # (E, C)
 
 
 def grouped_expert_ffn(
@@ -72,11 +112,13 @@ def grouped_expert_ffn(
     m = plan.slots.shape[0]
     if x.shape[0] == 0 or m == 0:
         return x.new_zeros(x.shape)
+    rows, expert, ends = _padded_layout(plan, x.device)
     # under autocast the output is in the compute dtype, as for autocast's own matmuls
-    xs, w1c, w2c = gather(x, plan).to(dtype), w1.to(dtype), w2.to(dtype)  # (M, D)
-    ends = plan.offsets[1:].to(torch.int32)  # (E,) end row of each expert's segment
-    h = torch._grouped_mm(xs, w1c, offs=ends) + _segment_bias(b1.to(dtype), plan, m)  # (M, F)
-    ys = torch._grouped_mm(act(h), w2c, offs=ends) + _segment_bias(b2.to(dtype), plan, m)
+    xs = gather(x, plan).to(dtype)  # (M, D)
+    xs = xs.new_zeros(expert.shape[0], xs.shape[1]).index_copy(0, rows, xs)  # (M_pad, D)
+    h = torch._grouped_mm(xs, w1.to(dtype), offs=ends) + _ExpandBias.apply(b1.to(dtype), expert)
+    ys = torch._grouped_mm(act(h), w2.to(dtype), offs=ends)  # (M_pad, D)
+    ys = ys.index_select(0, rows) + _ExpandBias.apply(b2.to(dtype), expert.index_select(0, rows))
     return combine(ys, plan, weights)  # (N, D)
 
 

@@ -175,17 +175,22 @@ class MoELayer(nn.Module):
             plan = attribute_plan.remap(routing.attribute_experts, self.num_experts)
             if dispatch is not _triton_kernel():
                 plan = plan.to_routing_plan()  # the PyTorch paths' form of the same order
-        y = dispatch(
-            flat,
-            routing.expert_ids,
-            routing.weights.to(flat.dtype),
-            self.w1,
-            self.b1,
-            self.w2,
-            self.b2,
-            activation=self.activation,
-            plan=plan,
-        )  # (N, D)
+        dtype = compute_dtype(flat)
+        params = (self.w1, self.b1, self.w2, self.b2)
+        if dtype != flat.dtype and dispatch is not grouped_expert_ffn:
+            # autocast: the custom autograd ops run in its dtype with autocast off inside them
+            # (left on, their fused matmuls would write low-precision results into fp32 buffers)
+            flat, params = flat.to(dtype), tuple(p.to(dtype) for p in params)
+            with torch.autocast(flat.device.type, enabled=False):
+                y = dispatch(
+                    flat, routing.expert_ids, routing.weights.to(dtype), *params,
+                    activation=self.activation, plan=plan,
+                )  # fmt: skip
+        else:
+            y = dispatch(
+                flat, routing.expert_ids, routing.weights.to(flat.dtype), *params,
+                activation=self.activation, plan=plan,
+            )  # fmt: skip
         return MoEOutput(y.view(*lead, self.d_model), routing.aux_loss, routing)
 
     def forward(

@@ -120,3 +120,24 @@ def test_grouped_refuses_fp32_on_cuda():
     args = case(device="cuda")
     with pytest.raises(TypeError, match="bf16"):
         grouped_expert_ffn(*args)
+
+
+@pytest.mark.parametrize("backend", ["reference", "grouped"])
+def test_layer_under_cpu_autocast(backend):
+    """bf16 autocast: the experts run in bf16, gradients reach every parameter in fp32."""
+    if backend == "grouped" and not grouped_mm_available("cpu"):
+        pytest.skip("this PyTorch has no torch._grouped_mm")
+    torch.manual_seed(0)
+    layer = MoELayer(16, 32, 4, 2, router="topk", backend=backend)
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    with torch.autocast("cpu", torch.bfloat16):
+        y, _ = layer(x)
+    assert y.dtype == torch.bfloat16
+    y.float().square().sum().backward()
+    ref = MoELayer(16, 32, 4, 2, router="topk", backend="reference")
+    ref.load_state_dict(layer.state_dict())
+    y_ref, _ = ref(x.detach())
+    assert rel(y.float(), y_ref) < 2e-2
+    for p in (x, layer.w1, layer.b1, layer.w2, layer.b2):
+        assert p.grad is not None and p.grad.dtype == torch.float32
+        assert torch.isfinite(p.grad).all()
