@@ -91,7 +91,10 @@ def main() -> None:
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    model.segment(queries[0], demos[:1], category="star")  # warm-up
+    # the paper's 2060 positions hold exactly 4 image/mask pairs of 515 tokens: no room for the
+    # category text, so the paper-config rows prompt by demonstrations alone
+    category = None if args.paper else "star"
+    model.segment(queries[0], demos[:1], category=category)  # warm-up
     print("| shots | s/query (median) | queries/s | paper queries/s (GPU) |")
     print("|---|---|---|---|")
     for k in range(4):
@@ -100,7 +103,7 @@ def main() -> None:
             sync()
             t0 = time.perf_counter()
             for q in queries[: args.queries]:
-                model.segment(q, demos[:k], category="star")
+                model.segment(q, demos[:k], category=category)
             sync()
             rounds.append((time.perf_counter() - t0) / args.queries)
         med = statistics.median(rounds)
@@ -113,11 +116,11 @@ def main() -> None:
         sync()
         t0 = time.perf_counter()
         for q in batch:
-            model.segment(q, demos[:k], category="star")
+            model.segment(q, demos[:k], category=category)
         sync()
         separate.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        model.segment(batch, demos[:k], category="star")
+        model.segment(batch, demos[:k], category=category)
         sync()
         shared.append(time.perf_counter() - t0)
     sep, sh = statistics.median(separate), statistics.median(shared)
