@@ -75,8 +75,8 @@ def test_tiny_training_run_resumes_and_exports(tmp_path):
     base = {"out": str(tmp_path / "run"), "model": TINY_MODEL, "data": data, "batch_size": 4,
             "max_records": 6, "val_records": 3, "log_every": 2, "checkpoint_every": 2,
             "restart_every": 2, "warmup": 1}  # fmt: skip
-    first = train_vqgan(from_dict(VQGANTrainConfig, {**base, "steps": 2}))
-    assert first["steps"] == 2
+    first = train_vqgan(from_dict(VQGANTrainConfig, {**base, "steps": 2, "device": "cpu"}))
+    assert first["steps"] == 2 and first["device"] == "cpu"
     second = train_vqgan(from_dict(VQGANTrainConfig, {**base, "steps": 4}))
     assert second["steps"] == 4
     rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").open()]
@@ -90,3 +90,16 @@ def test_tiny_training_run_resumes_and_exports(tmp_path):
         {"name": "vqgan", "options": {"checkpoint": str(tmp_path / "run" / "export")}}
     ))  # fmt: skip
     assert load_tokenizer(tok_dir).codes_per_image == 64
+    # a spent wall-clock budget stops a resumed run before it takes another step
+    third = train_vqgan(from_dict(VQGANTrainConfig, {**base, "steps": 50, "max_minutes": 1e-9}))
+    assert third["steps"] == 4
+
+
+def test_device_must_exist():
+    from unicl.tokenizers.vqgan_train import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
