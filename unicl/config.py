@@ -158,9 +158,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         kt, vt = args if args else (Any, Any)
-        return {
-            _convert(k, kt, f"{key}"): _convert(v, vt, f"{key}.{k}") for k, v in value.items()
-        }
+        return {_convert(k, kt, f"{key}"): _convert(v, vt, f"{key}.{k}") for k, v in value.items()}
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected float, got {value!r}")

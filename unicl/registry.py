@@ -80,7 +80,8 @@ class Registry(Generic[T]):
             takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
             if not takes_any:
                 accepted = [
-                    n for n, p in params.items()
+                    n
+                    for n, p in params.items()
                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
                 ]
                 unknown = sorted(set(kwargs) - set(accepted))

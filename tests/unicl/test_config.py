@@ -45,8 +45,11 @@ def test_from_dict_builds_nested_and_converts_ints_to_floats():
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        ({"inner": {"widht": 3}}, r"unknown config key 'inner.widht'; valid keys under 'inner': "
-         r"limit, mode, rate, tags, width"),
+        (
+            {"inner": {"widht": 3}},
+            r"unknown config key 'inner.widht'; valid keys under 'inner': "
+            r"limit, mode, rate, tags, width",
+        ),
         ({"nme": "y"}, r"unknown config key 'nme'; valid keys: extra, flag, inner, name"),
         ({"inner": {"width": 2.5}}, r"inner.width: expected int, got 2.5"),
         ({"inner": {"width": True}}, r"inner.width: expected int, got True"),
