@@ -182,86 +182,151 @@ def _act_backward_(name: str, grad: torch.Tensor, h: torch.Tensor) -> torch.Tens
     )
 
 
+#: When routing is balanced, every expert's rows are padded to the largest count and all experts
+#: run as one batched matmul; the padding may add at most this fraction of rows (wasted FLOPs).
+#: Beyond it experts are packed back to back and run one matmul each.
+MAX_PADDING = 0.125
+
+
+class _Block(NamedTuple):
+    """Experts `first:end`, each `rows` rows long, stacked from row `row0` of the work buffers."""
+
+    first: int
+    end: int
+    row0: int
+    rows: int
+
+    def view(self, t: torch.Tensor) -> torch.Tensor:
+        """(experts, rows, C) view of this block's rows of a (R, C) buffer."""
+        n = self.end - self.first
+        return t[self.row0 : self.row0 + n * self.rows].view(n, self.rows, t.shape[1])
+
+
+class _Layout(NamedTuple):
+    """Where the rows of each expert sit in the (rows, .) work buffers of the fused path."""
+
+    rows: int
+    blocks: list[_Block]
+    #: experts without rows (their gradients are zero)
+    idle: list[int]
+    #: (rows,) token whose input each row holds (padding rows read token 0)
+    tokens: torch.Tensor
+    #: (rows,) the (token, choice) slot of each row; padding rows point at an extra zero weight N*K
+    row_slots: torch.Tensor
+    #: (N*K,) the row of each slot; a dropped slot points at row `rows`, the zero row of (rows + 1)
+    slot_rows: torch.Tensor
+    #: padding rows (their inputs are zeroed so that they add exactly nothing to any gradient)
+    padding: torch.Tensor | None
+
+
+def _layout(plan: RoutingPlan, max_padding: float | None = None) -> _Layout:
+    max_padding = MAX_PADDING if max_padding is None else max_padding
+    counts = plan.counts_list
+    e_all, m = len(counts), plan.slots.shape[0]
+    c_max = max(counts)
+    dev = plan.slots.device
+    slot_rows = torch.empty(plan.num_tokens * plan.top_k, dtype=torch.int64, device=dev)
+    if e_all > 1 and e_all * c_max <= (1 + max_padding) * m:
+        rows, padding = e_all * c_max, None
+        shift = torch.arange(e_all, device=dev) * c_max - plan.offsets[:-1]  # (E,)
+        row_of = torch.arange(m, device=dev) + shift.repeat_interleave(plan.counts, output_size=m)
+        tokens = plan.tokens.new_zeros(rows).index_copy_(0, row_of, plan.tokens)
+        row_slots = plan.slots.new_full((rows,), plan.num_tokens * plan.top_k)
+        row_slots.index_copy_(0, row_of, plan.slots)
+        if rows > m:
+            padding = (row_slots == plan.num_tokens * plan.top_k).nonzero().squeeze(1)
+        blocks, idle = [_Block(0, e_all, 0, c_max)], []
+    else:
+        rows, padding = m, None
+        row_of, tokens, row_slots = torch.arange(m, device=dev), plan.tokens, plan.slots
+        starts = plan.offsets.tolist()
+        blocks = [_Block(e, e + 1, starts[e], c) for e, c in enumerate(counts) if c]
+        idle = [e for e, c in enumerate(counts) if not c]
+    slot_rows.fill_(rows).index_copy_(0, plan.slots, row_of)
+    return _Layout(rows, blocks, idle, tokens, row_slots, slot_rows, padding)
+
+
+def _expert_mm(lay: _Layout, a, w, bias, out):
+    """out = a @ w[e] (+ bias[e]) on the rows of every expert e; w is (E, A, B)."""
+    for b in lay.blocks:
+        ws = w[b.first : b.end]
+        if bias is None:
+            torch.bmm(b.view(a), ws, out=b.view(out))
+        else:
+            torch.baddbmm(bias[b.first : b.end].unsqueeze(1), b.view(a), ws, out=b.view(out))
+    return out
+
+
+def _expert_grads(lay: _Layout, a, grad, grad_w, grad_b):
+    """grad_w[e] = a^T @ grad and grad_b[e] = the column sums of grad, on the rows of expert e."""
+    for b in lay.blocks:
+        gv = b.view(grad)
+        torch.bmm(b.view(a).transpose(1, 2), gv, out=grad_w[b.first : b.end])
+        torch.sum(gv, 1, out=grad_b[b.first : b.end])
+    if lay.idle:
+        grad_w[lay.idle] = 0
+        grad_b[lay.idle] = 0
+
+
 class _ExpertFFN(torch.autograd.Function):
     """expert_ffn with a hand-written backward.
 
-    Saves x, the (M, F) pre-activations and the (N, K, D) unweighted expert outputs; the gathered
-    rows and the activations are recomputed segment by segment into small scratch buffers. On CPU
-    every fresh large tensor costs page faults comparable to a matmul pass over it, so each expert
-    segment reuses the same (max_count, .) scratch rows instead of allocating (M, .) temporaries.
+    The kept assignments are gathered once into expert-ordered rows (`_Layout`). With balanced
+    routing every expert is padded to the largest count and each of the six matmuls is a single
+    batched matmul over all experts, which on CPU runs about as fast as the dense FFN's matmuls of
+    the same FLOPs; skewed routing runs one matmul per expert instead. Saves the gathered rows,
+    the (rows, F) pre-activations and activations (what a dense FFN of the same active width
+    keeps), and the (N, K, D) unweighted expert outputs. The combine is a gather of the (token,
+    choice) rows and one (1, K) x (K, D) product per token; its gradient a gather and a sum over K.
     """
 
     @staticmethod
     def forward(ctx, x, weights, w1, b1, w2, b2, plan: RoutingPlan, activation: str):
         n, k = plan.num_tokens, plan.top_k
         d, f = x.shape[1], w1.shape[2]
-        m = plan.slots.shape[0]
-        c_max = max(plan.counts_list)
-        hs = x.new_empty(m, f)  # (M, F) pre-activations, kept for backward
-        x_scr = x.new_empty(c_max, d)  # gathered rows of one expert
-        a_scr = x.new_empty(c_max, f)  # activations of one expert
-        y_scr = x.new_empty(c_max, d)  # outputs of one expert
-        # unweighted expert outputs in (token, choice) order; dropped rows stay zero
-        y_nk = x.new_empty(n * k, d) if plan.dropless else x.new_zeros(n * k, d)
-        start = 0
-        for e, count in enumerate(plan.counts_list):
-            if count == 0:
-                continue
-            stop = start + count
-            xe = torch.index_select(x, 0, plan.tokens[start:stop], out=x_scr[:count])  # (m_e, D)
-            torch.addmm(b1[e], xe, w1[e], out=hs[start:stop])  # (m_e, F)
-            ae = _act_into(activation, hs[start:stop], a_scr[:count])  # (m_e, F)
-            ye = torch.addmm(b2[e], ae, w2[e], out=y_scr[:count])  # (m_e, D)
-            y_nk.index_copy_(0, plan.slots[start:stop], ye)
-            start = stop
-        y_nk = y_nk.view(n, k, d)  # (N, K, D)
+        lay = _layout(plan)
+        xs = x.index_select(0, lay.tokens)  # (R, D)
+        if lay.padding is not None:
+            xs.index_fill_(0, lay.padding, 0)
+        hs = _expert_mm(lay, xs, w1, b1, x.new_empty(lay.rows, f))  # (R, F) pre-activations
+        acts = _act_into(activation, hs, torch.empty_like(hs))  # (R, F)
+        ys = x.new_empty(lay.rows + 1, d)  # last row: the output of a dropped slot
+        ys[-1].zero_()
+        _expert_mm(lay, acts, w2, b2, ys)
+        y_nk = ys.index_select(0, lay.slot_rows).view(n, k, d)  # (N, K, D)
+        del ys
         w = weights.to(x.dtype)
-        # the combine is a batched (1, K) x (K, D) product per token: no scatter needed
         out = torch.bmm(w.view(n, 1, k), y_nk).view(n, d)  # (N, D)
-        ctx.save_for_backward(x, hs, y_nk, w, w1, w2)
-        ctx.plan = plan
+        ctx.save_for_backward(xs, hs, acts, y_nk, w, w1, w2)
+        ctx.layout = lay
         ctx.activation = activation
         ctx.weights_dtype = weights.dtype
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, hs, y_nk, w, w1, w2 = ctx.saved_tensors
-        plan: RoutingPlan = ctx.plan
-        n, k = plan.num_tokens, plan.top_k
-        d, f = x.shape[1], w1.shape[2]
-        c_max = max(plan.counts_list)
+        xs, hs, acts, y_nk, w, w1, w2 = ctx.saved_tensors
+        lay: _Layout = ctx.layout
+        n, k, d = y_nk.shape
         grad_out = grad_out.contiguous()  # (N, D)
         # d out[n] / d weights[n, k] = <grad_out[n], y[n, k]>
         grad_weights = torch.bmm(y_nk, grad_out.view(n, d, 1)).view(n, k)  # (N, K)
-        w_sorted = w.reshape(-1).index_select(0, plan.slots)  # (M,)
-        gw1, gw2 = torch.zeros_like(w1), torch.zeros_like(w2)
-        gb1 = w1.new_zeros(w1.shape[0], f)
-        gb2 = w2.new_zeros(w2.shape[0], d)
-        grad_x = torch.zeros_like(x)  # (N, D)
-        x_scr = x.new_empty(c_max, d)
-        g_scr = x.new_empty(c_max, d)  # gradient at one expert's outputs, then at its inputs
-        a_scr = x.new_empty(c_max, f)  # activations, then the gradient at the pre-activations
-        start = 0
-        for e, count in enumerate(plan.counts_list):
-            if count == 0:
-                continue
-            stop = start + count
-            rows = plan.tokens[start:stop]
-            xe = torch.index_select(x, 0, rows, out=x_scr[:count])  # (m_e, D)
-            he = hs[start:stop]  # (m_e, F)
-            ae = _act_into(ctx.activation, he, a_scr[:count])  # (m_e, F) recomputed
-            gy = torch.index_select(grad_out, 0, rows, out=g_scr[:count])  # (m_e, D)
-            gy.mul_(w_sorted[start:stop, None])
-            torch.mm(ae.t(), gy, out=gw2[e])
-            torch.sum(gy, 0, out=gb2[e])
-            gh = torch.mm(gy, w2[e].t(), out=a_scr[:count])  # (m_e, F) overwrites ae
-            _act_backward_(ctx.activation, gh, he)
-            torch.mm(xe.t(), gh, out=gw1[e])
-            torch.sum(gh, 0, out=gb1[e])
-            gx = torch.mm(gh, w1[e].t(), out=g_scr[:count])  # (m_e, D) overwrites gy
-            grad_x.index_add_(0, rows, gx)
-            start = stop
+        # gradient at each row's expert output: the token's output gradient times its gate weight
+        # (zero on padding rows, whose weight is the appended zero)
+        row_w = torch.cat([w.reshape(-1), w.new_zeros(1)]).index_select(0, lay.row_slots)  # (R,)
+        gy = grad_out.new_empty(lay.rows + 1, d)  # (R + 1, D); later the input gradients
+        torch.index_select(grad_out, 0, lay.tokens, out=gy[:-1]).mul_(row_w[:, None])
+        if lay.padding is not None:
+            gy.index_fill_(0, lay.padding, 0)  # exactly zero even where grad_out is not finite
+        gw1, gw2 = torch.empty_like(w1), torch.empty_like(w2)
+        gb1, gb2 = w1.new_empty(w1.shape[0], w1.shape[2]), w2.new_empty(w2.shape[0], d)
+        _expert_grads(lay, acts, gy, gw2, gb2)
+        gh = _expert_mm(lay, gy, w2.transpose(1, 2), None, torch.empty_like(hs))  # (R, F)
+        _act_backward_(ctx.activation, gh, hs)
+        _expert_grads(lay, xs, gh, gw1, gb1)
+        _expert_mm(lay, gh, w1.transpose(1, 2), None, gy)  # (R, D) input gradient of each row
+        gy[-1].zero_()
+        grad_x = gy.index_select(0, lay.slot_rows).view(n, k, d).sum(1)  # (N, D)
         return grad_x, grad_weights.to(ctx.weights_dtype), gw1, gb1, gw2, gb2, None, None
 
 

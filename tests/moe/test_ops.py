@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from unicl.moe import ops
 from unicl.moe.ops import expert_ffn, expert_ffn_steps, make_plan
 
 
@@ -52,10 +53,18 @@ def grads(fn, x, ids, w, params):
     return out, torch.autograd.grad(out, tensors, g)
 
 
+@pytest.fixture(params=["auto", "batched", "packed"])
+def layout(request, monkeypatch):
+    """Run the fused path with its default layout choice, always batched, or never batched."""
+    limits = {"auto": ops.MAX_PADDING, "batched": float("inf"), "packed": -1.0}
+    monkeypatch.setattr(ops, "MAX_PADDING", limits[request.param])
+    return request.param
+
+
 @pytest.mark.parametrize("skew", [False, True])
 @pytest.mark.parametrize("drop", [False, True])
 @pytest.mark.parametrize("k", [1, 2, 3])
-def test_expert_ffn_matches_naive_loop(k, drop, skew):
+def test_expert_ffn_matches_naive_loop(k, drop, skew, layout):
     x, ids, w, params = make_case(k=k, drop=drop, skew=skew)
     ref_out, ref_grads = grads(naive_moe, x, ids, w, params)
     for fn in (expert_ffn, expert_ffn_steps):
@@ -66,7 +75,7 @@ def test_expert_ffn_matches_naive_loop(k, drop, skew):
 
 
 @pytest.mark.parametrize("activation", ["gelu", "gelu_tanh", "relu"])
-def test_expert_ffn_gradcheck(activation):
+def test_expert_ffn_gradcheck(activation, layout):
     x, ids, w, params = make_case(n=9, d=4, f=6, e=3, k=2, drop=True)
     fn = lambda x, w, *p: expert_ffn(x, ids, w, *p, activation=activation)
     assert torch.autograd.gradcheck(fn, (x, w, *params))
@@ -89,6 +98,27 @@ def test_make_plan_groups_by_expert():
     assert plan.tokens.tolist() == [0, 1, 2, 0, 2]
     assert not plan.dropless
     assert make_plan(ids.clamp_min(0), 4).dropless
+
+
+def test_layout_pads_balanced_routing_into_one_batch():
+    # counts 3, 2, 3: every expert padded to 3 rows, all three in one (3, 3, .) batch
+    ids = torch.tensor([[0, 1], [2, 0], [2, 1], [0, 2]])
+    plan = make_plan(ids, num_experts=3)
+    lay = ops._layout(plan, max_padding=0.125)
+    assert (lay.rows, lay.blocks, lay.idle) == (9, [ops._Block(0, 3, 0, 3)], [])
+    assert lay.padding.tolist() == [5]  # expert 1's third row
+    # every slot's row holds that slot's token, and the slot's row maps back to the slot
+    for s in range(8):
+        row = int(lay.slot_rows[s])
+        assert int(lay.tokens[row]) == s // 2 and int(lay.row_slots[row]) == s
+    assert int(lay.row_slots[5]) == 8  # the padding row reads the appended zero weight
+    # more padding than allowed, or an expert without rows: packed back to back, one per expert
+    packed = ops._layout(plan, max_padding=0.1)
+    assert packed.rows == 8 and packed.padding is None
+    assert packed.blocks == [ops._Block(0, 1, 0, 3), ops._Block(1, 2, 3, 2), ops._Block(2, 3, 5, 3)]
+    skewed = ops._layout(make_plan(torch.tensor([[0, 1], [1, 0], [1, -1]]), num_experts=3))
+    assert skewed.blocks == [ops._Block(0, 1, 0, 2), ops._Block(1, 2, 2, 3)]
+    assert skewed.idle == [2] and int(skewed.slot_rows[5]) == 5  # dropped slot -> zero row
 
 
 def test_all_dropped_gives_zero():
