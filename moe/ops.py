@@ -23,6 +23,8 @@ functions are differentiable by ordinary autograd and serve as a second, simpler
 
 from __future__ import annotations
 
+import math
+import threading
 from typing import NamedTuple
 
 import torch
@@ -188,6 +190,46 @@ def _act_backward_(name: str, grad: torch.Tensor, h: torch.Tensor) -> torch.Tens
 MAX_PADDING = 0.125
 
 
+class _Workspace(threading.local):
+    """One reusable flat buffer per (device, dtype) for the fused path's temporaries (CPU only).
+
+    glibc's malloc maps every block over 32 MiB fresh and unmaps it on free, so a new large
+    temporary costs a page fault per 4 KiB on first touch, comparable to a matmul pass over it.
+    Temporaries that die within one forward or one backward call (expert outputs before the
+    combine, row gradients) therefore live here and are reused call after call; saved tensors and
+    returned gradients never do. GPUs have PyTorch's caching allocator and skip this.
+    """
+
+    def __init__(self):
+        self.buffers: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    def take(self, like: torch.Tensor, *shapes: tuple[int, ...]) -> list[torch.Tensor]:
+        """Uninitialised tensors of these shapes, disjoint views of one buffer."""
+        sizes = [math.prod(shape) for shape in shapes]
+        if like.device.type != "cpu":
+            return [like.new_empty(shape) for shape in shapes]
+        key = (like.device, like.dtype)
+        buf = self.buffers.get(key)
+        if buf is None or buf.numel() < sum(sizes):
+            self.buffers[key] = buf = like.new_empty(sum(sizes))
+        views, start = [], 0
+        for shape, size in zip(shapes, sizes):
+            views.append(buf[start : start + size].view(shape))
+            start += size
+        return views
+
+    def clear(self) -> None:
+        self.buffers.clear()
+
+
+_workspace = _Workspace()
+
+
+def release_workspace() -> None:
+    """Free this thread's cached CPU temporaries of `expert_ffn` (they are re-made on demand)."""
+    _workspace.clear()
+
+
 class _Block(NamedTuple):
     """Experts `first:end`, each `rows` rows long, stacked from row `row0` of the work buffers."""
 
@@ -290,11 +332,10 @@ class _ExpertFFN(torch.autograd.Function):
             xs.index_fill_(0, lay.padding, 0)
         hs = _expert_mm(lay, xs, w1, b1, x.new_empty(lay.rows, f))  # (R, F) pre-activations
         acts = _act_into(activation, hs, torch.empty_like(hs))  # (R, F)
-        ys = x.new_empty(lay.rows + 1, d)  # last row: the output of a dropped slot
+        (ys,) = _workspace.take(x, (lay.rows + 1, d))  # last row: the output of a dropped slot
         ys[-1].zero_()
         _expert_mm(lay, acts, w2, b2, ys)
         y_nk = ys.index_select(0, lay.slot_rows).view(n, k, d)  # (N, K, D)
-        del ys
         w = weights.to(x.dtype)
         out = torch.bmm(w.view(n, 1, k), y_nk).view(n, d)  # (N, D)
         ctx.save_for_backward(xs, hs, acts, y_nk, w, w1, w2)
@@ -314,14 +355,15 @@ class _ExpertFFN(torch.autograd.Function):
         # gradient at each row's expert output: the token's output gradient times its gate weight
         # (zero on padding rows, whose weight is the appended zero)
         row_w = torch.cat([w.reshape(-1), w.new_zeros(1)]).index_select(0, lay.row_slots)  # (R,)
-        gy = grad_out.new_empty(lay.rows + 1, d)  # (R + 1, D); later the input gradients
+        # (R + 1, D) row gradients, later the input gradients, and (R, F) pre-activation gradients
+        gy, gh = _workspace.take(grad_out, (lay.rows + 1, d), tuple(hs.shape))
         torch.index_select(grad_out, 0, lay.tokens, out=gy[:-1]).mul_(row_w[:, None])
         if lay.padding is not None:
             gy.index_fill_(0, lay.padding, 0)  # exactly zero even where grad_out is not finite
         gw1, gw2 = torch.empty_like(w1), torch.empty_like(w2)
         gb1, gb2 = w1.new_empty(w1.shape[0], w1.shape[2]), w2.new_empty(w2.shape[0], d)
         _expert_grads(lay, acts, gy, gw2, gb2)
-        gh = _expert_mm(lay, gy, w2.transpose(1, 2), None, torch.empty_like(hs))  # (R, F)
+        _expert_mm(lay, gy, w2.transpose(1, 2), None, gh)
         _act_backward_(ctx.activation, gh, hs)
         _expert_grads(lay, xs, gh, gw1, gb1)
         _expert_mm(lay, gh, w1.transpose(1, 2), None, gy)  # (R, D) input gradient of each row
@@ -394,4 +436,5 @@ __all__ = [
     "expert_mlp",
     "gather",
     "make_plan",
+    "release_workspace",
 ]

@@ -14,7 +14,8 @@ Rows (medians of --repeats timed runs after one warm-up; ratios against a baseli
   moe     the MoE layer's dispatch (unicl.moe.ops.expert_ffn, dropless, balanced top-2 routing)
           against a dense FFN of equal active FLOPs (hidden k * d_ff) and deepspeed.moe.layer.MoE
           (its own gate, capacity factor 1.0), forward+backward, the three interleaved run by run
-          so that a shared machine's load hits them alike (tools/bench_moe.py has more rows).
+          so that a shared machine's load hits them alike (tools/bench_moe.py has more rows);
+          vs_dense is the ratio of medians, vs_dense_paired the median of per-repeat ratios.
   memory  peak memory of one forward+backward of the paper config at 2060 tokens (CPU: growth
           of the process's peak RSS, measured in a fresh subprocess; CUDA: max_memory_allocated).
 """
@@ -251,7 +252,8 @@ def _moe_rows(args, t: int, build_ds) -> list[dict]:
             fn()
             sync(dev)
             times[name].append(time.perf_counter() - start)
-    dense = statistics.median(times["dense FFN (k*d_ff)"])
+    dense_times = times["dense FFN (k*d_ff)"]
+    dense = statistics.median(dense_times)
     rows = []
     for name, ts in times.items():
         med = statistics.median(ts)
@@ -260,13 +262,33 @@ def _moe_rows(args, t: int, build_ds) -> list[dict]:
                 "bench": "moe",
                 "T": t,
                 "threads": torch.get_num_threads(),
+                "malloc": args.malloc,
                 "path": name,
-                "fwd_bwd_ms": round(med * 1e3),
-                "vs_dense": round(med / dense, 2),
+                "fwd_bwd_ms": round(med * 1e3, 1),
+                "vs_dense": round(med / dense, 3),
+                # median over repeats of this repeat's time / the dense FFN's time in it
+                "vs_dense_paired": round(
+                    statistics.median(a / b for a, b in zip(ts, dense_times)), 3
+                ),
             }
         )
         print(rows[-1], flush=True)
     return rows
+
+
+def retain_freed_memory() -> None:
+    """Make glibc malloc keep freed memory in the process instead of returning it to the OS.
+
+    By default every block over 32 MiB is mmap'd on allocation and unmapped on free, so each
+    step's large activations are fresh pages again: first touches fault at a cost comparable to a
+    matmul pass over the tensor. Same effect as MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<huge>.
+    """
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's mallopt parameter numbers
+    if not (libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 2**31 - 1)):
+        raise RuntimeError("mallopt failed")
 
 
 def _peak_rss_mib() -> float:
@@ -332,10 +354,16 @@ def main() -> int:
         "--peak-tflops", type=float, default=989.0,
         help="the GPU's dense bf16 peak for MFU (default: H100 SXM's 989)",
     )  # fmt: skip
+    p.add_argument(
+        "--malloc", choices=("default", "retain"), default="default",
+        help="retain: glibc malloc keeps freed memory (no page faults on reuse; Linux/glibc only)",
+    )  # fmt: skip
     p.add_argument("--json", help="also write the rows to this file")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.malloc == "retain":
+        retain_freed_memory()
     torch.set_flush_denormal(True)
     benches = {
         "train": bench_train,
