@@ -15,10 +15,12 @@ The computation is split into the steps the kernel engineer mirrors:
     combine    -> gate-weighted sum of the K expert outputs back into (N, D)
 
 `expert_ffn` runs the same steps inside one autograd Function whose backward is written by hand:
-it keeps only the tensors the gradients need, writes every matmul into reused scratch buffers and
-turns the combine step into a per-token (1, K) x (K, D) product, which is what keeps a sparse MoE
-as fast as a dense FFN of equal active FLOPs on CPU (docs/model.md, docs/BENCHMARKS.md). The step
-functions are differentiable by ordinary autograd and serve as a second, simpler reference.
+with balanced routing every expert is padded to the same row count and each matmul is one batched
+matmul over all experts (skewed routing loops over experts), per-call temporaries live in a
+reused CPU workspace, and the combine is a per-token (1, K) x (K, D) product. That is what keeps a
+sparse MoE as fast as a dense FFN of equal active FLOPs on CPU (docs/model.md,
+docs/BENCHMARKS.md). The step functions are differentiable by ordinary autograd and serve as a
+second, simpler reference.
 """
 
 from __future__ import annotations

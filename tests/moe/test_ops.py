@@ -121,6 +121,34 @@ def test_layout_pads_balanced_routing_into_one_batch():
     assert skewed.idle == [2] and int(skewed.slot_rows[5]) == 5  # dropped slot -> zero row
 
 
+def test_workspace_reuse_across_layers(layout):
+    # two dispatch calls in one graph share the CPU workspace: each call's temporaries must be
+    # dead before the next call takes them, in forward order and in reverse order in backward
+    x, ids, w, params = make_case(k=2, drop=True)
+    _, ids2, w2, params2 = make_case(k=2, seed=1)
+
+    def two_layers(fn):
+        h = x + fn(x, ids, w, *params)
+        return h + fn(torch.tanh(h), ids2, w2, *params2)
+
+    leaves = [x, w, w2, *params, *params2]
+    g = torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(2))
+    ops.release_workspace()
+    out = two_layers(expert_ffn)
+    got = torch.autograd.grad(out, leaves, g)
+    ref_out = two_layers(expert_ffn_steps)
+    torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-10)
+    for a, b in zip(got, torch.autograd.grad(ref_out, leaves, g)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    # results never alias the workspace
+    (buf,) = ops._workspace.buffers.values()
+    lo, hi = buf.data_ptr(), buf.data_ptr() + buf.numel() * buf.element_size()
+    for t in (out, *got):
+        assert not lo <= t.data_ptr() < hi
+    ops.release_workspace()
+    assert not ops._workspace.buffers
+
+
 def test_all_dropped_gives_zero():
     x, ids, w, params = make_case(n=4)
     out = expert_ffn(x, torch.full_like(ids, -1), w, *params)
