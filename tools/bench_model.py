@@ -34,6 +34,7 @@ import torch
 from unicl.generate import Prompt, SegmentSpec, generate
 from unicl.loss import compute_loss
 from unicl.model import ModelConfig, build_model
+from unicl.training.run import retain_freed_memory
 
 VOCAB = 52352  # the paper's 52295 ids padded to a multiple of 64
 ATTRIBUTES = 24
@@ -276,21 +277,6 @@ def _moe_rows(args, t: int, build_ds) -> list[dict]:
     return rows
 
 
-def retain_freed_memory() -> None:
-    """Make glibc malloc keep freed memory in the process instead of returning it to the OS.
-
-    By default every block over 32 MiB is mmap'd on allocation and unmapped on free, so each
-    step's large activations are fresh pages again: first touches fault at a cost comparable to a
-    matmul pass over the tensor. Same effect as MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<huge>.
-    """
-    import ctypes
-
-    libc = ctypes.CDLL("libc.so.6")
-    m_trim_threshold, m_mmap_max = -1, -4  # glibc's mallopt parameter numbers
-    if not (libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 2**31 - 1)):
-        raise RuntimeError("mallopt failed")
-
-
 def _peak_rss_mib() -> float:
     """This process's peak RSS (VmHWM: unlike ru_maxrss, it does not survive exec from a parent)."""
     with open("/proc/self/status") as f:
@@ -362,8 +348,8 @@ def main() -> int:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.malloc == "retain":
-        retain_freed_memory()
+    if args.malloc == "retain" and not retain_freed_memory():
+        raise SystemExit("--malloc retain needs glibc (Linux)")
     torch.set_flush_denormal(True)
     benches = {
         "train": bench_train,

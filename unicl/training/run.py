@@ -136,6 +136,27 @@ def target_token_count(batch) -> torch.Tensor:
     return batch.loss_weights[:, 1:].detach().float().sum()
 
 
+def retain_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory in the process; False where there is no glibc.
+
+    By default glibc maps every block over 32 MiB fresh and unmaps it on free, so a training
+    step's large activations are new pages every step, and first touches fault at a cost
+    comparable to a matmul pass over the tensor. This is what `MALLOC_MMAP_MAX_=0
+    MALLOC_TRIM_THRESHOLD_=<large>` does, applied from inside the process (it affects later
+    allocations). The process then keeps its peak memory until it exits.
+    """
+    import ctypes
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's mallopt parameter numbers
+    if not (libc.mallopt(m_mmap_max, 0) and libc.mallopt(m_trim_threshold, 2**31 - 1)):
+        raise RuntimeError("glibc mallopt refused M_MMAP_MAX / M_TRIM_THRESHOLD")
+    return True
+
+
 def build_trainer(cfg, progress: bool = True):
     """Steps 1-4 of the module docstring for `cfg` (a UniclConfig): a Trainer ready to run."""
     from unicl.config import to_dict
@@ -148,6 +169,8 @@ def build_trainer(cfg, progress: bool = True):
     if not torch.cuda.is_available():
         # float32 denormals make CPU matmuls ~100x slower once gradients get small
         torch.set_flush_denormal(True)
+        if cfg.train.cpu_malloc == "retain":
+            retain_freed_memory()
     config_dict = to_dict(cfg)
     rank, _ = preflight(cfg, config_dict)
     import_plugins(cfg.plugins)
