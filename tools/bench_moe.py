@@ -4,8 +4,9 @@ a dense FFN of equal active FLOPs and `x.clone()` (the bandwidth ceiling), all i
     python tools/bench_moe.py --device cpu           # reference / dense / DeepSpeed rows
     python tools/bench_moe.py --device cuda          # everything, issue-9 sizes
 
-Prints one markdown table (times are medians in ms; ratios against the dense FFN measured in the
-same run) and optionally writes the rows as JSON. Routings: balanced (uniform top-k), zipf
+Prints one markdown table (times are medians in ms; the FFN paths of one configuration run in
+turn within each repeat, and vs_dense is the median over repeats of the ratio to the dense FFN
+in the same repeat) and optionally writes the rows as JSON. Routings: balanced (uniform top-k), zipf
 (expert i chosen with weight 1/(i+1)), all_to_one, and attribute (the attribute histogram of
 shapes-tiny episodes: 4 pairs x (BOI + 64 image + BOI + 64 mask + EOC), each attribute sent to
 the same k experts, as AG-MoE does).
@@ -72,6 +73,22 @@ def median_ms(fn, device: str, repeats: int) -> float:
         sync(device)
         times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def interleaved_ms(fns: dict, device: str, repeats: int) -> dict[str, list[float]]:
+    """Times (ms) of every fn, run in turn within each repeat (after one warm-up call each), so
+    that a shared machine's load changes hit all of them alike."""
+    for fn in fns.values():
+        fn()
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return times
 
 
 def peak_mib(fn, device: str) -> float | None:
@@ -155,23 +172,25 @@ def bench_config(args, t, e, k, kind, deepspeed_moe) -> list[dict]:
         cases = {}
     rows = []
     base = {"T": t, "E": e, "k": k, "routing": kind, "d": d, "d_ff": f, "dtype": str(dt)[6:]}
-    for name, fn in cases.items():
-        fwd = median_ms(lambda fn=fn: fn(), dev, args.repeats)
+    if cases:
+        fwd = interleaved_ms(cases, dev, args.repeats)
         with torch.no_grad():
-            fwd_nograd = median_ms(fn, dev, args.repeats)
-        both = median_ms(fwd_bwd(fn), dev, args.repeats)
+            fwd_nograd = interleaved_ms(cases, dev, args.repeats)
+        both = interleaved_ms({n: fwd_bwd(fn) for n, fn in cases.items()}, dev, args.repeats)
+        dense = both["dense FFN (k*d_ff)"]
+    for name, fn in cases.items():
         rows.append(
             {
                 **base,
                 "path": name,
-                "fwd_ms": fwd_nograd,
-                "fwd_train_ms": fwd,
-                "fwd_bwd_ms": both,
+                "fwd_ms": statistics.median(fwd_nograd[name]),
+                "fwd_train_ms": statistics.median(fwd[name]),
+                "fwd_bwd_ms": statistics.median(both[name]),
+                # median over repeats of (this path / the dense FFN in the same repeat)
+                "vs_dense": statistics.median(a / b for a, b in zip(both[name], dense)),
                 "peak_mib": peak_mib(fwd_bwd(fn), dev),
             }
         )
-    for row in rows:
-        row["vs_dense"] = row["fwd_bwd_ms"] / rows[0]["fwd_bwd_ms"]
     rows += bandwidth_rows(args, base, x.detach(), ids, gates.detach(), attr, e)
     return rows
 
