@@ -269,9 +269,9 @@ def _layout(plan: RoutingPlan, max_padding: float | None = None) -> _Layout:
     e_all, m = len(counts), plan.slots.shape[0]
     c_max = max(counts)
     dev = plan.slots.device
-    slot_rows = torch.empty(plan.num_tokens * plan.top_k, dtype=torch.int64, device=dev)
+    padding = None
     if e_all > 1 and e_all * c_max <= (1 + max_padding) * m:
-        rows, padding = e_all * c_max, None
+        rows = e_all * c_max
         shift = torch.arange(e_all, device=dev) * c_max - plan.offsets[:-1]  # (E,)
         row_of = torch.arange(m, device=dev) + shift.repeat_interleave(plan.counts, output_size=m)
         tokens = plan.tokens.new_zeros(rows).index_copy_(0, row_of, plan.tokens)
@@ -281,12 +281,13 @@ def _layout(plan: RoutingPlan, max_padding: float | None = None) -> _Layout:
             padding = (row_slots == plan.num_tokens * plan.top_k).nonzero().squeeze(1)
         blocks, idle = [_Block(0, e_all, 0, c_max)], []
     else:
-        rows, padding = m, None
+        rows = m
         row_of, tokens, row_slots = torch.arange(m, device=dev), plan.tokens, plan.slots
         starts = plan.offsets.tolist()
         blocks = [_Block(e, e + 1, starts[e], c) for e, c in enumerate(counts) if c]
         idle = [e for e, c in enumerate(counts) if not c]
-    slot_rows.fill_(rows).index_copy_(0, plan.slots, row_of)
+    slot_rows = torch.full((plan.num_tokens * plan.top_k,), rows, dtype=torch.int64, device=dev)
+    slot_rows.index_copy_(0, plan.slots, row_of)
     return _Layout(rows, blocks, idle, tokens, row_slots, slot_rows, padding)
 
 

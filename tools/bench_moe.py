@@ -63,18 +63,6 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def median_ms(fn, device: str, repeats: int) -> float:
-    fn()  # warm-up (compilation, allocator)
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
 def interleaved_ms(fns: dict, device: str, repeats: int) -> dict[str, list[float]]:
     """Times (ms) of every fn, run in turn within each repeat (after one warm-up call each), so
     that a shared machine's load changes hit all of them alike."""
@@ -89,6 +77,11 @@ def interleaved_ms(fns: dict, device: str, repeats: int) -> dict[str, list[float
             sync(device)
             times[name].append((time.perf_counter() - t0) * 1e3)
     return times
+
+
+def median_ms(fn, device: str, repeats: int) -> float:
+    """Median time (ms) of one fn after a warm-up call (compilation, allocator)."""
+    return statistics.median(interleaved_ms({"fn": fn}, device, repeats)["fn"])
 
 
 def peak_mib(fn, device: str) -> float | None:
