@@ -85,7 +85,7 @@ class Episode:
     token count), as the paper pads captions to the image length.
     `generate_from`: index into the query pair of the first segment that
     generation produces (everything before it is the prompt); None = the query's
-    first output segment.
+    first output segment. `parallel`, `aligned_positions`: see the fields.
     """
 
     task: str
@@ -95,6 +95,13 @@ class Episode:
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
     pad_pairs: bool = False
     generate_from: int | None = None
+    #: the query's output grid segment (a mask) is answered in one forward pass: the packer
+    #: puts placeholder tokens in its place and the model predicts every code at once
+    #: (unicl/sequence.py, "Parallel answers")
+    parallel: bool = False
+    #: the tokens of an output grid segment (a mask) take the positions of the pair's input
+    #: image, so mask token (r, c) and image token (r, c) share one position embedding
+    aligned_positions: bool = False
 
     @property
     def demos(self) -> list[list[Segment]]:
@@ -299,6 +306,10 @@ class Task(abc.ABC):
         """
         return {}
 
+    def cache_tokenizer(self, name: str) -> str:
+        """The tokenizer that encodes cached array `name` (default: the image tokenizer)."""
+        return self.image_tokenizer
+
     # ---- records ---------------------------------------------------------- #
 
     @abc.abstractmethod
@@ -393,6 +404,14 @@ class Task(abc.ABC):
         """Index of the first generated query segment (None: first output segment)."""
         return None
 
+    def parallel_answer(self) -> bool:
+        """Whether the query's grid answer is predicted in one pass (see Episode.parallel)."""
+        return False
+
+    def aligned_positions(self) -> bool:
+        """Whether output grid tokens share their input image's positions (Episode)."""
+        return False
+
     # ---- episodes ----------------------------------------------------------- #
 
     def category_prefix(self, category: str) -> list[Segment]:
@@ -437,6 +456,8 @@ class Task(abc.ABC):
             meta=meta,
             pad_pairs=self.pad_pairs(),
             generate_from=self.generate_from(),
+            parallel=self.parallel_answer(),
+            aligned_positions=self.aligned_positions(),
         )
 
     def episodes(

@@ -297,3 +297,47 @@ def densecap_map(
             tp = matched & (meteor >= m)
             aps.append(_interpolated_ap(tp.astype(float), (~tp).astype(float), npos))
     return float(np.mean(aps))
+
+
+# --------------------------------------------------------------------------- #
+# grounded captions: does the caption name the region's shape and colour?
+# --------------------------------------------------------------------------- #
+
+
+def grounding_accuracy(
+    predictions: Sequence[str],
+    categories: Sequence[str],
+    references: Sequence[str],
+    all_categories: Sequence[str],
+    colours: Sequence[str],
+) -> dict[str, float | None]:
+    """Shape-word and colour-word accuracy of generated region captions (in [0, 1]).
+
+    shape: the first category noun of the caption (a name or a synonym, tasks/vg.py
+    PhraseMatcher over `all_categories`, so naming another category counts as wrong) is the
+    region's category. colour: over the references that name a colour of `colours`, the first
+    colour word of the caption is the reference's first colour word (the described object's:
+    the grammar names it before any neighbour). None when nothing could be scored.
+    """
+    from unicl.tasks.vg import PhraseMatcher, builtin_synonyms
+
+    if not len(predictions) == len(categories) == len(references):
+        raise ValueError(
+            "grounding_accuracy: predictions, categories and references differ in length"
+        )
+    matcher = PhraseMatcher(builtin_synonyms(sorted(set(all_categories) | set(categories))))
+    words = {c.lower() for c in colours}
+
+    def first_colour(text: str) -> str | None:
+        return next((w for w in re.findall(r"[a-z]+", text.lower()) if w in words), None)
+
+    shape_hits = [matcher.match(p) == c for p, c in zip(predictions, categories)]
+    colour_hits = [
+        first_colour(p) == want
+        for p, r in zip(predictions, references)
+        if (want := first_colour(r)) is not None
+    ]
+    return {
+        "shape_acc": float(np.mean(shape_hits)) if shape_hits else None,
+        "colour_acc": float(np.mean(colour_hits)) if colour_hits else None,
+    }

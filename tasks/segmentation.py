@@ -22,6 +22,9 @@ import numpy as np
 
 from unicl.tasks.base import TASKS, Episode, Segment, Shot, Task, View
 
+#: how the query's mask is produced (see SegmentationTask)
+MASK_DECODING = ("autoregressive", "parallel")
+
 
 @TASKS.register("segmentation")
 class SegmentationTask(Task):
@@ -32,6 +35,16 @@ class SegmentationTask(Task):
     box like the demonstrations (the paper's object-centred setting; note that the
     crop tells the model roughly where the object is), "full" shows the whole
     query image padded to a square (what a user's query without a mask gets).
+
+    How the mask is coded and answered (docs/model.md, "Making the model look at the image"):
+    `mask_tokenizer` names the tokenizer of masks ("" = the image tokenizer, the paper's
+    shared VQ-GAN; "maskbits" = exact patch bits on the image's token grid);
+    `mask_decoding` "autoregressive" generates the query's mask code by code (the paper),
+    "parallel" predicts all of its codes in one forward pass from placeholders that carry
+    the query image's code at the same cell; `aligned_positions` gives mask token (r, c)
+    the position of image token (r, c) in every pair; `mask_readout` "soft" thresholds the
+    expected foreground under the predicted code distribution (parallel answers of a
+    tokenizer with `decode_soft`), "argmax" decodes the most likely code at each cell.
     """
 
     name = "segmentation"
@@ -50,6 +63,10 @@ class SegmentationTask(Task):
         cache_views: int = 8,
         cache_dir: str = "",
         query_crop: Literal["object", "full"] = "object",
+        mask_tokenizer: str = "",
+        mask_decoding: Literal["autoregressive", "parallel"] = "autoregressive",
+        aligned_positions: bool = False,
+        mask_readout: Literal["soft", "argmax"] = "soft",
     ) -> None:
         super().__init__(
             shots,
@@ -69,6 +86,54 @@ class SegmentationTask(Task):
                 f"segmentation: query_crop must be 'object' or 'full', got {query_crop!r}"
             )
         self.query_crop = query_crop
+        if mask_decoding not in MASK_DECODING:
+            raise ValueError(
+                f"segmentation: mask_decoding must be one of {MASK_DECODING}, got {mask_decoding!r}"
+            )
+        if not isinstance(aligned_positions, bool):
+            raise ValueError(
+                f"segmentation: aligned_positions must be true or false, got {aligned_positions!r}"
+            )
+        self.mask_tokenizer = mask_tokenizer or image_tokenizer
+        self.mask_decoding = mask_decoding
+        self.aligned = aligned_positions
+        if mask_readout not in ("soft", "argmax"):
+            raise ValueError(
+                f"segmentation: mask_readout must be 'soft' or 'argmax', got {mask_readout!r}"
+            )
+        self.mask_readout = mask_readout
+
+    def bind(self, vocab: Any) -> None:
+        super().bind(vocab)
+        for option, name in (
+            ("image_tokenizer", self.image_tokenizer),
+            ("mask_tokenizer", self.mask_tokenizer),
+        ):
+            if name not in vocab.tokenizers:
+                raise ValueError(
+                    f"segmentation: {option} {name!r} is not a configured tokenizer; "
+                    f"configured: {', '.join(vocab.tokenizers)}"
+                )
+        image_codes = codes_per_image(vocab.tokenizers[self.image_tokenizer])
+        mask_codes = codes_per_image(vocab.tokenizers[self.mask_tokenizer])
+        if (self.mask_decoding == "parallel" or self.aligned) and image_codes != mask_codes:
+            raise ValueError(
+                f"segmentation: mask_decoding=parallel and aligned_positions need one mask code "
+                f"per image code; {self.mask_tokenizer} gives {mask_codes}, "
+                f"{self.image_tokenizer} {image_codes} (set the mask tokenizer's grid)"
+            )
+
+    def options(self) -> dict[str, Any]:
+        return {**super().options(), "mask_tokenizer": self.mask_tokenizer}
+
+    def cache_tokenizer(self, name: str) -> str:
+        return self.mask_tokenizer if name == "mask" else self.image_tokenizer
+
+    def parallel_answer(self) -> bool:
+        return self.mask_decoding == "parallel"
+
+    def aligned_positions(self) -> bool:
+        return self.aligned
 
     # ---- records ----------------------------------------------------------- #
 
@@ -113,22 +178,22 @@ class SegmentationTask(Task):
             image, mask = self.view_arrays(shot)
         return [
             Segment(self.image_tokenizer, image, "input", ids=codes.get("image")),
-            Segment(self.image_tokenizer, mask, "output", kind="mask", ids=codes.get("mask")),
+            Segment(self.mask_tokenizer, mask, "output", kind="mask", ids=codes.get("mask")),
         ]
 
     # ---- answers ------------------------------------------------------------- #
 
     def postprocess(self, episode: Episode, generated: Sequence[int], vocab: Any) -> np.ndarray:
         """Generated global ids (mask codes, then [EOC]) -> (H, W) bool at the query's size."""
-        tok = vocab.tokenizers[self.image_tokenizer]
-        span = vocab.ranges[self.image_tokenizer]
+        tok = vocab.tokenizers[self.mask_tokenizer]
+        span = vocab.ranges[self.mask_tokenizer]
         codes = [int(i) for i in generated if int(i) in span]
         n = codes_per_image(tok)
         if len(codes) != n:
             raise ValueError(
                 f"segmentation: expected {n} mask codes from the generator, got {len(codes)}"
             )
-        mask = np.asarray(tok.decode_mask(vocab.to_local(self.image_tokenizer, codes)), bool)
+        mask = np.asarray(tok.decode_mask(vocab.to_local(self.mask_tokenizer, codes)), bool)
         height, width = episode.meta["query_size"]
         return episode.meta["query_view"].unapply_mask(mask, height, width)  # (H, W)
 

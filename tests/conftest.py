@@ -51,7 +51,8 @@ def make_tiny_export():
         torch.manual_seed(0)
         vocab = Vocabulary.from_config(cfg)
         tasks = sorted(cfg.tasks)
-        model = build_model(cfg.model, vocab.embedding_size, num_attributes(vocab, tasks))
+        features = vocab.code_features() if cfg.model.code_features else None
+        model = build_model(cfg.model, vocab.embedding_size, num_attributes(vocab, tasks), features)
         return save_model(cfg, model, vocab, out)
 
     return make

@@ -355,6 +355,10 @@ class VQGANTokenizer(Tokenizer):
     def decode_batch(self, ids: Sequence[Any]) -> list[np.ndarray]:
         return list(self.decode(torch.stack([torch.as_tensor(i) for i in ids])))
 
+    def code_vectors(self) -> torch.Tensor:
+        """(n_embed, embed_dim) the codebook: what each code looks like to the decoder."""
+        return self.model.quantize.embedding.weight.detach().float().cpu()
+
     # ---- masks ----------------------------------------------------------- #
 
     def encode_mask(self, masks: Any) -> torch.Tensor:

@@ -94,6 +94,15 @@ class UniclConfig:
     train: TrainConfig = dataclasses.field(default_factory=lambda: _sections()["TrainConfig"]())
     deepspeed: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        for name, options in self.tasks.items():
+            parallel = (options or {}).get("mask_decoding") == "parallel"
+            if parallel and not getattr(self.model, "attribute_embedding", True):
+                raise ConfigError(
+                    f"tasks.{name}.mask_decoding=parallel needs model.attribute_embedding=true: "
+                    "its placeholders are image codes that only their attribute tells apart"
+                )
+
 
 # --------------------------------------------------------------------------- #
 # dict <-> dataclass with type checking

@@ -192,6 +192,12 @@ class TokenCache:
         views = task.cache_views
         key_data = {
             "tokenizer": tokenizer_identity(tokenizer, task.image_size),
+            # a task may encode some arrays (masks) with another tokenizer
+            "tokenizers": {
+                n: vocab.tokenizers[n].options()
+                for n in sorted({task.cache_tokenizer(a) for a in ("image", "mask")})
+                if n != task.image_tokenizer
+            },
             "task": task.name,
             "options": task.options(),
             "split": split,
@@ -204,10 +210,11 @@ class TokenCache:
         if (directory / "complete").is_file():
             return cls(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        if tokenizer.vocab_size > np.iinfo(np.int16).max + 1:
-            raise ValueError(
-                f"{task.image_tokenizer}: {tokenizer.vocab_size} codes do not fit int16"
-            )
+        for name in {task.image_tokenizer, *key_data["tokenizers"]}:
+            if vocab.tokenizers[name].vocab_size > np.iinfo(np.int16).max + 1:
+                raise ValueError(
+                    f"{name}: {vocab.tokenizers[name].vocab_size} codes do not fit int16"
+                )
         crops = np.zeros((len(records), views, 4), np.int64)
         flips = np.zeros((len(records), views), bool)
         arrays: dict[str, np.ndarray] = {}
@@ -216,7 +223,8 @@ class TokenCache:
         def flush() -> None:
             for name in pending[0][2]:
                 kind = pending[0][2][name][0]
-                codes = _encode_many(tokenizer, kind, [p[2][name][1] for p in pending])
+                encoder = vocab.tokenizers[task.cache_tokenizer(name)]
+                codes = _encode_many(encoder, kind, [p[2][name][1] for p in pending])
                 if name not in arrays:
                     path = directory / f"codes-{name}.npy"
                     shape = (len(records), views, codes.shape[1])

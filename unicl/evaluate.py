@@ -35,10 +35,12 @@ METRICS: dict[str, tuple[str, str, bool]] = {
     "meteor": ("METEOR", "{:.2f}", True),
     "cider": ("CIDEr", "{:.2f}", True),
     "map": ("mAP", "{:.2f}", True),
+    "shape_acc": ("shape %", "{:.1f}", True),
+    "colour_acc": ("colour %", "{:.1f}", True),
 }
 TASK_METRICS = {
     "segmentation": ("miou", "mae"),
-    "captioning": ("bleu4", "meteor", "cider", "map"),
+    "captioning": ("bleu4", "meteor", "cider", "map", "shape_acc", "colour_acc"),
 }
 SPLITS = ("seen", "unseen")
 MODEL = "model"
@@ -358,14 +360,36 @@ class _Scorer:
             dets[key] = [(record.box, answer.text, score)]
             truth[key] = [(record.box, record.phrase)]
         scores = self._captions.score(preds, refs)
+        grounding = caption_grounding(
+            preds,
+            [s[0].meta["query_record"].category for s in sets],
+            [r[0] for r in refs],
+        )
         mean_ap = densecap_map(dets, truth, scorer=self._captions.meteor_scores)
         metrics = {
             "bleu4": 100.0 * scores["bleu4"],
             "meteor": None if scores["meteor"] is None else 100.0 * scores["meteor"],
             "cider": 100.0 * scores["cider"],
             "map": None if mean_ap is None else 100.0 * mean_ap,
+            **{k: None if v is None else 100.0 * v for k, v in grounding.items()},
         }
         return {MODEL: (len(preds), metrics)}
+
+
+def caption_grounding(predictions, categories, references) -> dict[str, float | None]:
+    """Shape- and colour-word accuracy (tasks/metrics.py `grounding_accuracy`).
+
+    Candidate nouns: the evaluated categories, and all shapes-world categories when every
+    evaluated one is a world category (so that naming any other shape counts as wrong);
+    colour words: the world's palette names, which are the basic colour terms.
+    """
+    from unicl.tasks.metrics import grounding_accuracy
+    from unicl.tasks.world_shapes import CATEGORY_BY_NAME, COLOURS
+
+    names = set(categories)
+    if names <= set(CATEGORY_BY_NAME):
+        names |= set(CATEGORY_BY_NAME)
+    return grounding_accuracy(predictions, categories, references, sorted(names), list(COLOURS))
 
 
 def copy_demo_mask(episode: Any) -> np.ndarray:

@@ -311,7 +311,10 @@ class Engine:
         ]
         vocab = Vocabulary(tokenizers, cfg.vocab)
         model = build_model(
-            cfg.model, vocab.embedding_size, num_attributes(vocab, sorted(cfg.tasks))
+            cfg.model,
+            vocab.embedding_size,
+            num_attributes(vocab, sorted(cfg.tasks)),
+            vocab.code_features() if cfg.model.code_features else None,
         )
         state = load_file(str(model_dir / WEIGHTS_FILE))
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -433,17 +436,91 @@ class Engine:
 
     def answer_segmentation(self, episodes: Sequence[Any], options: dict[str, Any]) -> list:
         """Episodes -> answers with the mask, its grey image and the generated tokens."""
+        if episodes and episodes[0].parallel:
+            return self.answer_parallel(episodes)
         task = self.tasks["segmentation"]
-        tok = self.vocab.tokenizers[task.image_tokenizer]
-        span = self.vocab.ranges[task.image_tokenizer]
+        tok = self.vocab.tokenizers[task.mask_tokenizer]
+        span = self.vocab.ranges[task.mask_tokenizer]
         out = []
         for episode, (tokens, probs) in zip(episodes, self.generate(episodes, options)):
             mask = task.postprocess(episode, tokens, self.vocab)
-            codes = [int(t) for t in tokens if int(t) in span]
-            image = tok.decode(self.vocab.to_local(task.image_tokenizer, codes))  # (s, s, 3)
+            local = self.vocab.to_local(
+                task.mask_tokenizer, [int(t) for t in tokens if int(t) in span]
+            )
+            if hasattr(tok, "decode_soft"):
+                grey = 255.0 * tok.decode_soft(tok.one_hot(local))  # (s, s)
+            else:
+                grey = tok.decode(local).mean(axis=-1)  # (s, s) from the decoded (s, s, 3) image
             height, width = episode.meta["query_size"]
-            grey = unapply_grey(image.mean(axis=-1), episode.meta["query_view"], height, width)
+            grey = unapply_grey(grey, episode.meta["query_view"], height, width)
             out.append(GeneratedAnswer(tokens, probs, mask_image=grey, mask=mask))
+        return out
+
+    def mask_code_probs(self, episodes: Sequence[Any], batch_size: int = 16) -> list[torch.Tensor]:
+        """Parallel answers: per episode, (n, K) probabilities of the n mask codes.
+
+        One forward pass over the prompt and the placeholder span (unicl/sequence.py,
+        "Parallel answers"); the hidden state at placeholder i scores mask code i against the
+        mask tokenizer's K codes only.
+        """
+        from unicl.sequence import collate
+
+        task = self.tasks["segmentation"]
+        codes = self.vocab.ranges[task.mask_tokenizer]
+        head = self.model.head_weight[codes.start : codes.stop]  # (K, D)
+        packed = [self.packer.pack(e) for e in episodes]
+        out: list[torch.Tensor] = []
+        for i in range(0, len(packed), batch_size):
+            chunk = packed[i : i + batch_size]
+            ends = [p.parallel_span[0] + p.parallel_span[1] for p in chunk]
+            cut = [
+                dataclasses.replace(
+                    p,
+                    input_ids=p.input_ids[:e],
+                    attributes=p.attributes[:e],
+                    positions=p.positions[:e],
+                    loss_weights=p.loss_weights[:e],
+                    targets=None,
+                )
+                for p, e in zip(chunk, ends)
+            ]
+            batch = collate(cut).to(self.device)
+            with torch.no_grad():
+                hidden = self.model(
+                    batch.input_ids, batch.attributes, batch.positions, return_hidden=True
+                ).hidden  # (B, T, D)
+                for row, p in enumerate(chunk):
+                    start, n = p.parallel_span
+                    logits = hidden[row, start : start + n] @ head.T  # (n, K)
+                    out.append(logits.float().softmax(-1).cpu())
+        return out
+
+    def answer_parallel(self, episodes: Sequence[Any]) -> list:
+        """Parallel answers: code probabilities -> a soft map at the query's size -> mask.
+
+        `mask_readout: soft` thresholds the expected foreground of each cell under the code
+        distribution (the tokenizer's `decode_soft`); `argmax` decodes the most likely code.
+        """
+        task = self.tasks["segmentation"]
+        tok = self.vocab.tokenizers[task.mask_tokenizer]
+        start = self.vocab.ranges[task.mask_tokenizer].start
+        out = []
+        for episode, probs in zip(episodes, self.mask_code_probs(episodes)):
+            best, codes = probs.max(-1)  # (n,), (n,)
+            if task.mask_readout == "soft" and hasattr(tok, "decode_soft"):
+                grey = 255.0 * tok.decode_soft(probs)
+            elif hasattr(tok, "decode_soft"):
+                grey = 255.0 * tok.decode_soft(tok.one_hot(codes))
+            else:
+                grey = tok.decode(codes).mean(axis=-1)  # (s, s) grey of the decoded image
+            height, width = episode.meta["query_size"]
+            grey = unapply_grey(grey, episode.meta["query_view"], height, width)
+            tokens = (codes + start).numpy()
+            out.append(
+                GeneratedAnswer(
+                    tokens, best.numpy(), mask_image=grey, mask=self.threshold_mask(grey)
+                )
+            )
         return out
 
     def answer_captioning(self, episodes: Sequence[Any], options: dict[str, Any]) -> list:

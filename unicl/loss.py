@@ -46,8 +46,9 @@ class LossOutput(NamedTuple):
 def compute_loss(model, batch, closed_spans: Sequence[range] = ()) -> LossOutput:
     """Loss of `model` (a UniclDecoder) on `batch` (anything with the Batch tensor fields).
 
-    `batch.loss_weights[:, t]` weighs predicting `input_ids[:, t]` from the tokens before t, so
-    the hidden state at t - 1 predicts the token at t. Targets inside one of `closed_spans`
+    `batch.loss_weights[:, t]` weighs predicting `input_ids[:, t]` (or `batch.targets[:, t]`
+    when the batch has them: parallel answers) from the tokens before t, so the hidden state at
+    t - 1 predicts the token at t. Targets inside one of `closed_spans`
     (global id ranges) are scored against that range only (see the module docstring).
     """
     ids, weights = batch.input_ids, batch.loss_weights
@@ -61,7 +62,9 @@ def compute_loss(model, batch, closed_spans: Sequence[range] = ()) -> LossOutput
     hidden = out.hidden[:, :-1]  # (B, T-1, D) predicting tokens 1..T-1
     w = weights[:, 1:].reshape(-1).to(hidden.dtype)  # (B*(T-1),)
     rows = torch.nonzero(w, as_tuple=True)[0]  # (R,)
-    targets = ids[:, 1:].reshape(-1).index_select(0, rows)  # (R,)
+    # parallel answers replace some inputs by placeholders; their targets come separately
+    next_tokens = ids if getattr(batch, "targets", None) is None else batch.targets  # (B, T)
+    targets = next_tokens[:, 1:].reshape(-1).index_select(0, rows)  # (R,)
     w = w.index_select(0, rows)  # (R,)
     h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)  # (R, D)
     nll = _target_nll(model, h, targets, closed_spans)  # (R,)

@@ -64,6 +64,14 @@ class ModelConfig:
     attribute_plan: bool = True
     #: FFN nonlinearity (GPT-2 uses the tanh approximation of GELU)
     activation: str = "gelu_tanh"
+    #: add a learned embedding of each token's routing attribute (task x span x role) to its
+    #: input; off in the paper (no type embedding). Parallel mask answers need it: their
+    #: placeholders are image codes that only their output role tells apart
+    attribute_embedding: bool = False
+    #: add a learned projection of each id's fixed code features (Vocabulary.code_features:
+    #: the VQ-GAN codebook vector of an image code, the bits of a mask code) to its input, so
+    #: that image codes start out meaning what they look like; off in the paper
+    code_features: bool = False
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "d_model", "d_ff", "max_positions", "num_experts"):
@@ -304,7 +312,13 @@ class DecoderOutput(NamedTuple):
 class UniclDecoder(nn.Module):
     """Token + position embedding -> L blocks -> LayerNorm -> (tied) vocabulary head."""
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int, num_attributes: int):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        vocab_size: int,
+        num_attributes: int,
+        code_features: torch.Tensor | None = None,
+    ):
         super().__init__()
         if vocab_size < 1:
             raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
@@ -316,6 +330,19 @@ class UniclDecoder(nn.Module):
         self.moe_layers = cfg.moe_layer_indices()
         self.wte = nn.Embedding(vocab_size, cfg.d_model)  # (V, D)
         self.wpe = nn.Embedding(cfg.max_positions, cfg.d_model)  # (P, D)
+        # (A, D) attribute embedding, or None (the paper's model)
+        self.wae = nn.Embedding(num_attributes, cfg.d_model) if cfg.attribute_embedding else None
+        self.code_proj = None
+        if cfg.code_features:
+            if code_features is None or code_features.shape[0] != vocab_size:
+                raise ValueError(
+                    f"model.code_features needs a ({vocab_size}, F) feature table "
+                    "(Vocabulary.code_features), got "
+                    f"{None if code_features is None else tuple(code_features.shape)}"
+                )
+            # (V, F) fixed features, rebuilt from the tokenizers (not saved with the weights)
+            self.register_buffer("code_feat", code_features.float(), persistent=False)
+            self.code_proj = nn.Linear(code_features.shape[1], cfg.d_model, bias=False)
         self.drop = nn.Dropout(cfg.dropout)
         moe = set(self.moe_layers)
         self.blocks = nn.ModuleList(
@@ -437,7 +464,12 @@ class UniclDecoder(nn.Module):
         self._check(input_ids, attributes, positions, attention_mask, kv_cache)
         b, t = input_ids.shape
         mask = self._mask(attention_mask, kv_cache, t, input_ids.device)
-        x = self.drop(self.wte(input_ids) + self.wpe(positions))  # (B, T, D)
+        x = self.wte(input_ids) + self.wpe(positions)  # (B, T, D)
+        if self.wae is not None:
+            x = x + self.wae(attributes)
+        if self.code_proj is not None:
+            x = x + self.code_proj(self.code_feat[input_ids])  # (B, T, F) -> (B, T, D)
+        x = self.drop(x)
         aux = x.new_zeros(())
         loads, dropped = [], []
         # attribute routing sends every token of one attribute to the same experts: group the
@@ -470,9 +502,15 @@ class UniclDecoder(nn.Module):
         return KVCache.empty(self.cfg, batch, capacity, dtype or ref.dtype, device or ref.device)
 
 
-def build_model(cfg: ModelConfig, vocab_size: int, num_attributes: int) -> UniclDecoder:
+def build_model(
+    cfg: ModelConfig,
+    vocab_size: int,
+    num_attributes: int,
+    code_features: torch.Tensor | None = None,
+) -> UniclDecoder:
     """The decoder for a vocabulary of `vocab_size` embedding rows and `num_attributes` routing
-    attribute ids (Vocabulary.embedding_size and unicl.sequence.num_attributes)."""
+    attribute ids (Vocabulary.embedding_size and unicl.sequence.num_attributes); with
+    `cfg.code_features`, `code_features` is Vocabulary.code_features()."""
     if not isinstance(cfg, ModelConfig):
         raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
-    return UniclDecoder(cfg, vocab_size, num_attributes)
+    return UniclDecoder(cfg, vocab_size, num_attributes, code_features)

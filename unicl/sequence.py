@@ -35,6 +35,18 @@ Per token the packer produces
   segmentation) and spans (gpt2, vqgan, bins, special) there are 2 x 4 x 2 = 16
   attributes; docs/prompt.md lists them.
 
+Parallel answers and aligned positions (`Episode.parallel`, `Episode.aligned_positions`;
+docs/model.md "Making the model look at the image"). With aligned positions, the tokens of a
+pair's output grid segment (its mask) take the positions of the pair's input image, so mask
+token (r, c) and image token (r, c) share one position embedding. With a parallel answer, the
+query's mask codes are not fed to the model: each is replaced by a placeholder, the query image's
+code at the same cell (the model tells them apart by their routing attribute, see
+ModelConfig.attribute_embedding), and the hidden state *at* placeholder i predicts mask code i.
+`targets` keeps the next-token frame of `loss_weights` (targets[t] is predicted by the hidden
+state at t - 1), so for a parallel span starting at s, targets[s + 1 + i] = mask code i
+(the [EOC] after the span included), and the model answers every code of the mask in one
+forward pass over the prompt and the placeholders (`PackedSequence.parallel_span`).
+
 `Packer.unpack` inverts `pack` (tokens back to an episode's segments), `collate`
 right-pads a list of packed sequences of one task into a `Batch`.
 """
@@ -53,6 +65,8 @@ from unicl.vocab import SPECIAL_SPAN, Vocabulary
 
 ROLES: dict[str, int] = {"input": 0, "output": 1}
 BOI, BOT, EOC, PAD = "[BOI]", "[BOT]", "[EOC]", "[PAD]"
+#: tokenizer modalities laid out as a grid of codes opened by [BOI]
+GRID_MODALITIES = ("image", "mask")
 
 
 # --------------------------------------------------------------------------- #
@@ -155,6 +169,10 @@ class PackedSequence:
     pad_id: int
     pad_attribute: int
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: (T,) int64 the token that the hidden state at t - 1 must predict (None: input_ids)
+    targets: torch.Tensor | None = None
+    #: (start, length) of the query's placeholder span when its answer is parallel, else None
+    parallel_span: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return int(self.input_ids.numel())
@@ -163,6 +181,11 @@ class PackedSequence:
     def prompt_ids(self) -> torch.Tensor:
         """(P,) the generation prompt: everything before the query's answer."""
         return self.input_ids[: self.prefix_length]
+
+    @property
+    def next_tokens(self) -> torch.Tensor:
+        """(T,) the targets of the loss (the input ids, but where a parallel span replaced them)."""
+        return self.input_ids if self.targets is None else self.targets
 
     @property
     def target_ids(self) -> torch.Tensor:
@@ -180,6 +203,8 @@ class Batch:
     loss_weights: torch.Tensor  # (B, T) float32, 0 on padding
     attention_mask: torch.Tensor  # (B, T) bool, True on real tokens
     task: str
+    #: (B, T) int64 loss targets in the frame of loss_weights (input_ids but for parallel spans)
+    targets: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -223,14 +248,20 @@ def collate(sequences: Sequence[PackedSequence], pad_to: int | None = None) -> B
     positions = torch.zeros((b, width), dtype=torch.long)  # (B, T)
     loss_weights = torch.zeros((b, width), dtype=torch.float32)  # (B, T)
     attention_mask = torch.zeros((b, width), dtype=torch.bool)  # (B, T)
+    parallel = any(s.targets is not None for s in sequences)
+    targets = input_ids.clone() if parallel else None  # (B, T)
     for row, seq in enumerate(sequences):
         t = len(seq)
+        if targets is not None:
+            targets[row, :t] = seq.next_tokens
         input_ids[row, :t] = seq.input_ids
         attributes[row, :t] = seq.attributes
         positions[row, :t] = seq.positions
         loss_weights[row, :t] = seq.loss_weights
         attention_mask[row, :t] = True
-    return Batch(input_ids, attributes, positions, loss_weights, attention_mask, first.task)
+    return Batch(
+        input_ids, attributes, positions, loss_weights, attention_mask, first.task, targets
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -270,10 +301,11 @@ class Packer:
         self.input_image_weight = dict(input_image_weight or {})
         self.max_text_tokens = max_text_tokens
         self._special_span = vocab.spans.index(SPECIAL_SPAN)
+        # grid spans: images, and masks coded on an image's token grid, each opened by [BOI]
         self._image_spans = {
             name
             for name, tok in vocab.tokenizers.items()
-            if getattr(tok, "modality", "") == "image"
+            if getattr(tok, "modality", "") in GRID_MODALITIES
         }
         self._image_span_ids = {vocab.spans.index(name) for name in self._image_spans}
         # tokenizers are stateless, so the ids of a text payload never change: the
@@ -388,23 +420,48 @@ class Packer:
         pair_starts: list[int] = []
         gen_run = 0
         query_lengths: list[int] = []
+        # per pair with a grid answer: (input image run, answer run, given mask run, is query)
+        grids: list[tuple[int, int, int | None, bool]] = []
         for index, pair in enumerate(episode.pairs):
             if not pair:
                 raise ValueError(f"{task} episode: pair {index} has no segments")
             pair_starts.append(sum(len(r.ids) for r in runs))
             pair_runs, content = self._pair_runs(pair, task)
+            grid = self._grid_runs(pair, content)
+            given = None
+            if grid is not None and episode.parallel:
+                given = self._insert_placeholders(pair_runs, *grid, task)
+                content = [c + 2 if c > grid[1] else c for c in content]
             pair_runs.append(self._tag(EOC, pair[-1].role))
             if episode.pad_pairs:
                 pair_runs += self._padding(pair_runs, task, index)
+            if grid is not None:
+                is_query = index == len(episode.pairs) - 1
+                offset = len(runs)
+                grids.append(
+                    (
+                        offset + grid[0],
+                        offset + grid[1],
+                        None if given is None else offset + given,
+                        is_query,
+                    )
+                )
             if index == len(episode.pairs) - 1:
                 # the prompt ends right before the first generated segment's own tokens:
                 # the [BOI]/[BOT] that opens it is part of the prompt
                 gen_run = len(runs) + content[episode.generation_start()]
                 query_lengths = [len(pair_runs[i].ids) for i in content]
             runs += pair_runs
+        if episode.parallel and not any(g[3] for g in grids):
+            raise ValueError(
+                f"{task} episode: a parallel answer needs an output grid segment (a mask) of "
+                f"as many tokens as the query's input image"
+            )
         lengths = np.array([len(r.ids) for r in runs])
         total = int(lengths.sum())
-        self._check_budget(episode, total, pair_starts)
+        positions = self._positions(runs, grids if episode.aligned_positions else [])  # (T,)
+        if self.max_positions is not None and int(positions.max()) >= self.max_positions:
+            self._check_budget(episode, total, pair_starts)
         input_ids = torch.from_numpy(np.concatenate([r.ids for r in runs]))  # (T,)
         span = np.repeat([r.span for r in runs], lengths)  # (T,)
         role = np.repeat([ROLES[r.role] for r in runs], lengths)  # (T,)
@@ -413,6 +470,21 @@ class Packer:
         base = self.table.task_index(task) * len(self.table.spans)
         attributes = torch.from_numpy((base + span) * 2 + role)  # (T,)
         prefix_length = int(lengths[:gen_run].sum())
+        targets, parallel_span = None, None
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        for _, answer_run, given_run, is_query in grids:
+            if given_run is None:
+                continue
+            # the hidden state at placeholder i predicts mask code i: in the next-token frame
+            # of `weights`, code i is the target at b + 1 + i (the [BOI] after the
+            # placeholders takes the last code); the [BOI] before them predicts nothing
+            b, n, g = int(starts[answer_run]), int(lengths[answer_run]), int(starts[given_run])
+            targets = input_ids.clone() if targets is None else targets
+            targets[b + 1 : b + n + 1] = input_ids[g : g + n]
+            weights[b + 1 : b + n + 1] = 1.0
+            weights[b] = 0.0
+            if is_query:
+                parallel_span = (b, n)
         pad_id = self.vocab.pad_id
         query_end = total
         while query_end > prefix_length and int(input_ids[query_end - 1]) == pad_id:
@@ -422,7 +494,7 @@ class Packer:
             category=episode.category,
             input_ids=input_ids,
             attributes=attributes,
-            positions=torch.arange(total, dtype=torch.long),
+            positions=positions,
             loss_weights=torch.from_numpy(weights),
             pair_starts=pair_starts,
             query_end=query_end,
@@ -433,7 +505,61 @@ class Packer:
             pad_id=pad_id,
             pad_attribute=(base + self._special_span) * 2,
             meta=episode.meta,
+            targets=targets,
+            parallel_span=parallel_span,
         )
+
+    def _grid_runs(self, pair: Sequence[Segment], content: list[int]) -> tuple[int, int] | None:
+        """(run of the pair's input image, run of its output grid segment) when both exist."""
+        images = [i for i, seg in enumerate(pair) if self.is_image(seg) and seg.role == "input"]
+        outputs = [i for i, seg in enumerate(pair) if self.is_image(seg) and seg.role == "output"]
+        if not images or not outputs:
+            return None
+        return content[images[0]], content[outputs[0]]
+
+    def _insert_placeholders(self, runs: list[_Run], image: int, answer: int, task: str) -> int:
+        """Parallel layout of a pair, in place: `[BOI] image [BOI] placeholders [BOI] mask [EOC]`.
+
+        The answer run becomes the placeholders (the image's codes in the mask's span, output
+        role); the true mask follows as an input behind its own [BOI], so that later pairs see
+        it. Returns the index of that given-mask run.
+        """
+        mask = runs[answer]
+        if len(mask.ids) != len(runs[image].ids):
+            raise ValueError(
+                f"{task} episode: a parallel answer needs one mask code per image code, got "
+                f"{len(mask.ids)} and {len(runs[image].ids)}"
+            )
+        placeholders = _Run(runs[image].ids.copy(), mask.span, "output", 0.0)
+        given = _Run(mask.ids, mask.span, "input", 0.0)
+        runs[answer : answer + 1] = [placeholders, self._tag(BOI, "input"), given]
+        return answer + 2
+
+    @staticmethod
+    def _positions(
+        runs: list[_Run], grids: list[tuple[int, int, int | None, bool]]
+    ) -> torch.Tensor:
+        """(T,) positions: in order, except that aligned grid runs reuse their image's positions
+        (and take none of their own)."""
+        aligned = {}
+        for image, answer, given, _ in grids:
+            aligned[answer] = image
+            if given is not None:
+                aligned[given] = image
+        spans: list[np.ndarray] = []
+        counter = 0
+        for i, run in enumerate(runs):
+            if i in aligned and len(run.ids) == len(runs[aligned[i]].ids):
+                spans.append(spans[aligned[i]])
+            elif i in aligned:
+                raise ValueError(
+                    f"aligned positions need one mask code per image code, got {len(run.ids)} "
+                    f"and {len(runs[aligned[i]].ids)}"
+                )
+            else:
+                spans.append(np.arange(counter, counter + len(run.ids)))
+                counter += len(run.ids)
+        return torch.from_numpy(np.concatenate(spans).astype(np.int64))
 
     def _padding(self, runs: list[_Run], task: str, index: int) -> list[_Run]:
         """[PAD] runs that bring a pair to the image-pair length 2n + 3."""

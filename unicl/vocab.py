@@ -189,6 +189,36 @@ class Vocabulary:
             mask[self[token]] = True
         return mask
 
+    def code_features(self) -> torch.Tensor:
+        """(embedding_size, F) fixed features of the ids whose tokenizer describes its codes.
+
+        A tokenizer with `code_vectors() -> (vocab_size, e)` (the VQ-GAN's codebook, the mask
+        bits of "maskbits") fills its id range in its own block of e columns, standardised
+        over its codes; every other row is 0. F is the sum of the blocks' widths (0 if none).
+        The decoder projects these into its input (ModelConfig.code_features), so that an
+        image code starts out meaning what it looks like instead of a random vector.
+        """
+        blocks = []
+        for name, tok in self.tokenizers.items():
+            vectors = getattr(tok, "code_vectors", None)
+            if vectors is None:
+                continue
+            v = torch.as_tensor(vectors(), dtype=torch.float32)  # (K, e)
+            if v.dim() != 2 or v.shape[0] != len(self.ranges[name]):
+                raise ValueError(
+                    f"{name}.code_vectors() must be ({len(self.ranges[name])}, e), "
+                    f"got {tuple(v.shape)}"
+                )
+            v = (v - v.mean(0)) / v.std(0).clamp_min(1e-6)
+            blocks.append((self.ranges[name], v))
+        width = sum(v.shape[1] for _, v in blocks)
+        out = torch.zeros(self.embedding_size, width)
+        column = 0
+        for span, v in blocks:
+            out[span.start : span.stop, column : column + v.shape[1]] = v
+            column += v.shape[1]
+        return out
+
     def describe(self) -> str:
         """One line per span: name, id range, size."""
         lines = [f"{len(self)} ids ({self.embedding_size} embedding rows)"]

@@ -134,3 +134,15 @@ def test_fixed_length_tuples():
         from_dict(Betas, {"betas": [0.1, 0.2, 0.3]})
     with pytest.raises(ConfigError, match=r"sizes\[1\]: expected int"):
         from_dict(Betas, {"sizes": [1, "x"]})
+
+
+def test_parallel_mask_answers_need_the_attribute_embedding():
+    from unicl.config import load_config
+
+    with pytest.raises(ConfigError, match="mask_decoding=parallel needs model.attribute_embedding"):
+        load_config("shapes_tiny", ["tasks.segmentation.mask_decoding=parallel"])
+    cfg = load_config(
+        "shapes_tiny",
+        ["tasks.segmentation.mask_decoding=parallel", "model.attribute_embedding=true"],
+    )
+    assert cfg.model.attribute_embedding

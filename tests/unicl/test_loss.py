@@ -124,3 +124,25 @@ def test_closed_spans_score_targets_within_their_range():
     assert out.ce < compute_loss(model, batch).ce  # fewer competitors: a smaller loss
     out.loss.backward()
     assert model.wte.weight.grad[span.start : span.stop].abs().sum() > 0
+
+
+def test_targets_replace_the_input_ids_as_labels():
+    torch.manual_seed(0)
+    model = build_model(cfg(), V, A).eval()
+    batch = make_batch()
+    targets = torch.randint(0, V, batch.input_ids.shape, generator=torch.Generator().manual_seed(1))
+    out = compute_loss(model, _with_targets(batch, targets))
+    logits = model(batch.input_ids, batch.attributes, batch.positions).logits  # (B, T, V)
+    nll = F.cross_entropy(
+        logits[:, :-1].reshape(-1, V), targets[:, 1:].reshape(-1), reduction="none"
+    )
+    w = batch.loss_weights[:, 1:].reshape(-1)
+    torch.testing.assert_close(out.ce, (nll * w).sum() / w.sum())
+
+
+def _with_targets(batch: FakeBatch, targets: torch.Tensor):
+    @dataclasses.dataclass
+    class WithTargets(FakeBatch):
+        targets: torch.Tensor | None = None
+
+    return WithTargets(**dataclasses.asdict(batch), targets=targets)

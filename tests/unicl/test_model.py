@@ -179,3 +179,16 @@ def test_shared_attribute_plan_matches_per_layer_sorting():
     for g, g_ref in zip(*grads):
         if g is not None:
             torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6)
+
+
+def test_attribute_embedding_makes_attributes_part_of_the_input():
+    torch.manual_seed(0)
+    ids, attrs, pos = inputs()
+    model = build_model(tiny(router="dense", attribute_embedding=True), V, A).eval()
+    plain = build_model(tiny(router="dense"), V, A).eval()
+    assert model.wae.weight.shape == (A, 32) and plain.wae is None
+    other = (attrs + 1) % A
+    with torch.no_grad():
+        # without MoE routing, attributes reach the output only through the embedding
+        assert not torch.allclose(model(ids, attrs, pos).logits, model(ids, other, pos).logits)
+        torch.testing.assert_close(plain(ids, attrs, pos).logits, plain(ids, other, pos).logits)

@@ -303,3 +303,64 @@ def test_bad_segments_are_named(gpt2):
         )
     with pytest.raises(ValueError, match="no output segment"):
         packer.pack(Episode("segmentation", "a", [[Segment("gpt2", "hi")]]))
+
+
+def test_aligned_positions(gpt2):
+    vocab = make_vocab(gpt2, grid=2)
+    packer = Packer(vocab, TASKS)
+    pairs = [seg_pair(40), seg_pair(200)]
+    plain = packer.pack(Episode("segmentation", "star", pairs))
+    p = packer.pack(Episode("segmentation", "star", pairs, aligned_positions=True))
+    # mask token (r, c) takes the position of image token (r, c) and uses up none of its own
+    assert p.positions.tolist() == [0, 1, 2, 3, 4, 5, 1, 2, 3, 4, 6] + [
+        7,
+        8,
+        9,
+        10,
+        11,
+        12,
+        8,
+        9,
+        10,
+        11,
+        13,
+    ]
+    assert torch.equal(p.input_ids, plain.input_ids) and p.targets is None
+
+
+def test_parallel_answer_layout_targets_and_weights(gpt2):
+    vocab = make_vocab(gpt2, grid=2)
+    packer = Packer(vocab, TASKS)
+    pairs = [seg_pair(40), seg_pair(200)]
+    p = packer.pack(Episode("segmentation", "star", pairs, parallel=True, aligned_positions=True))
+    img = vocab.ranges["seqtest_image"].start
+    boi, eoc = vocab["[BOI]"], vocab["[EOC]"]
+    m = [img + 63] * 2 + [img + 0] * 2
+    # every pair: [BOI] image [BOI] placeholders (the image's codes) [BOI] true mask [EOC]
+    first = [boi] + [img + 10] * 4 + [boi] + [img + 10] * 4 + [boi] + m + [eoc]
+    query = [boi] + [img + 50] * 4 + [boi] + [img + 50] * 4 + [boi] + m + [eoc]
+    assert p.input_ids.tolist() == first + query
+    row = [0, 1, 2, 3, 4, 5, 1, 2, 3, 4, 6, 1, 2, 3, 4, 7]
+    assert p.positions.tolist() == row + [r + 8 for r in row]
+    # the query's placeholders are the answer: the prompt ends before them
+    assert p.parallel_span == (22, 4) and p.prefix_length == 22
+    # hidden state at placeholder i predicts mask code i (targets shifted by one), in every pair
+    for b in (6, 22):
+        assert p.next_tokens[b + 1 : b + 5].tolist() == m
+        assert p.loss_weights[b : b + 5].tolist() == [0.0] + [1.0] * 4
+        assert p.loss_weights[b + 5 : b + 9].tolist() == [0.0] * 4  # the given mask: no loss
+    # placeholders carry the mask span's output attribute, the given mask its input attribute
+    a_out_img, a_in_img = (1 * 4 + 1) * 2 + 1, (1 * 4 + 1) * 2
+    assert p.attributes[6:10].tolist() == [a_out_img] * 4
+    assert p.attributes[11:15].tolist() == [a_in_img] * 4
+    plain = packer.pack(Episode("segmentation", "star", pairs))
+    batch = collate([p, p])
+    assert torch.equal(batch.targets[0], p.next_tokens)
+    assert collate([plain]).targets is None
+
+
+def test_parallel_answer_needs_a_grid_answer_of_the_image_length(gpt2):
+    vocab = make_vocab(gpt2, grid=2)
+    ep = Episode("captioning", "star", [cap_pair(40, "a red star")], parallel=True)
+    with pytest.raises(ValueError, match="parallel answer needs an output grid segment"):
+        Packer(vocab, TASKS).pack(ep)

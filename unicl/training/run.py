@@ -98,10 +98,12 @@ def build_streams(cfg, vocab, rank: int, progress: bool):
 def check_fits(streams, max_positions: int) -> None:
     """ValueError if a task's sequences are longer than the model's positions."""
     for name, stream in sorted(streams.items()):
-        length = len(stream.examples(0, 1)[0])
+        example = stream.examples(0, 1)[0]
+        # aligned grid spans share positions, so a sequence may hold more tokens than positions
+        length = int(example.positions.max()) + 1
         if length > max_positions:
             raise ValueError(
-                f"task {name!r}: sequences have {length} tokens but model.max_positions is "
+                f"task {name!r}: sequences need {length} positions but model.max_positions is "
                 f"{max_positions}; raise model.max_positions or use fewer demonstrations / "
                 "smaller images"
             )
@@ -194,6 +196,7 @@ def build_trainer(cfg, progress: bool = True):
         cfg.model,
         vocab_size=vocab.embedding_size,
         num_attributes=num_attributes(vocab, sorted(streams)),
+        code_features=vocab.code_features() if cfg.model.code_features else None,
     )
     return Trainer(
         model,

@@ -1,0 +1,359 @@
+"""Learnability benchmark: train named variants of a config for one budget, score them the same way.
+
+`tools/bench_learning.py` is the command; this module holds the variants (the levers of
+docs/model.md, "Making the model look at the image") and the diagnostics that say *why* a
+variant does or does not segment:
+
+- the mask tokenizer's ceiling: mask -> codes -> mask IoU on the query views;
+- teacher-forced IoU (every mask code predicted from the true codes before it) next to the
+  free-running IoU that generation gives: a large gap is the autoregressive shortcut;
+- mask-token cross-entropy on background, foreground and boundary patches;
+- image dependence: the answer again with the query image's codes shuffled; a model that looks
+  at the image loses most of its IoU.
+
+Every variant trains from scratch on the same world with the same seed and budget, and is
+evaluated on the same fixed held-out episodes (object-centred and whole-image queries).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+#: the tokenizers of a config that codes masks with "maskbits" (tiny world: 8 x 8 grid, 2 x 2 bits)
+_MASKBITS_TOKENIZERS = [
+    {"name": "gpt2"},
+    {"name": "vqgan", "checkpoint": "builtin:vqgan_shapes_tiny"},
+    {"name": "bins"},
+    {"name": "maskbits", "grid": 8, "cells": 2, "size": 64},
+]
+_MASKBITS = {
+    "tokenizers": _MASKBITS_TOKENIZERS,
+    "tasks": {"segmentation": {"mask_tokenizer": "maskbits"}},
+    "train": {"closed_loss_spans": ["vqgan", "maskbits"]},
+}
+_PARALLEL = {
+    "tasks": {"segmentation": {"mask_decoding": "parallel"}},
+    "model": {"attribute_embedding": True},
+}
+_ALIGNED = {"tasks": {"segmentation": {"aligned_positions": True}}}
+_ATTRIBUTE = {"model": {"attribute_embedding": True}}
+_FEATURES = {"model": {"code_features": True}}
+
+
+def _merge(*parts: dict) -> dict:
+    from unicl.config import deep_merge
+
+    out: dict = {}
+    for part in parts:
+        out = deep_merge(out, part)
+    return out
+
+
+#: name -> (what it changes, config overlay). "paper" is the paper's choices on the tiny model.
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "paper": ("VQ-GAN mask codes, autoregressive, sequence positions", {}),
+    "maskbits": ("maskbits mask codes (16), autoregressive", _MASKBITS),
+    "aligned": ("mask (r, c) shares image (r, c)'s position", _ALIGNED),
+    "attr-emb": ("attribute embedding added to the input", _ATTRIBUTE),
+    "parallel": ("parallel mask answer (VQ-GAN codes, argmax)", _PARALLEL),
+    "maskbits+parallel": (
+        "maskbits codes, parallel answer, soft readout",
+        _merge(_MASKBITS, _PARALLEL),
+    ),
+    "maskbits+parallel+argmax": (
+        "maskbits, parallel, argmax readout",
+        _merge(_MASKBITS, _PARALLEL, {"tasks": {"segmentation": {"mask_readout": "argmax"}}}),
+    ),
+    "maskbits+aligned": (
+        "maskbits, autoregressive, aligned positions",
+        _merge(_MASKBITS, _ALIGNED),
+    ),
+    "parallel+aligned": ("VQ-GAN codes, parallel, aligned positions", _merge(_PARALLEL, _ALIGNED)),
+    "all": ("maskbits, parallel (soft), aligned positions", _merge(_MASKBITS, _PARALLEL, _ALIGNED)),
+    "code-features": ("codebook features of image codes in the input", _FEATURES),
+    "all+code-features": (
+        "maskbits, parallel (soft), aligned positions, code features",
+        _merge(_MASKBITS, _PARALLEL, _ALIGNED, _FEATURES),
+    ),
+}
+
+
+def variant_overrides(name: str) -> list[str]:
+    """`key=value` config overrides of a named variant (ValueError listing the valid names)."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown variant {name!r}; valid variants: {', '.join(VARIANTS)}")
+    out: list[str] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict) and not (prefix == "tokenizers"):
+            for key, sub in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, sub)
+        else:
+            out.append(f"{prefix}={json.dumps(value)}")  # JSON is YAML, as overrides are read
+
+    walk("", VARIANTS[name][1])
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# diagnostics
+# --------------------------------------------------------------------------- #
+
+
+def _iou(pred: np.ndarray, truth: np.ndarray) -> float:
+    union = np.logical_or(pred, truth).sum()
+    return 1.0 if union == 0 else float(np.logical_and(pred, truth).sum() / union)
+
+
+def _patch_classes(mask: np.ndarray, grid: int) -> np.ndarray:
+    """(S, S) bool -> (grid*grid,) 0 background, 1 foreground, 2 boundary patch."""
+    s = mask.shape[0] // grid
+    frac = mask[: grid * s, : grid * s].reshape(grid, s, grid, s).mean(axis=(1, 3)).reshape(-1)
+    return np.where(frac == 0, 0, np.where(frac == 1, 1, 2))
+
+
+@torch.no_grad()
+def diagnostics(engine: Any, episodes: Sequence[Any]) -> dict[str, float]:
+    """Ceiling, teacher-forced IoU, CE split by patch class and image dependence (view space).
+
+    `episodes`: segmentation episodes whose query pair holds the true mask (evaluation files).
+    """
+    from unicl.sequence import collate
+
+    task = engine.tasks["segmentation"]
+    vocab, model = engine.vocab, engine.model
+    tok = vocab.tokenizers[task.mask_tokenizer]
+    span = vocab.ranges[task.mask_tokenizer]
+    head = model.head_weight[span.start : span.stop]  # (K, D)
+    grid = int(round(np.sqrt(tok.codes_per_image)))
+    ceiling, forced, ce = [], [], {0: [], 1: [], 2: []}
+    for episode in episodes:
+        truth = np.asarray(episode.query[1].payload, bool)  # (S, S) the query's mask in its view
+        codes = torch.as_tensor(tok.encode_mask(truth)).reshape(-1)
+        ceiling.append(_iou(np.asarray(tok.decode_mask(codes), bool), truth))
+        packed = engine.packer.pack(episode)
+        batch = collate([packed]).to(engine.device)
+        hidden = model(
+            batch.input_ids, batch.attributes, batch.positions, return_hidden=True
+        ).hidden
+        n = codes.numel()
+        # hidden state t predicts token t + 1; the query's mask codes are its last n targets
+        start = packed.parallel_span[0] if packed.parallel_span else packed.prefix_length - 1
+        logits = (hidden[0, start : start + n] @ head.T).float()  # (n, K)
+        nll = torch.nn.functional.cross_entropy(logits, codes.to(logits.device), reduction="none")
+        classes = _patch_classes(truth, grid)
+        for c in (0, 1, 2):
+            ce[c] += nll.cpu().numpy()[classes == c].tolist()
+        pred = logits.argmax(-1).cpu()
+        forced.append(_iou(np.asarray(tok.decode_mask(pred), bool), truth))
+    image_tok = vocab.tokenizers[task.image_tokenizer]
+    shuffled = [_shuffle_query_image(e, image_tok, seed=i) for i, e in enumerate(episodes)]
+    plain = engine.answer_segmentation(list(episodes), engine.sampling({}))
+    mixed = engine.answer_segmentation(shuffled, engine.sampling({}))
+    truths = [e.meta["query_record"].load_mask() for e in episodes]
+    return {
+        "ceiling_iou": 100 * float(np.mean(ceiling)),
+        "teacher_forced_iou": 100 * float(np.mean(forced)),
+        "free_running_iou": 100 * float(np.mean([_iou(a.mask, t) for a, t in zip(plain, truths)])),
+        "shuffled_image_iou": 100
+        * float(np.mean([_iou(a.mask, t) for a, t in zip(mixed, truths)])),
+        "ce_background": float(np.mean(ce[0])) if ce[0] else float("nan"),
+        "ce_foreground": float(np.mean(ce[1])) if ce[1] else float("nan"),
+        "ce_boundary": float(np.mean(ce[2])) if ce[2] else float("nan"),
+        "predicted_foreground": 100 * float(np.mean([a.mask.mean() for a in plain])),
+        "true_foreground": 100 * float(np.mean([t.mean() for t in truths])),
+    }
+
+
+def _shuffle_query_image(episode: Any, tokenizer: Any, seed: int) -> Any:
+    """The episode with its query image's codes in a random order (same codes, no layout)."""
+    from unicl.tasks.base import Segment
+
+    query = list(episode.query)
+    image = query[0]
+    codes = image.ids if image.ids is not None else tokenizer.encode(image.payload).numpy()
+    perm = np.random.default_rng(seed).permutation(len(codes))
+    query[0] = Segment(image.modality, None, image.role, image.kind, np.asarray(codes)[perm])
+    return dataclasses.replace(episode, pairs=[*episode.pairs[:-1], query])
+
+
+# --------------------------------------------------------------------------- #
+# one variant, end to end
+# --------------------------------------------------------------------------- #
+
+
+@dataclasses.dataclass
+class BenchOptions:
+    """The fixed benchmark: one config, world, budget and set of held-out episodes."""
+
+    config: str = "shapes_tiny"
+    steps: int = 150
+    world: str = "worlds/bench"
+    world_seed: int = 0
+    #: episode seed of the evaluation files (tune on another seed, report on this one)
+    episode_seed: int = 0
+    shots: tuple[int, ...] = (0, 1, 3)
+    queries_per_category: int = 10
+    out: str = "runs/bench"
+    device: str | None = None
+    progress: bool = False
+    #: further `key=value` overrides applied to every variant (e.g. train.batch_size=32)
+    overrides: tuple[str, ...] = ()
+
+
+def _rows(table: Any) -> list[dict[str, Any]]:
+    return [dataclasses.asdict(r) for r in table.rows]
+
+
+def run_variant(name: str, opts: BenchOptions) -> dict[str, Any]:
+    """Train variant `name` from scratch (reusing a finished run), evaluate it, diagnose it."""
+    import unicl
+    from unicl.config import load_config
+    from unicl.demo import run_finished
+    from unicl.evaluate import EvalOptions, ensure_episode_files, evaluate
+    from unicl.tasks.episodes import GROUPS, episode_file_name, load_episodes
+    from unicl.training.run import train
+
+    torch.set_flush_denormal(True)
+    out = Path(opts.out)
+    run_dir = out / f"world{opts.world_seed}" / name
+    overrides = [
+        *variant_overrides(name),
+        f"name={name}",
+        f"train.steps={opts.steps}",
+        f"train.run_dir={run_dir}",
+        f"data.root={opts.world}",
+        f"data.seed={opts.world_seed}",
+        "train.plot_every=1000000",
+        *opts.overrides,
+    ]
+    cfg = load_config(opts.config, overrides)
+    started = time.perf_counter()
+    if not run_finished(run_dir, cfg.train.steps):
+        train(cfg, progress=opts.progress)
+    train_minutes = (time.perf_counter() - started) / 60
+    model = unicl.load(run_dir, device=opts.device)
+    engine = model.engine
+    result: dict[str, Any] = {
+        "variant": name,
+        "description": VARIANTS[name][0],
+        "overrides": overrides,
+        "train_minutes": train_minutes,
+        "device": str(engine.device),
+    }
+    eval_opts = EvalOptions(
+        shots=list(opts.shots),
+        seed=opts.episode_seed,
+        queries_per_category=opts.queries_per_category,
+    )
+    episodes_root = out / f"world{opts.world_seed}" / "episodes"
+    crops = {"object": episodes_root / f"object_seed{opts.episode_seed}"}
+    crops["full"] = episodes_root / f"full_seed{opts.episode_seed}"
+    seg = engine.tasks["segmentation"]
+    ensure_episode_files(engine, crops["object"], eval_opts)
+    result["segmentation"] = _rows(
+        evaluate(model, "segmentation", crops["object"], eval_opts, progress=opts.progress)
+    )
+    if "captioning" in engine.tasks:
+        cap_opts = dataclasses.replace(eval_opts, shots=[k for k in opts.shots if k <= 1])
+        result["captioning"] = _rows(
+            evaluate(model, "captioning", crops["object"], cap_opts, progress=opts.progress)
+        )
+    # whole-image queries: what a user's query through the API is shown (the full image, padded)
+    before = seg.query_crop
+    seg.query_crop = "full"
+    try:
+        full_opts = dataclasses.replace(eval_opts, shots=[1])
+        ensure_episode_files(engine, crops["full"], full_opts)
+        result["whole_image"] = _rows(
+            evaluate(model, "segmentation", crops["full"], full_opts, progress=opts.progress)
+        )
+    finally:
+        seg.query_crop = before
+    diag = {}
+    for group in GROUPS:
+        path = crops["object"] / episode_file_name("segmentation", "val", group, opts.episode_seed)
+        if path.is_file():
+            episodes = list(load_episodes(path, seg, engine.cfg.data, 1))
+            diag[group] = diagnostics(engine, episodes)
+    result["diagnostics"] = diag
+    return result
+
+
+def _metric(rows: list[dict], method: str, shots: int, split: str, key: str) -> float | None:
+    for r in rows:
+        if r["method"] == method and r["shots"] == shots and r["split"] == split:
+            return r["metrics"].get(key)
+    return None
+
+
+def summary_table(results: Sequence[dict[str, Any]]) -> str:
+    """One markdown table: a row per variant, then the baselines (1-shot unless marked)."""
+
+    def f(v: float | None, fmt: str = "{:.1f}") -> str:
+        return "" if v is None or (isinstance(v, float) and np.isnan(v)) else fmt.format(v)
+
+    head = (
+        "| variant | train min | 0-shot seen / unseen | 1-shot seen / unseen "
+        "| 3-shot seen / unseen "
+        "| whole image 1-shot seen / unseen | teacher-forced / free / shuffled image (unseen) "
+        "| CE bg / fg / edge (unseen) | caption shape % / colour % / CIDEr (1-shot, all) |"
+    )
+    lines = [head, "|" + "---|" * 9]
+    for r in results:
+        seg, full = r["segmentation"], r["whole_image"]
+        pair = lambda rows, k: " / ".join(
+            f(_metric(rows, "model", k, s, "miou")) for s in ("seen", "unseen")
+        )
+        d = r["diagnostics"].get("unseen", {})
+        cap = r.get("captioning", [])
+        caps = []
+        for key in ("shape_acc", "colour_acc", "cider"):
+            vals = [_metric(cap, "model", 1, s, key) for s in ("seen", "unseen")]
+            vals = [v for v in vals if v is not None]
+            caps.append(f(float(np.mean(vals))) if vals else "")
+        lines.append(
+            f"| {r['variant']} | {r['train_minutes']:.1f} | {pair(seg, 0)} | {pair(seg, 1)} | "
+            f"{pair(seg, 3)} | {pair(full, 1)} | "
+            f"{f(d.get('teacher_forced_iou'))} / {f(d.get('free_running_iou'))} / "
+            f"{f(d.get('shuffled_image_iou'))} | {f(d.get('ce_background'), '{:.2f}')} / "
+            f"{f(d.get('ce_foreground'), '{:.2f}')} / {f(d.get('ce_boundary'), '{:.2f}')} | "
+            f"{' / '.join(caps)} |"
+        )
+    if results:
+        seg, full = results[0]["segmentation"], results[0]["whole_image"]
+        for method in ("all background", "copy demo mask"):
+            cells = []
+            for rows, k in ((seg, 0), (seg, 1), (seg, 3), (full, 1)):
+                vals = [_metric(rows, method, k, s, "miou") for s in ("seen", "unseen")]
+                cells.append(
+                    " / ".join(f(v) for v in vals) if any(v is not None for v in vals) else ""
+                )
+            lines.append(f"| {method} | | {' | '.join(cells)} | | | |")
+        lines.append(
+            "\nTokenizer ceiling (mask -> codes -> mask IoU, unseen 1-shot queries): "
+            + ", ".join(
+                f"{r['variant']} {f(r['diagnostics'].get('unseen', {}).get('ceiling_iou'))}"
+                for r in results
+            )
+        )
+    return "\n".join(lines)
+
+
+def save_results(results: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Write `results` into the JSON file at `path`, replacing earlier rows of the same variant."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    names = {r["variant"] for r in results}
+    rows = [r for r in rows if r["variant"] not in names] + list(results)
+    path.write_text(json.dumps(rows, indent=1, default=float))
+    return path
