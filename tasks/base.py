@@ -404,6 +404,10 @@ class Task(abc.ABC):
         """Index of the first generated query segment (None: first output segment)."""
         return None
 
+    def augment(self, episode: Episode, rng: np.random.Generator) -> Episode:
+        """A training episode, possibly changed (training streams call this; default: as is)."""
+        return episode
+
     def parallel_answer(self) -> bool:
         """Whether the query's grid answer is predicted in one pass (see Episode.parallel)."""
         return False

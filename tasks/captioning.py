@@ -39,6 +39,16 @@ _SWAP = {"left": "right", "right": "left", "Left": "Right", "Right": "Left", "LE
 _SWAP["RIGHT"] = "LEFT"
 
 
+_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "gl", "tr")
+_VOWELS = ("a", "e", "i", "o", "u")
+
+
+def made_up_word(rng: np.random.Generator) -> str:
+    """A pronounceable two-syllable non-word (e.g. "tolim"): a category name to copy, not know."""
+    syllables = [_ONSETS[rng.integers(len(_ONSETS))] + _VOWELS[rng.integers(5)] for _ in range(2)]
+    return "".join(syllables) + ("", "n", "m", "k")[rng.integers(4)]
+
+
 def swap_left_right(text: str) -> str:
     """'the left cat' -> 'the right cat' (whole words, case kept): a mirrored caption."""
     return _LEFT_RIGHT.sub(lambda m: _SWAP[m.group(1)] + (m.group(2) or ""), text)
@@ -60,7 +70,11 @@ class CaptioningTask(Task):
     Options beside the common ones of `Task`: `generate` ("caption" | "box" |
     "category": where the generated part of the query starts), `pad_to_image_length`
     (pad each pair to the image-pair length, the paper's layout), `swap_left_right`
-    (flip with word swapping; off = no flips), `text_tokenizer`, `box_tokenizer`.
+    (flip with word swapping; off = no flips), `text_tokenizer`, `box_tokenizer`,
+    `rename_prob`: the probability that a training episode calls its category by a made-up
+    word instead (in every pair's category field and captions, synonyms included), so that
+    the model learns to take the region's noun from the prompt: without it a model only ever
+    writes the names of its training categories, and never an unseen category's.
     """
 
     name = "captioning"
@@ -83,6 +97,7 @@ class CaptioningTask(Task):
         swap_left_right: bool = True,
         text_tokenizer: str = "gpt2",
         box_tokenizer: str = "bins",
+        rename_prob: float = 0.0,
     ) -> None:
         super().__init__(
             shots,
@@ -106,6 +121,33 @@ class CaptioningTask(Task):
         self.swap_left_right = swap_left_right
         self.text_tokenizer = text_tokenizer
         self.box_tokenizer = box_tokenizer
+        if not 0.0 <= rename_prob <= 1.0:
+            raise ValueError(f"captioning: rename_prob must lie in [0, 1], got {rename_prob!r}")
+        self.rename_prob = float(rename_prob)
+
+    def augment(self, episode: Episode, rng: np.random.Generator) -> Episode:
+        """Training only: with probability `rename_prob`, rename the category everywhere."""
+        if self.rename_prob == 0.0 or rng.random() >= self.rename_prob:
+            return episode
+        from unicl.tasks.vg import builtin_synonyms
+
+        names = (episode.category, *builtin_synonyms([episode.category])[episode.category])
+        word = made_up_word(rng)
+        pattern = re.compile(
+            r"\b("
+            + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+            + r")(e?s)?\b",
+            re.IGNORECASE,
+        )
+
+        def rename(segment: Segment) -> Segment:
+            if segment.modality != self.text_tokenizer or not isinstance(segment.payload, str):
+                return segment
+            return dataclasses.replace(segment, payload=pattern.sub(word, segment.payload))
+
+        pairs = [[rename(s) for s in pair] for pair in episode.pairs]
+        prefix = [rename(s) for s in episode.prefix]
+        return dataclasses.replace(episode, category=word, pairs=pairs, prefix=prefix)
 
     # ---- records ----------------------------------------------------------- #
 

@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--device", default=None)
     parser.add_argument("--override", nargs="*", default=[], help="key=value for every variant")
+    parser.add_argument("--tag", default="", help="suffix of the variants' names (recipe sweeps)")
+    parser.add_argument("--eval-batch", type=int, default=8, help="episodes answered together")
     parser.add_argument("--json", default=None, help="results file (default OUT/results.json)")
     parser.add_argument("--progress", action="store_true")
     args = parser.parse_args(argv)
@@ -50,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         progress=args.progress,
         overrides=tuple(args.override),
+        tag=args.tag,
+        eval_batch=args.eval_batch,
     )
     results = []
     path = args.json or f"{args.out}/results_world{args.world_seed}_ep{args.episode_seed}.json"

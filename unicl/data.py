@@ -327,7 +327,8 @@ class TaskStream:
     def episode(self, index: int) -> Episode:
         """The episode of sample `index` (before packing)."""
         category, query, demos = self.draw(index)
-        return self.task.episode(query, demos, category)
+        episode = self.task.episode(query, demos, category)
+        return self.task.augment(episode, _rng(self.seed, "augment", self.task.name, index))
 
     def example(self, index: int) -> PackedSequence:
         return self.packer.pack(self.episode(index))

@@ -39,9 +39,11 @@ _MASKBITS = {
     "tasks": {"segmentation": {"mask_tokenizer": "maskbits"}},
     "train": {"closed_loss_spans": ["vqgan", "maskbits"]},
 }
+# a parallel pair is [BOI] image [BOI] placeholders [BOI] mask [EOC]: 4 x 196 tokens at 64 codes,
+# which need 800 positions unless the mask spans share their image's positions (aligned)
 _PARALLEL = {
     "tasks": {"segmentation": {"mask_decoding": "parallel"}},
-    "model": {"attribute_embedding": True},
+    "model": {"attribute_embedding": True, "max_positions": 800},
 }
 _ALIGNED = {"tasks": {"segmentation": {"aligned_positions": True}}}
 _ATTRIBUTE = {"model": {"attribute_embedding": True}}
@@ -207,6 +209,10 @@ class BenchOptions:
     progress: bool = False
     #: further `key=value` overrides applied to every variant (e.g. train.batch_size=32)
     overrides: tuple[str, ...] = ()
+    #: appended to the variant's name in its run directory and results (recipe sweeps)
+    tag: str = ""
+    #: episodes answered together in evaluation
+    eval_batch: int = 8
 
 
 def _rows(table: Any) -> list[dict[str, Any]]:
@@ -224,10 +230,11 @@ def run_variant(name: str, opts: BenchOptions) -> dict[str, Any]:
 
     torch.set_flush_denormal(True)
     out = Path(opts.out)
-    run_dir = out / f"world{opts.world_seed}" / name
+    label = f"{name}{opts.tag}"
+    run_dir = out / f"world{opts.world_seed}" / label
     overrides = [
         *variant_overrides(name),
-        f"name={name}",
+        f"name={label}",
         f"train.steps={opts.steps}",
         f"train.run_dir={run_dir}",
         f"data.root={opts.world}",
@@ -243,8 +250,9 @@ def run_variant(name: str, opts: BenchOptions) -> dict[str, Any]:
     model = unicl.load(run_dir, device=opts.device)
     engine = model.engine
     result: dict[str, Any] = {
-        "variant": name,
-        "description": VARIANTS[name][0],
+        "variant": label,
+        "description": VARIANTS[name][0]
+        + (f" ({', '.join(opts.overrides)})" if opts.overrides else ""),
         "overrides": overrides,
         "train_minutes": train_minutes,
         "device": str(engine.device),
@@ -253,6 +261,7 @@ def run_variant(name: str, opts: BenchOptions) -> dict[str, Any]:
         shots=list(opts.shots),
         seed=opts.episode_seed,
         queries_per_category=opts.queries_per_category,
+        batch_size=opts.eval_batch,
     )
     episodes_root = out / f"world{opts.world_seed}" / "episodes"
     crops = {"object": episodes_root / f"object_seed{opts.episode_seed}"}

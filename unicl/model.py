@@ -468,7 +468,8 @@ class UniclDecoder(nn.Module):
         if self.wae is not None:
             x = x + self.wae(attributes)
         if self.code_proj is not None:
-            x = x + self.code_proj(self.code_feat[input_ids])  # (B, T, F) -> (B, T, D)
+            feat = self.code_feat[input_ids].to(self.code_proj.weight.dtype)  # (B, T, F)
+            x = x + self.code_proj(feat)  # (B, T, D)
         x = self.drop(x)
         aux = x.new_zeros(())
         loads, dropped = [], []

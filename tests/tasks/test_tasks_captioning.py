@@ -155,3 +155,28 @@ def test_dense_captioning_generates_box_and_caption(pools, vocab):
     assert answer.category == category and answer.text == query.phrase.strip()
     with pytest.raises(ValueError, match="generate must be one of"):
         CaptioningTask(generate="all")
+
+
+def test_rename_augmentation_replaces_the_category_in_every_pair(pools, vocab):
+    from unicl.tasks.vg import PhraseMatcher, builtin_synonyms
+
+    task = CaptioningTask(image_size=64, rename_prob=1.0)
+    task.bind(vocab)
+    category = next(c for c in sorted(pools) if len(pools[c]) >= 2)
+    query, demo = pools[category][0], pools[category][1]
+    shots = [Shot(r, task.eval_view(r)) for r in (query, demo)]
+    episode = task.episode(shots[0], shots[1:], category)
+    renamed = task.augment(episode, np.random.default_rng(0))
+    word = renamed.category
+    assert word != category and word.isalpha()
+    matcher = PhraseMatcher(builtin_synonyms([category]))
+    for before, after in zip(episode.pairs, renamed.pairs):
+        assert after[3].payload == f" {word}"  # the category field
+        caption = after[10].payload
+        assert matcher.match(caption) is None and word in caption
+        assert before[10].payload != caption
+    # evaluation and rename_prob=0 leave episodes alone
+    plain = CaptioningTask(image_size=64)
+    assert plain.augment(episode, np.random.default_rng(0)) is episode
+    with pytest.raises(ValueError, match="rename_prob must lie in"):
+        CaptioningTask(rename_prob=1.5)
