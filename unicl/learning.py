@@ -27,6 +27,27 @@ from typing import Any
 import numpy as np
 import torch
 
+#: the paper's choices on the tiny model (what configs/shapes_tiny.yaml held before the levers):
+#: masks coded by the shared VQ-GAN and generated code by code, sequence positions, no extra
+#: embeddings, real category names only; every variant starts from it
+_PAPER = {
+    "tokenizers": [
+        {"name": "gpt2"},
+        {"name": "vqgan", "checkpoint": "builtin:vqgan_shapes_tiny"},
+        {"name": "bins"},
+    ],
+    "tasks": {
+        "segmentation": {
+            "mask_tokenizer": "",
+            "mask_decoding": "autoregressive",
+            "aligned_positions": False,
+            "mask_readout": "soft",
+        },
+        "captioning": {"rename_prob": 0.0},
+    },
+    "model": {"attribute_embedding": False, "code_features": False, "max_positions": 544},
+    "train": {"closed_loss_spans": ["vqgan"], "lr": 1.0e-3},
+}
 #: the tokenizers of a config that codes masks with "maskbits" (tiny world: 8 x 8 grid, 2 x 2 bits)
 _MASKBITS_TOKENIZERS = [
     {"name": "gpt2"},
@@ -48,6 +69,8 @@ _PARALLEL = {
 _ALIGNED = {"tasks": {"segmentation": {"aligned_positions": True}}}
 _ATTRIBUTE = {"model": {"attribute_embedding": True}}
 _FEATURES = {"model": {"code_features": True}}
+_RENAME = {"tasks": {"captioning": {"rename_prob": 0.5}}}
+_LR3 = {"train": {"lr": 3.0e-3}}
 
 
 def _merge(*parts: dict) -> dict:
@@ -59,31 +82,41 @@ def _merge(*parts: dict) -> dict:
     return out
 
 
-#: name -> (what it changes, config overlay). "paper" is the paper's choices on the tiny model.
+def _lever(*parts: dict) -> dict:
+    return _merge(_PAPER, *parts)
+
+
+_ALL = (_MASKBITS, _PARALLEL, _ALIGNED, _FEATURES)
+
+#: name -> (what it changes, config overlay over the config). Every lever starts from "paper";
+#: "default" is the config as it is (configs/shapes_tiny.yaml: the winning combination).
 VARIANTS: dict[str, tuple[str, dict]] = {
-    "paper": ("VQ-GAN mask codes, autoregressive, sequence positions", {}),
-    "maskbits": ("maskbits mask codes (16), autoregressive", _MASKBITS),
-    "aligned": ("mask (r, c) shares image (r, c)'s position", _ALIGNED),
-    "attr-emb": ("attribute embedding added to the input", _ATTRIBUTE),
-    "parallel": ("parallel mask answer (VQ-GAN codes, argmax)", _PARALLEL),
+    "default": ("the config as shipped", {}),
+    "paper": ("VQ-GAN mask codes, autoregressive, sequence positions", _PAPER),
+    "maskbits": ("maskbits mask codes (16), autoregressive", _lever(_MASKBITS)),
+    "aligned": ("mask (r, c) shares image (r, c)'s position", _lever(_ALIGNED)),
+    "attr-emb": ("attribute embedding added to the input", _lever(_ATTRIBUTE)),
+    "code-features": ("codebook features of image codes in the input", _lever(_FEATURES)),
+    "parallel": ("parallel mask answer (VQ-GAN codes, argmax)", _lever(_PARALLEL)),
+    "lr3e-3": ("learning rate 3e-3 instead of 1e-3", _lever(_LR3)),
+    "rename": ("captions: made-up category names in half the episodes", _lever(_RENAME)),
     "maskbits+parallel": (
         "maskbits codes, parallel answer, soft readout",
-        _merge(_MASKBITS, _PARALLEL),
+        _lever(_MASKBITS, _PARALLEL),
     ),
     "maskbits+parallel+argmax": (
         "maskbits, parallel, argmax readout",
-        _merge(_MASKBITS, _PARALLEL, {"tasks": {"segmentation": {"mask_readout": "argmax"}}}),
+        _lever(_MASKBITS, _PARALLEL, {"tasks": {"segmentation": {"mask_readout": "argmax"}}}),
     ),
-    "maskbits+aligned": (
-        "maskbits, autoregressive, aligned positions",
-        _merge(_MASKBITS, _ALIGNED),
-    ),
-    "parallel+aligned": ("VQ-GAN codes, parallel, aligned positions", _merge(_PARALLEL, _ALIGNED)),
-    "all": ("maskbits, parallel (soft), aligned positions", _merge(_MASKBITS, _PARALLEL, _ALIGNED)),
-    "code-features": ("codebook features of image codes in the input", _FEATURES),
+    "all": ("maskbits, parallel (soft), aligned positions", _lever(_MASKBITS, _PARALLEL, _ALIGNED)),
     "all+code-features": (
         "maskbits, parallel (soft), aligned positions, code features",
-        _merge(_MASKBITS, _PARALLEL, _ALIGNED, _FEATURES),
+        _lever(*_ALL),
+    ),
+    "all+code-features+lr3e-3": ("the above with learning rate 3e-3", _lever(*_ALL, _LR3)),
+    "all+code-features+lr3e-3+rename": (
+        "the above with made-up category names in half the caption episodes",
+        _lever(*_ALL, _LR3, _RENAME),
     ),
 }
 

@@ -1,0 +1,53 @@
+"""The learnability benchmark's variants (unicl/learning.py): every lever is a valid config."""
+
+import pytest
+
+from unicl.config import load_config
+from unicl.learning import VARIANTS, summary_table, variant_overrides
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_every_variant_is_a_valid_config(name):
+    cfg = load_config("shapes_tiny", variant_overrides(name))
+    seg = cfg.tasks["segmentation"]
+    if name == "paper":
+        assert seg["mask_tokenizer"] == "" and seg["mask_decoding"] == "autoregressive"
+        assert not cfg.model.code_features and [t["name"] for t in cfg.tokenizers] == [
+            "gpt2", "vqgan", "bins",
+        ]  # fmt: skip
+    if "maskbits" in name:
+        assert seg["mask_tokenizer"] == "maskbits"
+        assert "maskbits" in [t["name"] for t in cfg.tokenizers]
+
+
+def test_levers_start_from_the_paper_choices():
+    cfg = load_config("shapes_tiny", variant_overrides("aligned"))
+    seg = cfg.tasks["segmentation"]
+    assert seg["aligned_positions"] is True and seg["mask_decoding"] == "autoregressive"
+    assert cfg.train.lr == 1e-3 and not cfg.model.attribute_embedding
+
+
+def test_unknown_variant_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown variant 'nope'; valid variants: default, paper"):
+        variant_overrides("nope")
+
+
+def test_summary_table_has_a_row_per_variant_and_the_baselines():
+    def rows(method_values):
+        return [
+            {"method": m, "shots": k, "split": s, "metrics": {"miou": v}}
+            for m, v in method_values
+            for k in (0, 1, 3)
+            for s in ("seen", "unseen")
+        ]
+
+    result = {
+        "variant": "x",
+        "train_minutes": 1.0,
+        "segmentation": rows([("model", 40.0), ("copy demo mask", 20.0), ("all background", 0.0)]),
+        "whole_image": rows([("model", 30.0), ("copy demo mask", 15.0)]),
+        "diagnostics": {"unseen": {"ceiling_iou": 86.0, "free_running_iou": 40.0}},
+    }
+    table = summary_table([result])
+    assert "| x | 1.0 | 40.0 / 40.0 | 40.0 / 40.0 | 40.0 / 40.0 | 30.0 / 30.0 |" in table
+    assert "| copy demo mask |" in table and "x 86.0" in table
