@@ -29,13 +29,8 @@ import numpy as np
 import torch
 
 from unicl import inputs
-from unicl.inference import (
-    EXPORT_FILES,
-    Engine,
-    GeneratedAnswer,
-    ImageItem,
-    resolve_model_dir,
-)
+from unicl.inference import EXPORT_FILES, Engine, GeneratedAnswer, resolve_model_dir
+from unicl.inputs import ImageItem
 
 
 @dataclasses.dataclass

@@ -37,7 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from unicl.sequence import PackedSequence, Packer, collate
+from unicl.batch import PackedSequence, collate
+from unicl.sequence import Packer
 from unicl.tasks.base import TASKS, Episode, Shot, Task, View
 
 log = logging.getLogger(__name__)

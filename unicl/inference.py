@@ -8,7 +8,11 @@ packer, decoder) and runs in-context prompts end to end (PAPER.md "Tasks",
       -> Task.episode -> Packer.pack -> shared-prefix generation (unicl/generate.py)
       -> Task.postprocess -> mask at the query's resolution / caption text
 
-User images are wrapped as in-memory records so the task plugins lay them out
+A segmentation task with parallel mask answers skips generation: one forward pass over the
+prompt and the query's placeholders gives the mask codes' distribution at every cell
+(`Engine.mask_code_probs`), which becomes a soft map at the query's resolution, thresholded once.
+
+User images are wrapped as in-memory records (unicl/inputs.py) so the task plugins lay them out
 exactly as they lay out dataset records in training and evaluation. Views:
 demonstrations use the task's evaluation view (object-centred crops from their
 mask / box, as in the evaluation episodes); a segmentation query has no mask to
@@ -26,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from unicl.tasks.records import CaptionRecord, SegmentationRecord
+from unicl.inputs import ImageItem, caption_record, segmentation_record
 
 #: files of an exported model directory (`unicl export`); tokenizers/<name>/ come too
 CONFIG_FILE = "config.yaml"
@@ -40,16 +44,6 @@ QUERY_ID_BASE = 1_000_000_000
 
 
 @dataclasses.dataclass
-class ImageItem:
-    """One checked user image with what belongs to it (mask, box, caption)."""
-
-    image: np.ndarray  # (H, W, 3) uint8
-    mask: np.ndarray | None = None  # (H, W) bool
-    box: tuple[float, float, float, float] | None = None
-    text: str | None = None
-
-
-@dataclasses.dataclass
 class GeneratedAnswer:
     """One query's answer from one prompt."""
 
@@ -58,85 +52,6 @@ class GeneratedAnswer:
     mask_image: np.ndarray | None = None  # (H, W) float32 grey 0-255 at the query's resolution
     mask: np.ndarray | None = None  # (H, W) bool
     text: str | None = None
-
-
-# --------------------------------------------------------------------------- #
-# in-memory records
-# --------------------------------------------------------------------------- #
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ArraySegmentationRecord(SegmentationRecord):
-    """A SegmentationRecord whose pixels live in memory (a user's image and mask)."""
-
-    image: np.ndarray | None = None
-    mask: np.ndarray | None = None
-
-    def load_image(self) -> np.ndarray:
-        return self.image
-
-    def load_mask(self) -> np.ndarray:
-        if self.mask is None:
-            return np.zeros((self.height, self.width), bool)
-        return self.mask
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ArrayCaptionRecord(CaptionRecord):
-    """A CaptionRecord whose pixels live in memory."""
-
-    image: np.ndarray | None = None
-
-    def load_image(self) -> np.ndarray:
-        return self.image
-
-
-def mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
-    """Tight (x0, y0, x1, y1) box of a mask's foreground (the whole image if empty)."""
-    ys, xs = np.nonzero(mask)
-    if not len(xs):
-        return (0.0, 0.0, float(mask.shape[1]), float(mask.shape[0]))
-    return (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
-
-
-def segmentation_record(item: ImageItem, image_id: int, category: str) -> ArraySegmentationRecord:
-    h, w = item.image.shape[:2]
-    mask = item.mask
-    return ArraySegmentationRecord(
-        image_id=image_id,
-        image_path=Path(f"<memory:{image_id}>"),
-        category=category,
-        category_id=0,
-        height=h,
-        width=w,
-        box=mask_box(mask) if mask is not None else (0.0, 0.0, float(w), float(h)),
-        area=float(mask.sum()) if mask is not None else float(h * w),
-        segmentations=(),
-        image=item.image,
-        mask=mask,
-    )
-
-
-def caption_record(item: ImageItem, image_id: int, category: str) -> ArrayCaptionRecord:
-    h, w = item.image.shape[:2]
-    return ArrayCaptionRecord(
-        region_id=image_id,
-        image_id=image_id,
-        image_path=Path(f"<memory:{image_id}>"),
-        category=category,
-        phrase=item.text or "",
-        box=item.box,
-        height=h,
-        width=w,
-        image=item.image,
-    )
-
-
-def whole_image_crop(height: int, width: int) -> tuple[float, float, float, float]:
-    """The square crop centred on an image that contains all of it."""
-    side = float(max(height, width))
-    cx, cy = width / 2.0, height / 2.0
-    return (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
 
 
 # --------------------------------------------------------------------------- #
@@ -463,7 +378,7 @@ class Engine:
         "Parallel answers"); the hidden state at placeholder i scores mask code i against the
         mask tokenizer's K codes only.
         """
-        from unicl.sequence import collate
+        from unicl.batch import collate
 
         task = self.tasks["segmentation"]
         codes = self.vocab.ranges[task.mask_tokenizer]

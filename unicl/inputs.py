@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from unicl.tasks.records import CaptionRecord, SegmentationRecord
+
 Box = tuple[float, float, float, float]  # (x0, y0, x1, y1) in pixels
 
 #: What an image argument may be, for error messages.
@@ -227,3 +229,85 @@ def require_prompt(demos: Sequence[Any], category: str | None, name: str = "demo
 def is_image_like(value: Any) -> bool:
     """True for one image (not a list of images): PIL, ndarray or a path."""
     return isinstance(value, (Image.Image, np.ndarray, str, os.PathLike))
+
+
+# --------------------------------------------------------------------------- #
+# user images as task records (the task plugins lay them out like dataset records)
+# --------------------------------------------------------------------------- #
+
+
+@dataclasses.dataclass
+class ImageItem:
+    """One checked user image with what belongs to it (mask, box, caption)."""
+
+    image: np.ndarray  # (H, W, 3) uint8
+    mask: np.ndarray | None = None  # (H, W) bool
+    box: tuple[float, float, float, float] | None = None
+    text: str | None = None
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ArraySegmentationRecord(SegmentationRecord):
+    """A SegmentationRecord whose pixels live in memory (a user's image and mask)."""
+
+    image: np.ndarray | None = None
+    mask: np.ndarray | None = None
+
+    def load_image(self) -> np.ndarray:
+        return self.image
+
+    def load_mask(self) -> np.ndarray:
+        if self.mask is None:
+            return np.zeros((self.height, self.width), bool)
+        return self.mask
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ArrayCaptionRecord(CaptionRecord):
+    """A CaptionRecord whose pixels live in memory."""
+
+    image: np.ndarray | None = None
+
+    def load_image(self) -> np.ndarray:
+        return self.image
+
+
+def mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
+    """Tight (x0, y0, x1, y1) box of a mask's foreground (the whole image if empty)."""
+    ys, xs = np.nonzero(mask)
+    if not len(xs):
+        return (0.0, 0.0, float(mask.shape[1]), float(mask.shape[0]))
+    return (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
+
+
+def segmentation_record(item: ImageItem, image_id: int, category: str) -> ArraySegmentationRecord:
+    h, w = item.image.shape[:2]
+    mask = item.mask
+    return ArraySegmentationRecord(
+        image_id=image_id,
+        image_path=Path(f"<memory:{image_id}>"),
+        category=category,
+        category_id=0,
+        height=h,
+        width=w,
+        box=mask_box(mask) if mask is not None else (0.0, 0.0, float(w), float(h)),
+        area=float(mask.sum()) if mask is not None else float(h * w),
+        segmentations=(),
+        image=item.image,
+        mask=mask,
+    )
+
+
+def caption_record(item: ImageItem, image_id: int, category: str) -> ArrayCaptionRecord:
+    h, w = item.image.shape[:2]
+    return ArrayCaptionRecord(
+        region_id=image_id,
+        image_id=image_id,
+        image_path=Path(f"<memory:{image_id}>"),
+        category=category,
+        phrase=item.text or "",
+        box=item.box,
+        height=h,
+        width=w,
+        image=item.image,
+    )

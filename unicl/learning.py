@@ -161,7 +161,7 @@ def diagnostics(engine: Any, episodes: Sequence[Any]) -> dict[str, float]:
 
     `episodes`: segmentation episodes whose query pair holds the true mask (evaluation files).
     """
-    from unicl.sequence import collate
+    from unicl.batch import collate
 
     task = engine.tasks["segmentation"]
     vocab, model = engine.vocab, engine.model

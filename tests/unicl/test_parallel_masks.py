@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import unicl
-from unicl.sequence import collate
+from unicl.batch import collate
+from unicl.inputs import ImageItem
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
@@ -55,10 +56,10 @@ def test_api_mask_is_the_thresholded_soft_map(model):
 
 def test_inference_reads_the_distribution_training_scores(model):
     engine = model.engine
-    demos = [unicl.inference.ImageItem(_image(40, 52, 1), _mask(40, 52))]
+    demos = [ImageItem(_image(40, 52, 1), _mask(40, 52))]
     queries = [
-        unicl.inference.ImageItem(_image(45, 61, 3)),
-        unicl.inference.ImageItem(_image(20, 33, 4)),
+        ImageItem(_image(45, 61, 3)),
+        ImageItem(_image(20, 33, 4)),
     ]
     episodes = engine.segmentation_episodes(queries, demos, "star")
     probs = engine.mask_code_probs(episodes)

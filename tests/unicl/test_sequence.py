@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from unicl.sequence import Packer, collate, num_attributes
+from unicl.batch import collate
+from unicl.sequence import Packer, num_attributes
 from unicl.tasks.base import Episode, Segment
 from unicl.tokenizers import TOKENIZERS, Tokenizer
 from unicl.tokenizers.bins import BinsTokenizer
