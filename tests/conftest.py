@@ -44,6 +44,9 @@ def make_tiny_export():
         vqgan = {"resolution": image_size, "ch": 32, "ch_mult": [1, 1, 1], "num_res_blocks": 0}
         vqgan.update({"z_channels": 32, "n_embed": 64, "embed_dim": 16})
         cfg.tokenizers[1] = {"name": "vqgan", "checkpoint": None, "config": vqgan}
+        for spec in cfg.tokenizers:
+            if spec["name"] == "maskbits":  # the mask code's grid follows the 4x-down VQ-GAN's
+                spec.update(grid=image_size // 4, cells=2, size=image_size)
         for options in cfg.tasks.values():
             options["image_size"] = image_size
         if image_size < 32:

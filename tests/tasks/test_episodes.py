@@ -143,7 +143,8 @@ def test_make_episodes_command(data_cfg, tmp_path, capsys):
         "data.seed=7",
         "data.min_descriptions=0",
         "tokenizers=[{name: gpt2}, {name: eptest_cells}, {name: bins}]",
-        "tasks={segmentation: {image_size: 64, image_tokenizer: eptest_cells},"
+        "tasks={segmentation: {image_size: 64, image_tokenizer: eptest_cells, mask_tokenizer: '',"
+        " mask_decoding: autoregressive, aligned_positions: false},"
         " captioning: {image_size: 64, image_tokenizer: eptest_cells}}",
     ]
     args = ["make-episodes", "--shots", "2", "--queries-per-category", "2", str(out), *overrides]

@@ -7,9 +7,12 @@ not quality.
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import unicl
+from unicl.batch import collate
+from unicl.inputs import ImageItem
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
@@ -193,3 +196,72 @@ def test_segment_and_caption_commands(model_dir, tmp_path, capsys):
     argv = ["caption", "--query", paths["query"], "0", "0", "99", "20", "--category", "star"]
     assert main([*argv, "--model", str(model_dir)]) == 2
     assert "outside the image" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- #
+# parallel mask answers (the shapes_tiny recipe's mask options, docs/model.md): the codes the
+# predictor reads in one forward pass are the ones the training forward scores, and the API's
+# mask is its soft map thresholded once
+# --------------------------------------------------------------------------- #
+
+PARALLEL = [
+    'tokenizers=[{"name": "gpt2"}, {"name": "vqgan"}, {"name": "bins"}, '
+    '{"name": "maskbits", "grid": 4, "cells": 2, "size": 16}]',
+    "tasks.segmentation.mask_tokenizer=maskbits",
+    "tasks.segmentation.mask_decoding=parallel",
+    "tasks.segmentation.aligned_positions=true",
+    "model.attribute_embedding=true",
+    "model.code_features=true",
+]
+
+
+@pytest.fixture(scope="module")
+def parallel_model(tmp_path_factory, make_tiny_export):
+    out = make_tiny_export(tmp_path_factory.mktemp("parallel") / "tiny", overrides=PARALLEL)
+    return unicl.load(out, device="cpu")
+
+
+def test_parallel_mask_is_the_thresholded_soft_map(parallel_model):
+    demos = [(_image(40, 52, 1), _mask(40, 52)), (_image(36, 30, 2), _mask(36, 30))]
+    details = parallel_model.segment(_image(45, 61, 3), demos, category="star", return_details=True)
+    assert details.mask.shape == (45, 61) and details.mask_image.shape == (45, 61)
+    np.testing.assert_array_equal(details.mask, details.mask_image > 127)
+    assert (
+        details.tokens[0].shape == (16,)
+        and ((details.probs[0] > 0) & (details.probs[0] <= 1)).all()
+    )
+
+
+def test_parallel_inference_reads_the_distribution_training_scores(parallel_model):
+    engine = parallel_model.engine
+    demos = [ImageItem(_image(40, 52, 1), _mask(40, 52))]
+    queries = [
+        ImageItem(_image(45, 61, 3)),
+        ImageItem(_image(20, 33, 4)),
+    ]
+    episodes = engine.segmentation_episodes(queries, demos, "star")
+    probs = engine.mask_code_probs(episodes)
+    span = engine.vocab.ranges["maskbits"]
+    for episode, p in zip(episodes, probs):
+        packed = engine.packer.pack(episode)
+        start, n = packed.parallel_span
+        batch = collate([packed])
+        with torch.no_grad():
+            logits = engine.model(batch.input_ids, batch.attributes, batch.positions).logits[0]
+        # the training forward over the whole sequence scores code i at placeholder i
+        expected = logits[start : start + n, span.start : span.stop].softmax(-1)
+        torch.testing.assert_close(p, expected, atol=1e-5, rtol=1e-4)
+        assert (batch.loss_weights[0, start + 1 : start + n + 1] == 1).all()
+
+
+def test_autoregressive_maskbits_answers_through_the_api(tmp_path, make_tiny_export):
+    overrides = [o for o in PARALLEL if "mask_decoding" not in o and "aligned" not in o]
+    out = make_tiny_export(tmp_path / "ar", overrides=overrides)
+    model = unicl.load(out, device="cpu")
+    demos = [(_image(40, 52, 1), _mask(40, 52))]
+    details = model.segment(_image(45, 61, 3), demos, category="star", return_details=True)
+    codes = model.engine.vocab.ranges["maskbits"]
+    assert details.mask.shape == (45, 61)
+    assert sum(int(t) in codes for t in details.tokens[0]) == 16  # one code per image code
+    # the mask decodes the generated codes; the grey map is the same codes' soft decoding
+    assert (details.mask != (details.mask_image > 127)).mean() < 0.05

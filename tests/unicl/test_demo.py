@@ -48,6 +48,7 @@ tokenizers:
     config: {{resolution: 16, ch: 32, ch_mult: [1, 1, 1], num_res_blocks: 0, z_channels: 32,
              n_embed: 64, embed_dim: 16}}
   - name: bins
+  - {{name: maskbits, grid: 4, cells: 2, size: 16}}
 tasks:
   segmentation: {{shots: 3, image_size: 16, cache_views: 1}}
   captioning: {{shots: 3, image_size: 16, cache_views: 1, pad_to_image_length: false}}

@@ -23,7 +23,7 @@ from unicl.training.run import build_trainer, train
 FRESH_VQGAN = (
     "tokenizers=[{name: gpt2}, {name: bins}, {name: vqgan, checkpoint: null, config: "
     "{resolution: 64, ch: 32, ch_mult: [1, 1, 1, 1], num_res_blocks: 0, attn_resolutions: [], "
-    "z_channels: 32, n_embed: 1024, embed_dim: 16}}]"
+    "z_channels: 32, n_embed: 1024, embed_dim: 16}}, {name: maskbits}]"
 )
 
 
