@@ -140,9 +140,6 @@ def test_parallel_mask_answers_need_the_attribute_embedding():
     from unicl.config import load_config
 
     with pytest.raises(ConfigError, match="mask_decoding=parallel needs model.attribute_embedding"):
-        load_config("shapes_tiny", ["tasks.segmentation.mask_decoding=parallel"])
-    cfg = load_config(
-        "shapes_tiny",
-        ["tasks.segmentation.mask_decoding=parallel", "model.attribute_embedding=true"],
-    )
-    assert cfg.model.attribute_embedding
+        load_config("shapes_tiny", ["model.attribute_embedding=false"])
+    cfg = load_config("shapes_tiny", ["tasks.segmentation.mask_decoding=autoregressive"])
+    assert cfg.model.attribute_embedding  # the default turns it on for its parallel answers
