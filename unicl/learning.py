@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from unicl.tasks.metrics import binary_iou
+
 #: the paper's choices on the tiny model (what configs/shapes_tiny.yaml held before the levers):
 #: masks coded by the shared VQ-GAN and generated code by code, sequence positions, no extra
 #: embeddings, real category names only; every variant starts from it
@@ -143,11 +145,6 @@ def variant_overrides(name: str) -> list[str]:
 # --------------------------------------------------------------------------- #
 
 
-def _iou(pred: np.ndarray, truth: np.ndarray) -> float:
-    union = np.logical_or(pred, truth).sum()
-    return 1.0 if union == 0 else float(np.logical_and(pred, truth).sum() / union)
-
-
 def _patch_classes(mask: np.ndarray, grid: int) -> np.ndarray:
     """(S, S) bool -> (grid*grid,) 0 background, 1 foreground, 2 boundary patch."""
     s = mask.shape[0] // grid
@@ -173,7 +170,7 @@ def diagnostics(engine: Any, episodes: Sequence[Any]) -> dict[str, float]:
     for episode in episodes:
         truth = np.asarray(episode.query[1].payload, bool)  # (S, S) the query's mask in its view
         codes = torch.as_tensor(tok.encode_mask(truth)).reshape(-1)
-        ceiling.append(_iou(np.asarray(tok.decode_mask(codes), bool), truth))
+        ceiling.append(binary_iou(np.asarray(tok.decode_mask(codes), bool), truth))
         packed = engine.packer.pack(episode)
         batch = collate([packed]).to(engine.device)
         hidden = model(
@@ -188,7 +185,7 @@ def diagnostics(engine: Any, episodes: Sequence[Any]) -> dict[str, float]:
         for c in (0, 1, 2):
             ce[c] += nll.cpu().numpy()[classes == c].tolist()
         pred = logits.argmax(-1).cpu()
-        forced.append(_iou(np.asarray(tok.decode_mask(pred), bool), truth))
+        forced.append(binary_iou(np.asarray(tok.decode_mask(pred), bool), truth))
     image_tok = vocab.tokenizers[task.image_tokenizer]
     shuffled = [_shuffle_query_image(e, image_tok, seed=i) for i, e in enumerate(episodes)]
     plain = engine.answer_segmentation(list(episodes), engine.sampling({}))
@@ -197,9 +194,10 @@ def diagnostics(engine: Any, episodes: Sequence[Any]) -> dict[str, float]:
     return {
         "ceiling_iou": 100 * float(np.mean(ceiling)),
         "teacher_forced_iou": 100 * float(np.mean(forced)),
-        "free_running_iou": 100 * float(np.mean([_iou(a.mask, t) for a, t in zip(plain, truths)])),
+        "free_running_iou": 100
+        * float(np.mean([binary_iou(a.mask, t) for a, t in zip(plain, truths)])),
         "shuffled_image_iou": 100
-        * float(np.mean([_iou(a.mask, t) for a, t in zip(mixed, truths)])),
+        * float(np.mean([binary_iou(a.mask, t) for a, t in zip(mixed, truths)])),
         "ce_background": float(np.mean(ce[0])) if ce[0] else float("nan"),
         "ce_foreground": float(np.mean(ce[1])) if ce[1] else float("nan"),
         "ce_boundary": float(np.mean(ce[2])) if ce[2] else float("nan"),
