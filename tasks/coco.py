@@ -7,17 +7,27 @@ pools from an `instances_*.json` file (real COCO 2017 or the shapes world, which
 writes the same format). Masks stay as the raw COCO segmentation objects in the
 records and are decoded by pycocotools only when a task asks for them.
 
-Size filters use COCO's area classes on the merged area of the record: small
+Every field a record needs is checked while reading (ids, image sizes, boxes,
+polygon and RLE structure); an error names the file and the annotation or image
+id. Size filters use COCO's area classes on the merged area of the record: small
 (< 32^2 px), medium (< 96^2 px) and large; the paper keeps small objects.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from unicl.tasks.records import SegmentationRecord, read_json, require
+from unicl.tasks.records import (
+    SegmentationRecord,
+    check_segmentation,
+    read_json,
+    require,
+    require_int,
+    require_number,
+)
 
 AREA_CLASSES = {
     "small": (0.0, 32.0**2),
@@ -32,6 +42,32 @@ def area_class(area: float) -> str:
         if lo <= area < hi:
             return name
     raise ValueError(f"area must be a non-negative number, got {area!r}")
+
+
+def _array(data: dict, key: str, where: str) -> list:
+    """data[key], which must be a json list."""
+    value = require(data, key, where)
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: {key!r} must be a json list, got {type(value).__name__}")
+    return value
+
+
+def _check_bbox(bbox, where: str) -> None:
+    """A COCO box is [x, y, width, height]: four finite numbers, width and height >= 0."""
+    numbers = (
+        isinstance(bbox, list)
+        and len(bbox) == 4
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)
+    )
+    if not numbers or not all(math.isfinite(v) for v in bbox):
+        raise ValueError(
+            f"{where}: bbox must be [x, y, width, height] (4 finite numbers), got {bbox!r}"
+        )
+    if bbox[2] < 0 or bbox[3] < 0:
+        raise ValueError(
+            f"{where}: bbox {bbox} has a negative width or height (COCO boxes are "
+            "[x, y, width, height])"
+        )
 
 
 class CocoSegmentation:
@@ -74,12 +110,13 @@ class CocoSegmentation:
         where = str(self.ann_file)
         if not isinstance(data, dict):
             raise ValueError(f"{where}: expected a json object with images/annotations/categories")
-        cats = require(data, "categories", where)
         self.category_ids: dict[str, int] = {}
         id_to_name: dict[int, str] = {}
-        for k, cat in enumerate(cats):
-            name = str(require(cat, "name", f"{where} categories[{k}]"))
-            cid = int(require(cat, "id", f"{where} categories[{k}]"))
+        for k, cat in enumerate(_array(data, "categories", where)):
+            at = f"{where} categories[{k}]"
+            name, cid = str(require(cat, "name", at)), require_int(cat, "id", at)
+            if cid in id_to_name or name in self.category_ids:
+                raise ValueError(f"{at}: category {name!r} (id {cid}) appears twice")
             self.category_ids[name], id_to_name[cid] = cid, name
         wanted = set(self.category_ids) if categories is None else set(categories)
         unknown = sorted(wanted - set(self.category_ids))
@@ -89,28 +126,36 @@ class CocoSegmentation:
                 f"(it has {sorted(self.category_ids)})"
             )
 
-        images = {}
-        for k, img in enumerate(require(data, "images", where)):
-            at = f"{where} images[{k}]"
-            images[int(require(img, "id", at))] = (
-                str(require(img, "file_name", at)),
-                int(require(img, "height", at)),
-                int(require(img, "width", at)),
-            )
+        images: dict[int, tuple[str, int, int]] = {}
+        for k, img in enumerate(_array(data, "images", where)):
+            image_id = require_int(img, "id", f"{where} images[{k}]")
+            at = f"{where}, image id {image_id} at images[{k}]"
+            if image_id in images:
+                raise ValueError(f"{at}: image id {image_id} appears twice")
+            height, width = require_int(img, "height", at), require_int(img, "width", at)
+            if height < 1 or width < 1:
+                raise ValueError(f"{at}: image size {height}x{width} (HxW) is empty")
+            images[image_id] = (str(require(img, "file_name", at)), height, width)
 
         # group instances by (image, category): each group becomes one record
         groups: dict[tuple[int, int], list[dict]] = {}
-        for k, ann in enumerate(require(data, "annotations", where)):
+        for k, ann in enumerate(_array(data, "annotations", where)):
             at = f"{where} annotations[{k}]"
-            image_id, cid = int(require(ann, "image_id", at)), int(require(ann, "category_id", at))
+            if isinstance(ann, dict) and "id" in ann:
+                at = f"{where}, annotation id {ann['id']} at annotations[{k}]"
+            image_id, cid = require_int(ann, "image_id", at), require_int(ann, "category_id", at)
             if ann.get("iscrowd", 0) and not include_crowd:
                 continue
             if image_id not in images:
                 raise ValueError(f"{at}: image_id {image_id} is not in the file's images")
             if cid not in id_to_name:
                 raise ValueError(f"{at}: category_id {cid} is not in the file's categories")
-            require(ann, "segmentation", at)
-            require(ann, "bbox", at)
+            at = f"{at} (image_id {image_id})"
+            _check_bbox(require(ann, "bbox", at), at)
+            if "area" in ann:
+                require_number(ann, "area", at)
+            _, height, width = images[image_id]
+            check_segmentation(require(ann, "segmentation", at), height, width, at)
             if id_to_name[cid] in wanted:
                 groups.setdefault((image_id, cid), []).append(ann)
 

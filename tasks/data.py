@@ -130,14 +130,14 @@ def segmentation_pools(cfg: DataConfig, split: str):
 
 def _caption_categories(cfg: DataConfig) -> list[str]:
     """Names regions are mapped to: configured, else COCO's classes, else the world's."""
-    from unicl.tasks.records import read_json
+    from unicl.tasks.records import read_json, require
 
     if cfg.vg_categories:
         return list(cfg.vg_categories)
     ann = cfg.coco_val_ann or cfg.coco_train_ann
     if ann:
-        data = read_json(Path(ann), "COCO instances")
-        return [str(c["name"]) for c in data.get("categories", []) if isinstance(c, dict)]
+        cats = require(read_json(Path(ann), "COCO instances"), "categories", str(ann))
+        return [str(require(c, "name", f"{ann} categories[{k}]")) for k, c in enumerate(cats)]
     from unicl.tasks.world_shapes import category_names
 
     return category_names()

@@ -155,12 +155,21 @@ def read_episode_file(path: str | Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: an episode file is a JSON object, got {type(data).__name__}")
     if data.get("format") != EPISODE_FORMAT:
         raise ValueError(f"{path}: episode file format {data.get('format')!r}, expected 1")
     for field in ("task", "records", "episodes", "max_shots"):
         if field not in data:
             raise ValueError(f"{path}: missing field {field!r}")
+    if not isinstance(data["max_shots"], int) or data["max_shots"] < 0:
+        raise ValueError(f"{path}: max_shots must be an int >= 0, got {data['max_shots']!r}")
     for i, ep in enumerate(data["episodes"]):
+        if not isinstance(ep, dict) or not {"query", "shots"} <= set(ep):
+            raise ValueError(f"{path}: episode {i} must be an object with 'query' and 'shots'")
+        missing = [k for k in range(1, data["max_shots"] + 1) if str(k) not in ep["shots"]]
+        if missing:
+            raise ValueError(f"{path}: episode {i} has no {missing[0]}-shot demonstrations")
         sets = [ep["shots"][str(k)] for k in range(1, data["max_shots"] + 1)]
         for k, (small, big) in enumerate(zip(sets, sets[1:]), start=1):
             if big[:k] != small:

@@ -12,6 +12,11 @@ Mapping a region to a category:
 2. otherwise (or when no object matches): the first category noun in the phrase,
    matching the longest name or synonym ("half circle" before "circle") and plural
    forms. VG phrases name their subject first ("man riding a horse").
+
+Regions whose box is empty (zero width or height, or outside the image) or whose
+phrase is empty are skipped and counted; a malformed one (a missing field, a
+non-finite number, a negative width or height) is an error naming the file, the
+image id and the region id.
 """
 
 from __future__ import annotations
@@ -21,7 +26,14 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from unicl.tasks.records import CaptionRecord, read_json, require
+from unicl.tasks.records import (
+    CaptionRecord,
+    image_size,
+    read_json,
+    require,
+    require_int,
+    require_number,
+)
 
 #: A few common words for COCO classes (real VG phrases rarely use COCO's exact names).
 COCO_SYNONYMS: dict[str, tuple[str, ...]] = {
@@ -109,6 +121,16 @@ class PhraseMatcher:
         return None
 
 
+def _image_id(entry: dict, keys: tuple[str, str], where: str, first: dict | None = None) -> int:
+    """The image id of a VG entry: the first of `keys` it has, else its `first` item's."""
+    for key in keys:
+        if isinstance(entry, dict) and key in entry:
+            return require_int(entry, key, where)
+    if first is None:
+        return require_int(entry, keys[0], where)
+    return require_int(first, "image_id", f"{where} regions[0]")
+
+
 def _iou(a, b) -> float:
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
@@ -175,23 +197,30 @@ class VisualGenomeRegions:
         for k, entry in enumerate(data):
             at = f"{where} [{k}]"
             regions = require(entry, "regions", at)
-            image_id = entry.get("id", entry.get("image_id"))
-            if image_id is None and regions:
-                image_id = require(regions[0], "image_id", f"{at} regions[0]")
+            if not isinstance(regions, list):
+                raise ValueError(f"{at}: 'regions' must be a json list")
             if not regions:
                 continue
-            path = self._image_path(int(image_id), check_images)
+            image_id = _image_id(entry, ("id", "image_id"), at, regions[0])
+            at = f"{where} (image_id {image_id}) [{k}]"
+            path = self._image_path(image_id, check_images)
             if path is None:
                 missing.append(str(image_id))
                 continue
-            if int(image_id) not in sizes:
-                sizes[int(image_id)] = self._size_from_header(path)
-            height, width = sizes[int(image_id)]
+            if image_id not in sizes:
+                sizes[image_id] = image_size(path, f"image_id {image_id}")
+            height, width = sizes[image_id]
             for r, region in enumerate(regions):
-                rat = f"{at} regions[{r}]"
+                rid = region.get("region_id") if isinstance(region, dict) else None
+                ids = f"image_id {image_id}" + ("" if rid is None else f", region_id {rid}")
+                rat = f"{where} ({ids}) [{k}] regions[{r}]"
                 phrase = " ".join(str(require(region, "phrase", rat)).split())
-                x, y = float(require(region, "x", rat)), float(require(region, "y", rat))
-                w, h = float(require(region, "width", rat)), float(require(region, "height", rat))
+                x, y = require_number(region, "x", rat), require_number(region, "y", rat)
+                w, h = require_number(region, "width", rat), require_number(region, "height", rat)
+                if w < 0 or h < 0:
+                    raise ValueError(
+                        f"{rat}: the region's width x height {w:g} x {h:g} is negative"
+                    )
                 box = (
                     max(0.0, x),
                     max(0.0, y),
@@ -201,15 +230,13 @@ class VisualGenomeRegions:
                 if not phrase or box[2] <= box[0] or box[3] <= box[1]:
                     self.skipped += 1
                     continue
-                category = self._category(phrase, box, objects.get(int(image_id), ()))
+                category = self._category(phrase, box, objects.get(image_id, ()))
                 if category is None:
                     self.unmapped += 1
                     continue
-                region_id = int(require(region, "region_id", rat))
+                region_id = require_int(region, "region_id", rat)
                 mapped[category].append(
-                    CaptionRecord(
-                        region_id, int(image_id), path, category, phrase, box, height, width
-                    )
+                    CaptionRecord(region_id, image_id, path, category, phrase, box, height, width)
                 )
         if missing:
             raise FileNotFoundError(
@@ -230,15 +257,6 @@ class VisualGenomeRegions:
         return None if check else self.image_dirs[0] / f"{image_id}.jpg"
 
     @staticmethod
-    def _size_from_header(path: Path) -> tuple[int, int]:
-        from PIL import Image
-
-        if not path.is_file():
-            raise FileNotFoundError(f"image file not found (needed for its size): {path}")
-        with Image.open(path) as im:
-            return im.height, im.width
-
-    @staticmethod
     def _read_sizes(image_data_file) -> dict[int, tuple[int, int]]:
         where = str(image_data_file)
         data = read_json(Path(image_data_file), "Visual Genome image_data")
@@ -247,10 +265,12 @@ class VisualGenomeRegions:
         sizes = {}
         for k, img in enumerate(data):
             at = f"{where} [{k}]"
-            image_id = img.get("image_id", img.get("id")) if isinstance(img, dict) else None
-            if image_id is None:
-                raise ValueError(f"{at}: missing field 'image_id'")
-            sizes[int(image_id)] = (int(require(img, "height", at)), int(require(img, "width", at)))
+            image_id = _image_id(img, ("image_id", "id"), at)
+            at = f"{where} (image_id {image_id}) [{k}]"
+            height, width = require_int(img, "height", at), require_int(img, "width", at)
+            if height < 1 or width < 1:
+                raise ValueError(f"{at}: image size {height}x{width} (HxW) is empty")
+            sizes[image_id] = (height, width)
         return sizes
 
     def _read_objects(self, objects_file) -> dict[int, list[tuple[tuple, str]]]:
@@ -263,16 +283,22 @@ class VisualGenomeRegions:
         for k, entry in enumerate(data):
             at = f"{where} [{k}]"
             objs = require(entry, "objects", at)
-            image_id = int(entry.get("image_id", entry.get("id", -1)))
+            if not isinstance(objs, list):
+                raise ValueError(f"{at}: 'objects' must be a json list")
+            image_id = _image_id(entry, ("image_id", "id"), at)
             for o, obj in enumerate(objs):
-                oat = f"{at} objects[{o}]"
-                x, y = float(require(obj, "x", oat)), float(require(obj, "y", oat))
+                oid = obj.get("object_id") if isinstance(obj, dict) else None
+                ids = f"image_id {image_id}" + ("" if oid is None else f", object_id {oid}")
+                oat = f"{where} ({ids}) [{k}] objects[{o}]"
+                x, y = require_number(obj, "x", oat), require_number(obj, "y", oat)
                 words = list(obj.get("names", [])) + ([obj["name"]] if "name" in obj else [])
                 words += [s.split(".")[0].replace("_", " ") for s in obj.get("synsets", [])]
                 category = next((c for c in map(self.matcher.match, words) if c), None)
                 if category is None:
                     continue
-                w, h = float(require(obj, "w", oat)), float(require(obj, "h", oat))
+                w, h = require_number(obj, "w", oat), require_number(obj, "h", oat)
+                if w < 0 or h < 0:
+                    raise ValueError(f"{oat}: the object's w x h {w:g} x {h:g} is negative")
                 out.setdefault(image_id, []).append(((x, y, x + w, y + h), category))
         return out
 

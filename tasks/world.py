@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from unicl.ownership import claim
 from unicl.tasks.world_phrases import InstanceView, describe
 from unicl.tasks.world_shapes import (
     CATEGORIES,
@@ -331,7 +332,7 @@ def make_world(
     from tqdm import tqdm
 
     spec = spec or WorldSpec()
-    out = Path(out)
+    out = claim(out, "world", "shapes world folder")  # never writes over a user's folder
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     manifest_path = out / "manifest.json"
     if manifest_path.exists():

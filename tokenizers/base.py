@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from unicl.registry import Registry
@@ -137,3 +138,16 @@ def load_tokenizer(directory: str | Path) -> Tokenizer:
         raise FileNotFoundError(f"{path}: no saved tokenizer here (expected {TOKENIZER_FILE})")
     spec = json.loads(path.read_text())
     return build_tokenizer({"name": spec["name"], **spec["options"]}, base_dir=directory)
+
+
+def uint8_mask(mask: np.ndarray, what: str) -> np.ndarray:
+    """A uint8 mask of 0/255 values -> bool; anything else (0/1, label maps such as {0, 2},
+    grey levels) is a ValueError naming `what`, never a silently empty or partial mask."""
+    values = np.unique(mask)
+    if not np.isin(values, (0, 255)).all():
+        shown = ", ".join(str(v) for v in values[:8]) + (", ..." if len(values) > 8 else "")
+        raise ValueError(
+            f"{what}: a uint8 mask must hold only 0 and 255, got values {{{shown}}}; pass "
+            "mask.astype(bool) for 0/1 masks or (labels == k) for a label map"
+        )
+    return mask == 255

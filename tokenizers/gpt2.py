@@ -173,7 +173,7 @@ def _download_sdist(directory: Path) -> Path:
     result = subprocess.run(cmd, capture_output=True, text=True)
     found = sorted(directory.glob("openai[-_]whisper-*.tar.gz"))
     if result.returncode != 0 or not found:
-        raise RuntimeError(
+        raise ConnectionError(  # an OSError: the network or the index, not a bug
             f"could not download {WHISPER_SDIST} with pip (exit {result.returncode}):\n"
             f"{result.stderr.strip()[-2000:]}\n"
             f"Download the sdist elsewhere and run `unicl fetch-bpe --sdist FILE.tar.gz`."

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from unicl.tokenizers.base import TOKENIZERS, Tokenizer
+from unicl.tokenizers.base import TOKENIZERS, Tokenizer, uint8_mask
 
 #: largest `cells`: 3 x 3 bits = 512 codes (4 x 4 would be 65536)
 MAX_CELLS = 3
@@ -54,9 +54,7 @@ def _mask_batch(masks: Any) -> tuple[np.ndarray, bool]:
     if array.ndim != 3 or array.shape[1] < 1 or array.shape[2] < 1:
         raise ValueError(f"maskbits: a mask must have shape (H, W), got {array.shape[1:]}")
     if array.dtype == np.uint8:
-        if array.max(initial=0) == 1:
-            raise ValueError("maskbits: uint8 mask holds only 0/1; pass mask.astype(bool) or 0/255")
-        array = array > 127
+        array = uint8_mask(array, "maskbits")
     elif array.dtype != np.bool_:
         raise TypeError(f"maskbits: masks must be bool or uint8 (0/255), got dtype {array.dtype}")
     return array, single

@@ -34,7 +34,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from unicl.tokenizers.base import TOKENIZERS, Tokenizer
+from unicl.tokenizers.base import TOKENIZERS, Tokenizer, uint8_mask
 from unicl.tokenizers.vqgan_model import VQGAN, VQGANConfig, load_model_state
 
 BUILTIN_PREFIX = "builtin:"
@@ -162,11 +162,7 @@ def _mask_array(mask: Any, what: str) -> np.ndarray:
         return mask
     if mask.dtype != np.uint8:
         raise TypeError(f"{what}: masks must be bool or uint8 (0/255), got dtype {mask.dtype}")
-    if mask.max() == 1:
-        raise ValueError(
-            f"{what}: uint8 mask holds only 0/1; pass mask.astype(bool) or 0/255 values"
-        )
-    return mask > MASK_THRESHOLD
+    return uint8_mask(mask, what)
 
 
 def _split_batch(payload: Any) -> tuple[list[Any], bool]:

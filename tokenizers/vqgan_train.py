@@ -77,6 +77,25 @@ class VQGANTrainConfig:
     threads: int = 0  # torch threads; 0 = torch's default
     device: str = "auto"  # "auto" (CUDA when available), "cpu", "cuda", "cuda:1", ...
 
+    def __post_init__(self) -> None:
+        positive = ("max_records", "crops_per_record", "steps", "batch_size", "log_every")
+        positive += ("checkpoint_every", "restart_every")
+        at_least_zero = ("val_records", "warmup", "disc_start", "threads", "seed")
+        at_least_zero += ("max_cpu_minutes", "max_minutes", "l1_weight", "l2_weight")
+        at_least_zero += ("disc_weight", "dead_threshold")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        for name in at_least_zero:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not 0.0 <= self.mask_fraction <= 1.0:
+            raise ValueError(f"mask_fraction must lie in [0, 1], got {self.mask_fraction!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+
 
 # --------------------------------------------------------------------------- #
 # data: object-centred crops of images and masks

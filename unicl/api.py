@@ -29,8 +29,9 @@ import numpy as np
 import torch
 
 from unicl import inputs
-from unicl.inference import EXPORT_FILES, Engine, GeneratedAnswer, resolve_model_dir
+from unicl.inference import Engine, GeneratedAnswer
 from unicl.inputs import ImageItem
+from unicl.model_files import EXPORT_FILES, read_model
 
 
 @dataclasses.dataclass
@@ -56,8 +57,9 @@ class InContextModel:
     """A trained unicl model ready for in-context prompts (see the module docstring).
 
     Build it with `unicl.load(path)`. `sampling` options accepted by `segment` and
-    `caption`: `temperature` (0 = greedy, the default), `top_k`, `top_p`, `seed`, and
-    `max_tokens` (a cap on the length of a generated caption).
+    `caption` (checked by unicl/generate.py `sampling_options`): `temperature` (a finite
+    number >= 0; 0 = greedy, the default), `top_k` (int >= 1), `top_p` (in (0, 1]),
+    `seed` (int), and `max_tokens` (int >= 1, a cap on the length of a generated caption).
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -96,10 +98,11 @@ class InContextModel:
         """Generate the mask of `category` in `query` from (image, mask) demonstrations.
 
         Args:
-            query: one image (PIL, (H, W, 3) uint8 array or path), or a list of images
-                that share `demos` (one batch; the demonstrations are prefilled once).
-            demos: (image, mask) pairs of the same category; may be empty when
-                `category` is given (0-shot).
+            query: one image (PIL, (H, W, 3) uint8 array or path; unicl/inputs.py lists
+                the accepted forms), or a list of images that share `demos` (one batch;
+                the demonstrations are prefilled once).
+            demos: (image, mask) pairs of the same category, each mask with at least one
+                foreground pixel; may be empty when `category` is given (0-shot).
             category: the category name as text (optional with demos).
             ensemble: more demonstration sets (each a list of (image, mask) pairs) to
                 prompt with as well; the decoded mask images of `demos` and of every
@@ -112,13 +115,14 @@ class InContextModel:
             queries), or SegmentationResult(s) with `return_details=True`.
         """
         self.engine.require_task("segmentation")
+        _check_flag(return_details, "return_details")
         category = inputs.to_category(category)
         queries, single = _queries(query)
         images = [
             inputs.to_image(q, "query" if single else f"query[{i}]") for i, q in enumerate(queries)
         ]
         demo_sets = [inputs.segmentation_demos(demos, "demos")]
-        for j, extra in enumerate(ensemble or ()):
+        for j, extra in enumerate(_ensemble(ensemble)):
             demo_sets.append(inputs.segmentation_demos(extra, f"ensemble[{j}]"))
         for j, demo_set in enumerate(demo_sets):
             inputs.require_prompt(demo_set, category, "demos" if j == 0 else f"ensemble[{j - 1}]")
@@ -177,6 +181,7 @@ class InContextModel:
             The caption (a list for a list of queries), or CaptionResult(s).
         """
         self.engine.require_task("captioning")
+        _check_flag(return_details, "return_details")
         category = inputs.to_category(category)
         queries, single = _queries(query)
         boxes = [box] if single else _boxes_for(box, len(queries))
@@ -212,8 +217,10 @@ def _queries(query: Any) -> tuple[list[Any], bool]:
 
 
 def _boxes_for(box: Any, n: int) -> list[Any]:
+    """The boxes of n queries: a list of n boxes, or an (n, 4) array."""
     if (
-        not isinstance(box, Sequence)
+        not isinstance(box, (Sequence, np.ndarray))
+        or isinstance(box, str)
         or len(box) != n
         or not all(isinstance(b, (Sequence, np.ndarray)) and not isinstance(b, str) for b in box)
     ):
@@ -221,25 +228,52 @@ def _boxes_for(box: Any, n: int) -> list[Any]:
     return list(box)
 
 
+def _ensemble(ensemble: Any) -> list[Any]:
+    """`ensemble=`: None or a list of demonstration sets."""
+    if ensemble is None:
+        return []
+    if inputs.is_image_like(ensemble) or not isinstance(ensemble, Sequence):
+        raise TypeError(
+            "ensemble: expected a list of demonstration sets (each a list of (image, mask) "
+            f"pairs), got {type(ensemble).__name__}"
+        )
+    return list(ensemble)
+
+
+def _check_flag(value: Any, name: str) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+
+
 def load(
     path: str | Path,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    allow_plugins: bool = False,
 ) -> InContextModel:
     """Load a model for in-context prompting from a run or an exported directory.
+
+    Loading reads and never writes, and runs no code from the files: weights come from
+    safetensors or a tensors-only checkpoint load (unicl/model_files.py).
 
     Args:
         path: an exported model directory (`unicl export`: config.yaml,
             model.safetensors, tokenizers/<name>/) or a training run directory
-            (its latest weights are used).
+            (its latest checkpoint is read in memory).
         device: torch device; default CUDA when available, else CPU.
         dtype: parameter dtype (e.g. "bfloat16" on GPU); default float32.
+        allow_plugins: import the plugin modules the model's config lists under
+            `plugins:` (importing a module runs its code: allow only models you trust).
 
     Raises:
         FileNotFoundError: the directory or one of its files is missing (named).
+        ValueError: a file is unreadable, unsafe or holds non-finite weights, or the
+            config names plugins and `allow_plugins` is False.
     """
-    model_dir = resolve_model_dir(path)
-    return InContextModel(Engine.from_dir(model_dir, device=device, dtype=dtype))
+    files = read_model(path)
+    return InContextModel(
+        Engine.from_files(files, device=device, dtype=dtype, allow_plugins=allow_plugins)
+    )
 
 
 __all__ = ["EXPORT_FILES", "CaptionResult", "InContextModel", "SegmentationResult", "load"]

@@ -22,6 +22,8 @@ Packaged configs (configs/*.yaml) can be named without path or suffix.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -38,6 +40,10 @@ if TYPE_CHECKING:  # imported lazily at run time, see _sections()
     from unicl.vocab import VocabConfig
 
 T = TypeVar("T")
+
+
+#: what `name` may be (it becomes a folder name: runs/<name>, results/<name>)
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
 
 
 class ConfigError(ValueError):
@@ -95,6 +101,11 @@ class UniclConfig:
     deepspeed: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not _NAME.fullmatch(self.name):
+            raise ConfigError(
+                f"name: {self.name!r} must be a plain folder name (letters, digits, '.', '_', "
+                "'-'; not starting with '.'): it names the run's folder under runs/"
+            )
         for name, options in self.tasks.items():
             parallel = (options or {}).get("mask_decoding") == "parallel"
             if parallel and not getattr(self.model, "attribute_embedding", True):
@@ -171,6 +182,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected float, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -249,9 +262,11 @@ def resolve_config_path(path_or_name: str | Path, relative_to: Path | None = Non
     for candidate in candidates:
         if candidate.is_file():
             return candidate
+    # only a bare name means a packaged config: a missing path is an error, never a stand-in
+    bare = path.parent == Path(".")
     name = path.name[:-5] if path.name.endswith(".yaml") else path.name
     packaged = resources.files("unicl.configs") / f"{name}.yaml"
-    if packaged.is_file():
+    if bare and packaged.is_file():
         return Path(str(packaged))
     raise ConfigError(
         f"config {str(path_or_name)!r} not found; give a YAML path or one of the packaged "

@@ -13,7 +13,7 @@ codes are computed once, batched, and stored:
 `key` hashes everything the codes depend on: the tokenizer's identity (name,
 options, and the codes it gives a fixed probe image, so other weights never reuse
 stale codes), the task's view options, the seed, V, and the records themselves
-(ids, image files, their sizes and modification times). Training then samples
+(ids, annotations, image files, their sizes and modification times). Training then samples
 among the cached views; an episode is built without touching a pixel.
 
 `TaskStream.examples(start, count)` is deterministic in the sample index:
@@ -104,9 +104,13 @@ def tokenizer_identity(tokenizer: Any, image_size: int) -> str:
 
 
 def _records_identity(records: Sequence[tuple[str, Any]]) -> str:
+    """sha256 of every record's annotation (masks, boxes, phrases) and its image file's
+    size and modification time: the cached codes depend on all of them."""
     h = hashlib.sha256()
     for rid, record in records:
         h.update(rid.encode())
+        content = dataclasses.asdict(record) if dataclasses.is_dataclass(record) else record
+        h.update(json.dumps(content, sort_keys=True, default=repr).encode())
         path = Path(str(getattr(record, "image_path", "")))
         try:
             st = path.stat()

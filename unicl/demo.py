@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from unicl.ownership import claim, require_own
+
 #: side of one grid cell in pixels
 CELL = 112
 #: overlay colour of masks in the grid (RGB) and its opacity
@@ -151,14 +153,10 @@ def run_finished(run_dir: Path, steps: int) -> bool:
 
 
 def _clear_run(run_dir: Path) -> None:
-    """Remove a previous run for --retrain (only something that looks like a run)."""
-    if not run_dir.exists():
-        return
-    if not ((run_dir / "run.json").exists() or (run_dir / "checkpoints").is_dir()):
-        raise ValueError(
-            f"--retrain: {run_dir} exists but is not a training run directory; choose another --run"
-        )
-    shutil.rmtree(run_dir)
+    """Remove a previous run for --retrain (only a run directory unicl wrote)."""
+    require_own(run_dir, "run", "--retrain --run")
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
 
 
 def run_demo(opts: DemoOptions | None = None) -> Path:
@@ -179,6 +177,7 @@ def run_demo(opts: DemoOptions | None = None) -> Path:
     torch.set_flush_denormal(True)
     started = time.perf_counter()
 
+    require_own(out, "results", "--out")  # before any work, so a wrong --out costs nothing
     _say(f"1/4 shapes world in {cfg.data.root}")
     ensure_world(cfg.data)
     if opts.retrain:
@@ -205,7 +204,7 @@ def _evaluate_and_write(model, run_dir: Path, out: Path, name: str, opts, starte
         if task in model.engine.tasks
     }
     _say(f"4/4 writing {out}")
-    out.mkdir(parents=True, exist_ok=True)
+    claim(out, "results", "--out")
     write_metrics(tables, out, name)
     if "segmentation" in tables:
         rows = grid_rows(model, _episodes_dir(run_dir, opts), max(opts.shots))

@@ -166,6 +166,7 @@ def ensure_episode_files(engine: Any, directory: Path, opts: EvalOptions, max_sh
     """The episode files (made once with tasks/episodes.py, then reused)."""
     from unicl.tasks.episodes import write_episode_files
 
+    check_shots(opts.shots, max_shots)  # before the (slow) world and episode files
     if not any(directory.glob("*.json")):
         write_episode_files(
             engine.tasks,

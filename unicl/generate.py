@@ -13,7 +13,8 @@ values are copied into every row of the batch cache, instead of being recomputed
 
 Only the allowed rows of the output head are evaluated, so a 1024-code mask segment costs 1/50 of
 the full 52k-wide head per step. Decoding: greedy (temperature 0), or sampling with temperature,
-top-k and top-p (nucleus).
+top-k and top-p (nucleus); `sampling_options` is the one check of these options, for `Sampling`
+and for the public API's keyword arguments.
 `use_cache=False` recomputes the whole sequence each step: the reference the cache is tested
 against (same tokens, same probabilities up to float rounding).
 
@@ -23,8 +24,10 @@ Letters: B queries, P prefix tokens, Q longest query, G generated tokens, V voca
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from typing import NamedTuple
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 
@@ -64,6 +67,62 @@ class SegmentSpec:
         return self.length if self.length is not None else self.max_length
 
 
+#: the sampling options of the public API and their defaults (`sampling_options`)
+SAMPLING_DEFAULTS = {
+    "temperature": 0.0,
+    "top_k": None,
+    "top_p": None,
+    "seed": 0,
+    "max_tokens": None,
+}
+#: option -> (an int?, may be None?, its allowed values, how the messages describe them)
+_SAMPLING_RULES = {
+    "temperature": (False, False, lambda v: v >= 0, "a finite number >= 0"),
+    "top_k": (True, True, lambda v: v >= 1, "an int >= 1 or None"),
+    "top_p": (False, True, lambda v: 0 < v <= 1, "a number in (0, 1] or None"),
+    # the seeds torch.Generator.manual_seed takes
+    "seed": (True, False, lambda v: -(2**63) <= v < 2**64, "an int in [-2**63, 2**64)"),
+    "max_tokens": (True, True, lambda v: v >= 1, "an int >= 1 or None"),
+}
+
+
+def _is_number(value: object, integer: bool) -> bool:
+    """An int (numpy's too, not a bool) or, unless `integer`, a float."""
+    kind = numbers.Integral if integer else numbers.Real
+    return isinstance(value, kind) and not isinstance(value, bool)
+
+
+def sampling_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Sampling keyword arguments checked and completed with SAMPLING_DEFAULTS.
+
+    The one check of sampling options, for the public API (Engine.sampling) and
+    `Sampling`. temperature: a finite number >= 0 (0 = greedy); top_k: an int >= 1
+    or None; top_p: a number in (0, 1] or None; seed: an int (None = the default);
+    max_tokens: an int >= 1 or None (caps free-length answers, the stop tag included).
+    A bool is not a number here. An unknown option or a wrong type is a TypeError, a
+    value out of range (inf and NaN included) a ValueError; both name the option.
+    Values come back as Python ints and floats.
+    """
+    unknown = sorted(set(options) - set(SAMPLING_DEFAULTS))
+    if unknown:
+        raise TypeError(
+            f"unknown sampling option(s) {unknown}; valid: {', '.join(SAMPLING_DEFAULTS)}"
+        )
+    out = {**SAMPLING_DEFAULTS, **options}
+    if out["seed"] is None:
+        out["seed"] = SAMPLING_DEFAULTS["seed"]
+    for name, (integer, optional, allowed, described) in _SAMPLING_RULES.items():
+        value = out[name]
+        if value is None and optional:
+            continue
+        if not _is_number(value, integer):
+            raise TypeError(f"{name} must be {described}, got {value!r}")
+        if not ((integer or math.isfinite(value)) and allowed(value)):
+            raise ValueError(f"{name} must be {described}, got {value!r}")
+        out[name] = int(value) if integer else float(value)
+    return out
+
+
 @dataclasses.dataclass
 class Sampling:
     """How the next token is picked from the (constrained) distribution."""
@@ -76,12 +135,12 @@ class Sampling:
     top_p: float | None = None
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
-        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must lie in (0, 1] or be None, got {self.top_p}")
+        checked = sampling_options(
+            {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
+        )
+        self.temperature, self.top_k, self.top_p = (
+            checked[name] for name in ("temperature", "top_k", "top_p")
+        )
 
 
 class Prompt(NamedTuple):

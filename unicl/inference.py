@@ -31,12 +31,8 @@ import numpy as np
 import torch
 
 from unicl.inputs import ImageItem, caption_record, segmentation_record
+from unicl.model_files import ModelFiles, write_export
 
-#: files of an exported model directory (`unicl export`); tokenizers/<name>/ come too
-CONFIG_FILE = "config.yaml"
-WEIGHTS_FILE = "model.safetensors"
-TOKENIZER_DIR = "tokenizers"
-EXPORT_FILES = (CONFIG_FILE, WEIGHTS_FILE)
 #: decoded mask images are thresholded at this grey level (PAPER.md "Tasks")
 MASK_THRESHOLD = 127.0
 #: image ids of user images (demonstrations count up from 1, queries from here)
@@ -57,49 +53,6 @@ class GeneratedAnswer:
 # --------------------------------------------------------------------------- #
 # model directories
 # --------------------------------------------------------------------------- #
-
-
-def resolve_model_dir(path: str | Path) -> Path:
-    """An exported model directory for `path` (an export, or a run whose weights are exported).
-
-    FileNotFoundError names the missing directory or file.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"model directory not found: {path}")
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} is not a directory (expected a run or an exported model)")
-    if (path / WEIGHTS_FILE).is_file() or not _is_run_dir(path):
-        check_model_dir(path)
-        return path
-    from unicl.training import export as training_export
-
-    return Path(training_export.latest_export(path))
-
-
-def _is_run_dir(path: Path) -> bool:
-    """Does `path` look like a training run directory (rather than an export)?"""
-    return any((path / name).exists() for name in ("checkpoints", "run.json", "train_state.json"))
-
-
-def check_model_dir(path: Path) -> None:
-    """Every file an exported model needs is there, or FileNotFoundError naming it."""
-    for name in EXPORT_FILES:
-        if not (path / name).is_file():
-            raise FileNotFoundError(
-                f"{path / name} is missing: an exported model directory holds "
-                f"{', '.join(EXPORT_FILES)} and {TOKENIZER_DIR}/<name>/ (see `unicl export`)"
-            )
-    from unicl.config import load_config
-
-    cfg = load_config(path / CONFIG_FILE)
-    for spec in cfg.tokenizers:
-        tok_file = path / TOKENIZER_DIR / str(spec.get("name")) / "tokenizer.json"
-        if not tok_file.is_file():
-            raise FileNotFoundError(
-                f"{tok_file} is missing: the model's config names tokenizer "
-                f"{spec.get('name')!r}, whose files belong in {tok_file.parent}"
-            )
 
 
 @contextlib.contextmanager
@@ -136,26 +89,74 @@ def _load_tokenizer(directory: Path, device: torch.device) -> Any:
     return build_tokenizer({"name": spec["name"], **options}, base_dir=directory)
 
 
+def _on_device(tokenizer: Any, device: torch.device) -> Any:
+    """`tokenizer` rebuilt to run its network on `device` (if it has a device option)."""
+    from unicl.tokenizers.base import build_tokenizer
+
+    options = tokenizer.options()
+    if "device" not in options or options["device"] == str(device):
+        return tokenizer
+    return build_tokenizer({"name": tokenizer.name, **options, "device": str(device)})
+
+
 def pick_device(device: str | torch.device | None) -> torch.device:
+    """`device=` as a torch device this machine has; default CUDA when available, else CPU.
+
+    An unknown name, or CUDA / MPS where there is none, is a ValueError naming the
+    argument and the devices there are.
+    """
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(
+            f"device: expected a device name such as 'cpu' or 'cuda:0', or a torch.device, "
+            f"got {device!r}"
+        )
+    mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    valid = ["cpu", *(["cuda"] if cuda else []), *(f"cuda:{i}" for i in range(cuda))]
+    valid += ["mps"] if mps else []
+    there = f"devices here: {', '.join(valid)}"
     try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device: {device!r} is not a torch device ({err})") from err
+        parsed = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"device: {device!r} is not a device name; {there}") from err
+    if parsed.type == "cuda" and not cuda:
+        raise ValueError(f"device: {device!r} needs CUDA, which this machine lacks; {there}")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= cuda:
+        raise ValueError(f"device: {device!r} does not exist ({cuda} CUDA devices); {there}")
+    if parsed.type == "mps" and not mps:
+        raise ValueError(f"device: {device!r} needs Apple's MPS, which this machine lacks; {there}")
+    if parsed.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device: {device!r} is not supported; {there}")
+    return parsed
 
 
 def pick_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """`dtype=` as the parameters' floating dtype; default float32.
+
+    Names as torch spells them ("bfloat16", "torch.float16", "half"); anything else,
+    an integer dtype included, is an error naming the argument and the valid names.
+    """
+    names = {
+        "float32": torch.float32,
+        "float": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "float16": torch.float16,
+        "half": torch.float16,
+        "float64": torch.float64,
+        "double": torch.float64,
+    }
     if dtype is None:
         return torch.float32
-    if isinstance(dtype, torch.dtype):
+    if isinstance(dtype, torch.dtype) and dtype in names.values():
         return dtype
-    value = getattr(torch, str(dtype), None)
-    if not isinstance(value, torch.dtype) or not value.is_floating_point:
-        raise ValueError(
-            f"dtype: expected a floating torch dtype name (e.g. 'bfloat16'), got {dtype!r}"
-        )
-    return value
+    if isinstance(dtype, str) and dtype.removeprefix("torch.") in names:
+        return names[dtype.removeprefix("torch.")]
+    valid = f"valid: {', '.join(names)} (as names or torch dtypes)"
+    if not isinstance(dtype, (str, torch.dtype)):
+        raise TypeError(f"dtype: expected a dtype name or a torch.dtype, got {dtype!r}; {valid}")
+    raise ValueError(f"dtype: {dtype!r} is not a parameter dtype; {valid}")
 
 
 def unapply_grey(grey: np.ndarray, view: Any, height: int, width: int) -> np.ndarray:
@@ -198,32 +199,36 @@ class Engine:
         self.packer = build_packer(cfg, vocab, self.tasks)
 
     @classmethod
-    def from_dir(
+    def from_files(
         cls,
-        model_dir: Path,
+        files: ModelFiles,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype | None = None,
+        allow_plugins: bool = False,
     ) -> Engine:
-        """Build from an exported directory (checked by `check_model_dir`)."""
-        from safetensors.torch import load_file
+        """Build from what `read_model` read (an export or a run's latest checkpoint).
 
-        from unicl.config import load_config
+        `allow_plugins`: import the plugin modules the model's config names (unicl/plugins.py).
+        """
+        from unicl.config import UniclConfig, from_dict
         from unicl.model import build_model
         from unicl.plugins import import_plugins
         from unicl.sequence import num_attributes
+        from unicl.tokenizers.base import build_tokenizer
         from unicl.vocab import Vocabulary
 
-        model_dir = Path(model_dir)
-        check_model_dir(model_dir)
         device, dtype = pick_device(device), pick_dtype(dtype)
         if device.type == "cpu":
             torch.set_flush_denormal(True)  # denormals make CPU matmuls ~100x slower
-        cfg = load_config(model_dir / CONFIG_FILE)
-        import_plugins(cfg.plugins)
-        tokenizers = [
-            _load_tokenizer(model_dir / TOKENIZER_DIR / str(spec["name"]), device)
-            for spec in cfg.tokenizers
-        ]
+        cfg = from_dict(UniclConfig, files.config)
+        import_plugins(cfg.plugins, allow=allow_plugins, source=files.source)
+        if files.tokenizer_dirs is None:  # a run: tokenizers as its config builds them
+            tokenizers = [_on_device(build_tokenizer(spec), device) for spec in cfg.tokenizers]
+        else:
+            tokenizers = [
+                _load_tokenizer(files.tokenizer_dirs[str(spec["name"])], device)
+                for spec in cfg.tokenizers
+            ]
         vocab = Vocabulary(tokenizers, cfg.vocab)
         model = build_model(
             cfg.model,
@@ -231,16 +236,15 @@ class Engine:
             num_attributes(vocab, sorted(cfg.tasks)),
             vocab.code_features() if cfg.model.code_features else None,
         )
-        state = load_file(str(model_dir / WEIGHTS_FILE))
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing, unexpected = model.load_state_dict(files.state, strict=False)
         if missing or unexpected:
             raise ValueError(
-                f"{model_dir / WEIGHTS_FILE} does not match the model its config describes: "
+                f"{files.source}: the weights do not match the model its config describes: "
                 f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
             )
         model = model.to(device=device, dtype=dtype).eval()
         engine = cls(cfg, vocab, model, device)
-        engine.model_dir = model_dir
+        engine.model_dir = files.source
         return engine
 
     def describe(self) -> str:
@@ -258,26 +262,14 @@ class Engine:
     # ---- prompts ------------------------------------------------------------- #
 
     def sampling(self, options: dict[str, Any]) -> dict[str, Any]:
-        """Check sampling keyword arguments (temperature, top_k, top_p, seed, max_tokens).
+        """Check sampling keyword arguments (unicl/generate.py `sampling_options`).
 
         `max_tokens` caps free-length answers (captions; the stop tag included);
         None keeps the prompt layout's own limit.
         """
-        known = {"temperature": 0.0, "top_k": None, "top_p": None, "seed": 0, "max_tokens": None}
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            raise TypeError(f"unknown sampling option(s) {unknown}; valid: {', '.join(known)}")
-        out = {**known, **{k: v for k, v in options.items() if v is not None or k != "seed"}}
-        if not isinstance(out["temperature"], (int, float)) or out["temperature"] < 0:
-            raise ValueError(f"temperature must be a number >= 0, got {out['temperature']!r}")
-        if out["top_k"] is not None and (not isinstance(out["top_k"], int) or out["top_k"] < 1):
-            raise ValueError(f"top_k must be a positive int or None, got {out['top_k']!r}")
-        cap = out["max_tokens"]
-        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
-            raise ValueError(f"max_tokens must be a positive int or None, got {cap!r}")
-        if out["top_p"] is not None and not 0 < float(out["top_p"]) <= 1:
-            raise ValueError(f"top_p must lie in (0, 1], got {out['top_p']!r}")
-        return out
+        from unicl.generate import sampling_options
+
+        return sampling_options(options)
 
     def query_view(self, task: Any, height: int, width: int) -> Any:
         """A user query's view: the whole image padded to a square (no mask to centre on)."""
@@ -524,17 +516,11 @@ def _common_prefix(prompts: Sequence[Any]) -> int:
 def save_model(cfg: Any, model: torch.nn.Module, vocab: Any, out_dir: str | Path) -> Path:
     """Write an in-memory model as an exported directory that `unicl.load` reads.
 
-    The same layout as `unicl export` (config.yaml, model.safetensors,
-    tokenizers/<name>/), for models that never went through a training run: a
-    model trained in a notebook, or a randomly initialised one for speed tests.
+    The same format as `unicl export` (unicl/model_files.py), for models that never went
+    through a training run: a model trained in a notebook, or a randomly initialised one
+    for speed tests.
     """
-    from unicl.config import save_config
-    from unicl.training.export import save_weights
+    from unicl.config import to_dict
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / CONFIG_FILE)
-    save_weights(model.state_dict(), out / WEIGHTS_FILE)
-    for name, tok in vocab.tokenizers.items():
-        tok.save(out / TOKENIZER_DIR / name)
-    return out
+    files = ModelFiles(Path(out_dir), to_dict(cfg), model.state_dict(), None)
+    return write_export(files, dict(vocab.tokenizers), out_dir)

@@ -1,12 +1,20 @@
 """Coercion and validation of what researchers hand to the public API.
 
 The API (unicl/api.py, DESIGN.md "Public Python API") accepts images as PIL
-images, (H, W, 3) uint8 arrays or file paths; masks as (H, W) bool or 0-255
-arrays, PIL images or paths; boxes as (x0, y0, x1, y1) in the pixels of their
-image. Everything is checked here, before any tokenizer or model sees it, so a
-mistake is reported as a ValueError / TypeError / FileNotFoundError that names
-the argument (`demos[1][0]`, `query`, `box`), never as a traceback from deep
-inside the model.
+images, arrays or file paths; masks as (H, W) arrays, PIL images or paths; boxes
+as (x0, y0, x1, y1) in the pixels of their image. Everything is checked here,
+before any tokenizer or model sees it, so a mistake is reported as a ValueError /
+TypeError / FileNotFoundError that names the argument (`demos[1][0]`, `query`,
+`box`), never as a traceback from deep inside the model, and never turned into a
+plausible but wrong answer:
+
+- images: uint8 as is, uint16 (16-bit PNGs) scaled to 0-255, floats in [0, 1],
+  grey or RGB, an alpha channel only when fully opaque (tasks/records.py
+  `rgb_pixels`, shared with the dataset readers);
+- masks: bool, integers whose values lie within {0, 1}, {0, 255} or {0, 65535},
+  floats in [0, 1] (> 0.5 is foreground); any other value set, a label map such
+  as {0, 2} included, is refused with the values found;
+- a demonstration's mask must show the object (at least one foreground pixel).
 """
 
 from __future__ import annotations
@@ -19,15 +27,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from unicl.tasks.records import CaptionRecord, SegmentationRecord
+from unicl.tasks.records import (
+    CaptionRecord,
+    SegmentationRecord,
+    drop_alpha,
+    image_pixels,
+    read_image,
+    rgb_pixels,
+)
 
 Box = tuple[float, float, float, float]  # (x0, y0, x1, y1) in pixels
 
 #: What an image argument may be, for error messages.
-IMAGE_KINDS = "a PIL image, an (H, W, 3) uint8 array or an image file path"
-MASK_KINDS = "an (H, W) bool or 0-255 uint8 array, a PIL image or an image file path"
+IMAGE_KINDS = (
+    "a PIL image, an (H, W, 3) or (H, W) array (uint8, uint16, or float in [0, 1]) "
+    "or an image file path"
+)
+MASK_KINDS = (
+    "an (H, W) array (bool, 0/1, 0/255 or float in [0, 1]), a PIL image or an image file path"
+)
+#: integer mask values read as binary (background, foreground)
+MASK_LEVELS = ((0, 1), (0, 255), (0, 65535))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,97 +69,87 @@ class CaptionDemo:
     text: str
 
 
-def _open_path(value: str | os.PathLike, name: str) -> Image.Image:
-    """A file path opened as a PIL image (fully loaded), or a clear error naming `name`."""
-    path = Path(value)
-    if not path.exists():
-        raise FileNotFoundError(f"{name}: file not found: {path}")
-    if not path.is_file():
-        raise ValueError(f"{name}: {path} is not a file")
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return im.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"{name}: {path} is not a readable image file ({err})") from err
+def _pixels(value: Any, name: str, kinds: str) -> tuple[np.ndarray, str]:
+    """An image-like argument as (pixels in their own range, what they came from)."""
+    if isinstance(value, (str, os.PathLike)):
+        pixels, mode = read_image(value, name)
+        return pixels, f"file {Path(value)} (mode {mode!r})"
+    if isinstance(value, Image.Image):
+        return image_pixels(value), f"the PIL image (mode {value.mode!r})"
+    if isinstance(value, np.ndarray):
+        return value, f"the {value.dtype} array"
+    raise TypeError(f"{name}: expected {kinds}, got {type(value).__name__}")
 
 
 def to_image(value: Any, name: str = "image") -> np.ndarray:
-    """`value` as an (H, W, 3) uint8 RGB array.
+    """`value` as an (H, W, 3) uint8 RGB array, or a TypeError/ValueError naming `name`.
 
-    Accepts PIL images (any mode; converted to RGB), (H, W, 3) uint8 arrays and
-    paths. Grey (H, W) uint8 arrays are repeated to 3 channels. Anything else is a
-    TypeError/ValueError naming `name`.
+    PIL images of any mode, paths and arrays, converted by `rgb_pixels` (see the
+    module docstring): 16-bit images are scaled, not clipped; transparency, NaN and
+    arrays of unknown range are refused.
     """
-    if isinstance(value, (str, os.PathLike)):
-        value = _open_path(value, name)
-    if isinstance(value, Image.Image):
-        array = np.asarray(value.convert("RGB"))  # (H, W, 3)
-    elif isinstance(value, np.ndarray):
-        if value.dtype != np.uint8:
-            raise TypeError(
-                f"{name}: image arrays must be uint8 (0-255), got dtype {value.dtype}; "
-                "convert float images with (x * 255).round().astype(np.uint8)"
-            )
-        if value.ndim == 2:
-            array = np.repeat(value[:, :, None], 3, axis=2)  # (H, W, 3)
-        elif value.ndim == 3 and value.shape[2] == 3:
-            array = value
-        else:
+    pixels, source = _pixels(value, name, IMAGE_KINDS)
+    return rgb_pixels(pixels, name, source)
+
+
+def _mask_levels(mask: np.ndarray, name: str, source: str) -> np.ndarray:
+    """Mask values -> bool, element by element, by the rules of the module docstring."""
+    if mask.dtype == np.bool_:
+        return mask
+    accepted = (
+        "bool, integers within {0, 1}, {0, 255} or {0, 65535}, or floats in [0, 1] "
+        "(> 0.5 is foreground); for a label map pass (labels == k)"
+    )
+    if np.issubdtype(mask.dtype, np.floating):
+        if not np.isfinite(mask).all():
+            raise ValueError(f"{name}: mask has NaN or infinite values; accepted: {accepted}")
+        low, high = float(mask.min()), float(mask.max())
+        if low < 0.0 or high > 1.0:
             raise ValueError(
-                f"{name}: image arrays must have shape (H, W, 3), got {tuple(value.shape)}"
+                f"{name}: float mask values lie in {low:g}..{high:g}, not in [0, 1]; "
+                f"accepted: {accepted}"
             )
-    else:
-        raise TypeError(f"{name}: expected {IMAGE_KINDS}, got {type(value).__name__}")
-    if array.shape[0] < 1 or array.shape[1] < 1:
-        raise ValueError(f"{name}: image is empty (shape {tuple(array.shape)})")
-    return np.ascontiguousarray(array)
+        return mask > 0.5
+    if not np.issubdtype(mask.dtype, np.integer):
+        raise ValueError(
+            f"{name}: {source} is not a mask (dtype {mask.dtype}); accepted: {accepted}"
+        )
+    values = np.unique(mask)
+    for background, foreground in MASK_LEVELS:
+        if np.isin(values, (background, foreground)).all():
+            return mask == foreground
+    shown = ", ".join(str(v) for v in values[:8]) + (", ..." if len(values) > 8 else "")
+    raise ValueError(f"{name}: mask values {{{shown}}} are not a binary mask; accepted: {accepted}")
 
 
 def to_mask(value: Any, name: str = "mask", size: tuple[int, int] | None = None) -> np.ndarray:
     """`value` as an (H, W) bool mask; `size` = (H, W) of its image, checked if given.
 
-    bool arrays are taken as they are; integer arrays whose values are all 0/1 are
-    taken as 0/1 masks, other uint8 arrays (0-255) and PIL images are thresholded
-    at 127 (PAPER.md: masks are 0/255 images). An (H, W, 3) array or RGB image is
-    reduced to its channel mean first.
+    Values follow the module docstring ({0, 2} is an error, not an empty mask). PIL
+    images and files are read with their own values (an "L" PNG of 0/1 is a 0/1
+    mask); (H, W, C) masks must have equal colour channels and an opaque alpha.
     """
-    if isinstance(value, (str, os.PathLike)):
-        value = _open_path(value, name)
-    if isinstance(value, Image.Image):
-        mask = np.asarray(value.convert("L")) > 127  # (H, W)
-    elif isinstance(value, np.ndarray):
-        array = value
-        if array.ndim == 3 and array.shape[2] in (1, 3):
-            if array.dtype == np.bool_:
-                array = array.any(axis=2)
-            else:
-                array = array.mean(axis=2)  # (H, W) float
-                array = array.round().astype(np.uint8) if value.dtype == np.uint8 else array
-        if array.ndim != 2:
+    mask, source = _pixels(value, name, MASK_KINDS)
+    if mask.ndim == 3 and mask.shape[2] in (2, 4):
+        mask = drop_alpha(mask, name, source)
+    if mask.ndim not in (2, 3) or (mask.ndim == 3 and mask.shape[2] not in (1, 3)):
+        raise ValueError(f"{name}: mask arrays must have shape (H, W), got {tuple(mask.shape)}")
+    if mask.size == 0:
+        raise ValueError(f"{name}: mask is empty (shape {tuple(mask.shape)})")
+    mask = _mask_levels(mask, name, source)  # (H, W) or (H, W, C) bool
+    if mask.ndim == 3:
+        if (mask != mask[:, :, :1]).any():
             raise ValueError(
-                f"{name}: mask arrays must have shape (H, W), got {tuple(value.shape)}"
+                f"{name}: {source} has colours (its channels differ); a mask is one "
+                "channel: give an (H, W) array"
             )
-        if array.dtype == np.bool_:
-            mask = array
-        elif np.issubdtype(array.dtype, np.integer):
-            if array.size and (array.min() < 0 or array.max() > 255):
-                raise ValueError(
-                    f"{name}: mask values must lie in 0-255, got {array.min()}..{array.max()}"
-                )
-            mask = array > 0 if array.size and array.max() <= 1 else array > 127
-        else:
-            raise TypeError(
-                f"{name}: mask arrays must be bool or uint8 (0/1 or 0-255), got dtype {value.dtype}"
-            )
-    else:
-        raise TypeError(f"{name}: expected {MASK_KINDS}, got {type(value).__name__}")
+        mask = mask[:, :, 0]
     if size is not None and tuple(mask.shape) != tuple(size):
         raise ValueError(
             f"{name}: mask is {mask.shape[0]}x{mask.shape[1]} (HxW) but its image is "
             f"{size[0]}x{size[1]}; a mask must have its image's size"
         )
-    return np.ascontiguousarray(mask, dtype=bool)
+    return np.ascontiguousarray(mask)
 
 
 def to_box(value: Any, name: str, height: int, width: int) -> Box:
@@ -146,6 +158,8 @@ def to_box(value: Any, name: str, height: int, width: int) -> Box:
         raise TypeError(f"{name}: expected a box (x0, y0, x1, y1) in pixels, got {value!r}")
     if len(value) != 4:
         raise ValueError(f"{name}: a box has 4 numbers (x0, y0, x1, y1), got {len(value)}")
+    if any(isinstance(v, (bool, np.bool_)) for v in value):
+        raise TypeError(f"{name}: box coordinates must be numbers, not bools, got {value!r}")
     try:
         x0, y0, x1, y1 = (float(v) for v in value)
     except (TypeError, ValueError) as err:
@@ -175,7 +189,9 @@ def to_category(value: Any, name: str = "category") -> str | None:
     """None or a non-empty category name."""
     if value is None:
         return None
-    if not isinstance(value, str) or not value.strip():
+    if not isinstance(value, str):
+        raise TypeError(f"{name}: expected a category name (str) or None, got {value!r}")
+    if not value.strip():
         raise ValueError(f"{name}: expected a category name (non-empty str) or None, got {value!r}")
     return value.strip()
 
@@ -198,11 +214,21 @@ def _demo_items(demos: Any, name: str, arity: int, form: str) -> list[Sequence[A
 
 
 def segmentation_demos(demos: Any, name: str = "demos") -> list[SegmentationDemo]:
-    """Check a list of (image, mask) demonstrations."""
+    """Check a list of (image, mask) demonstrations.
+
+    A demonstration shows the object: an all-background mask is an error (the
+    model is trained on demonstrations that contain their category; a blank mask
+    is almost always a mask read wrongly).
+    """
     out = []
     for i, (image, mask) in enumerate(_demo_items(demos, name, 2, "(image, mask)")):
         image = to_image(image, f"{name}[{i}][0]")
         mask = to_mask(mask, f"{name}[{i}][1]", size=image.shape[:2])
+        if not mask.any():
+            raise ValueError(
+                f"{name}[{i}][1]: mask has no foreground pixel; a demonstration must show "
+                "the object (use category= alone for a prompt without demonstrations)"
+            )
         out.append(SegmentationDemo(image, mask))
     return out
 

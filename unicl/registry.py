@@ -12,8 +12,9 @@ register themselves at import time with the decorator; configs then name them:
 
 Each registry carries the contract its entries must follow (shown by
 `help(REG)` and in every error), so a plugin author finds the rules where the
-error points. A duplicate name or an unknown name is a `RegistryError` that lists
-the valid names; wrong constructor arguments name the offending keyword.
+error points. A duplicate name or an unknown name is a `RegistryError` (a
+ValueError) that lists the valid names; wrong constructor arguments name the
+offending keyword (TypeError).
 """
 
 from __future__ import annotations
@@ -25,11 +26,8 @@ from typing import Any, Generic, TypeVar
 T = TypeVar("T")
 
 
-class RegistryError(KeyError):
-    """Unknown or duplicate registry name (a KeyError whose message reads well)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
+class RegistryError(ValueError):
+    """Unknown, duplicate or malformed registry name: a bad value in a config or a call."""
 
 
 class Registry(Generic[T]):
@@ -42,7 +40,9 @@ class Registry(Generic[T]):
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator: add the decorated class under `name`; names are unique."""
-        if not isinstance(name, str) or not name:
+        if not isinstance(name, str):
+            raise TypeError(f"{self.kind} names must be strings, got {name!r}")
+        if not name:
             raise RegistryError(f"{self.kind} names must be non-empty strings, got {name!r}")
 
         def add(obj: T) -> T:
@@ -60,13 +60,12 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """The entry registered under `name`; unknown names list the valid ones."""
-        try:
+        if isinstance(name, str) and name in self._entries:
             return self._entries[name]
-        except KeyError:
-            valid = ", ".join(self.names()) or "(none registered)"
-            raise RegistryError(
-                f"unknown {self.kind} {name!r}; valid {self.kind} names: {valid}"
-            ) from None
+        valid = f"valid {self.kind} names: {', '.join(self.names()) or '(none registered)'}"
+        if not isinstance(name, str):
+            raise TypeError(f"{self.kind} names are strings, got {name!r}; {valid}")
+        raise RegistryError(f"unknown {self.kind} {name!r}; {valid}")
 
     def build(self, name: str, **kwargs: Any) -> Any:
         """Construct the entry `name` with `kwargs`; a bad keyword is named in the error."""

@@ -83,7 +83,7 @@ def test_bad_input():
     tok = MaskBitsTokenizer()
     with pytest.raises(TypeError, match="bool or uint8"):
         tok.encode(np.zeros((64, 64), np.float32))
-    with pytest.raises(ValueError, match="only 0/1"):
+    with pytest.raises(ValueError, match="must hold only 0 and 255"):
         tok.encode(np.ones((64, 64), np.uint8))
     with pytest.raises(ValueError, match="outside the tokenizer's range"):
         tok.decode([16] * 64)

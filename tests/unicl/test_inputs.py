@@ -59,9 +59,11 @@ def test_non_image_file(tmp_path):
 
 
 def test_bad_image_arrays():
-    with pytest.raises(TypeError, match="query: image arrays must be uint8"):
-        inputs.to_image(np.zeros((4, 4, 3), np.float32), "query")
-    with pytest.raises(ValueError, match=r"query: .*\(H, W, 3\)"):
+    # floats in [0, 1] are images; other dtypes of unknown range are refused
+    np.testing.assert_array_equal(inputs.to_image(np.ones((4, 4, 3), np.float32), "query"), 255)
+    with pytest.raises(ValueError, match="query: .*int64 pixels, whose range is unknown"):
+        inputs.to_image(np.zeros((4, 4, 3), np.int64), "query")
+    with pytest.raises(ValueError, match=r"query: .*\(H, W, C\) with C in 1-4"):
         inputs.to_image(np.zeros((4, 4, 5), np.uint8), "query")
     with pytest.raises(TypeError, match="query: expected a PIL image"):
         inputs.to_image(42, "query")
@@ -73,9 +75,11 @@ def test_mask_size_mismatch():
 
 
 def test_mask_bad_dtype_and_range():
-    with pytest.raises(TypeError, match="mask arrays must be bool or uint8"):
-        inputs.to_mask(np.zeros((4, 4), np.float32), "mask")
-    with pytest.raises(ValueError, match="0-255"):
+    # float masks in [0, 1] are thresholded at 0.5; values outside are refused
+    assert not inputs.to_mask(np.full((4, 4), 0.4, np.float32), "mask").any()
+    with pytest.raises(ValueError, match=r"mask: float mask values lie in 2..2, not in \[0, 1\]"):
+        inputs.to_mask(np.full((4, 4), 2.0, np.float32), "mask")
+    with pytest.raises(ValueError, match=r"mask: mask values \{300\} are not a binary mask"):
         inputs.to_mask(np.full((4, 4), 300, np.int32), "mask")
 
 

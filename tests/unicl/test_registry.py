@@ -34,8 +34,9 @@ def test_unknown_name_lists_valid_names(reg):
     expected = r"unknown widget 'heart'; valid widget names: circle, star"
     with pytest.raises(RegistryError, match=expected):
         reg.get("heart")
-    with pytest.raises(KeyError):  # RegistryError is a KeyError for callers that catch those
+    with pytest.raises(ValueError, match=expected) as caught:  # a bad value, not a lookup bug
         reg.build("heart")
+    assert not isinstance(caught.value, KeyError)
 
 
 def test_duplicate_name_is_an_error(reg):
@@ -65,6 +66,8 @@ def test_unknown_option_is_named(reg):
 def test_bad_names(reg):
     with pytest.raises(RegistryError):
         reg.register("")
+    with pytest.raises(TypeError, match="widget names must be strings"):
+        reg.register(3)
 
 
 def test_package_registries_exist():

@@ -55,7 +55,7 @@ def run_cfg(base, run_dir, *extra):
 def test_train_resume_and_export(base, tmp_path):
     from safetensors.torch import load_file
 
-    from unicl.commands import export as export_cmd
+    from unicl import cli
 
     run = tmp_path / "run"
     first = train(run_cfg(base, run, "train.steps=2"), progress=False)
@@ -69,8 +69,7 @@ def test_train_resume_and_export(base, tmp_path):
     assert more.start_step == 2 and [s.step for s in more.history] == [2]
 
     out = tmp_path / "exported"
-    args = export_cmd.argparse.Namespace(run=str(run), out=str(out), tag=None)
-    assert export_cmd.main(args) == 0
+    assert cli.main(["export", str(run), str(out)]) == 0
     cfg = load_config(out / "config.yaml")
     for spec in cfg.tokenizers:
         assert (out / "tokenizers" / spec["name"] / "tokenizer.json").is_file()

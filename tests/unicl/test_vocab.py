@@ -134,7 +134,7 @@ def test_import_plugins_errors():
 
 
 def test_unknown_tokenizer_lists_valid_names():
-    with pytest.raises(KeyError, match="valid tokenizer names: .*bins.*gpt2.*vqgan"):
+    with pytest.raises(ValueError, match="valid tokenizer names: .*bins.*gpt2.*vqgan"):
         Vocabulary.from_config(from_dict(UniclConfig, {"tokenizers": [{"name": "audio"}]}))
     with pytest.raises(TypeError, match="unknown option"):
         build_tokenizer({"name": "bins", "bogus": 1})

@@ -1,1 +1,100 @@
-"""Subcommands of the `unicl` CLI, one module each (see unicl/cli.py)."""
+"""Subcommands of the `unicl` CLI, one module each (see unicl/cli.py), and the argument types
+they share.
+
+The types are argparse `type=` callables: a bad value is rejected while the command line is
+parsed, before any slow work, as `unicl COMMAND: error: argument --NAME: WHAT` (exit 2). The
+path types only check: they return the text as given.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (counts, sizes, threads, workers)."""
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An integer >= 0 (seeds, counts where 0 has a meaning)."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def existing_file(text: str) -> str:
+    """A file that must exist (an input)."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"file not found: {text}")
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"{text} is not a file")
+    return text
+
+
+def existing_dir(text: str) -> str:
+    """A directory that must exist (an input)."""
+    path = Path(text)
+    if not path.is_dir():
+        what = "is not a directory" if path.exists() else "directory not found"
+        raise argparse.ArgumentTypeError(f"{text}: {what}")
+    return text
+
+
+def output_dir(text: str) -> str:
+    """A directory to write into: it may be missing, but must not be a file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} exists and is not a directory")
+    return text
+
+
+def output_file(text: str) -> str:
+    """A file to write: it may be missing, but must not be a directory."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory, expected a file name")
+    return text
+
+
+def torch_device(text: str) -> str:
+    """A torch device name (`cpu`, `cuda`, `cuda:1`, ...) that exists on this machine."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device ({err})") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(
+                f"{text!r} asked for, but CUDA is not available here (use --device cpu)"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    return text
+
+
+def add_allow_plugins(parser: argparse.ArgumentParser) -> None:
+    """`--allow-plugins`: let a model folder's config import the plugin modules it names."""
+    parser.add_argument(
+        "--allow-plugins",
+        action="store_true",
+        help="import the plugin modules the model's config lists under `plugins:` (that runs "
+        "their code: only for models you trust)",
+    )

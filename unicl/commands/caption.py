@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 
+from unicl.commands import add_allow_plugins, positive_int, torch_device
+
 DEFAULT_MODEL = "runs/shapes-tiny"
 
 
@@ -22,29 +24,26 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="RUN",
         help=f"a run directory or an exported model directory (default {DEFAULT_MODEL})",
     )
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    parser.add_argument(
+        "--device", type=torch_device, default=None, help="torch device (default: cuda if present)"
+    )
+    add_allow_plugins(parser)
     parser.add_argument(
         "--temperature",
         type=float,
         default=0.0,
         help="sampling temperature (default 0 = greedy decoding)",
     )
-    parser.add_argument("--top-k", type=int, default=None, help="sample from the k likeliest ids")
+    parser.add_argument(
+        "--top-k", type=positive_int, default=None, help="sample from the k likeliest ids"
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed for sampling")
     parser.add_argument(
-        "--max-tokens", type=int, default=None, help="cap on the generated caption's tokens"
+        "--max-tokens",
+        type=positive_int,
+        default=None,
+        help="cap on the generated caption's tokens",
     )
-
-
-def report_errors(command: str, run) -> int:
-    """Run `run()`; bad input becomes one line on stderr and exit status 2, not a traceback."""
-    import sys
-
-    try:
-        return run()
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        print(f"unicl {command}: error: {err}", file=sys.stderr)
-        return 2
 
 
 def sampling_options(args: argparse.Namespace) -> dict:
@@ -59,7 +58,7 @@ def sampling_options(args: argparse.Namespace) -> dict:
 def load_model(args: argparse.Namespace):
     import unicl
 
-    return unicl.load(args.model, device=args.device)
+    return unicl.load(args.model, device=args.device, allow_plugins=args.allow_plugins)
 
 
 def _box(values: list[str], what: str) -> tuple[float, float, float, float]:
@@ -90,10 +89,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    return report_errors("caption", lambda: _run(args))
-
-
-def _run(args: argparse.Namespace) -> int:
     demos = [(d[0], _box(d[1:5], f"--demo {i + 1}"), d[5]) for i, d in enumerate(args.demo)]
     query, box = args.query[0], _box(args.query[1:], "--query")
     model = load_model(args)

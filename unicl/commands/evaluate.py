@@ -11,50 +11,77 @@ from __future__ import annotations
 
 import argparse
 
+from unicl.commands import (
+    add_allow_plugins,
+    existing_dir,
+    non_negative_int,
+    output_dir,
+    positive_int,
+    torch_device,
+)
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from unicl.tasks.data import SPLITS
+
     parser.add_argument("run", metavar="RUN", help="a run directory or an exported model")
     parser.add_argument(
         "--task", choices=("segmentation", "captioning"), default="segmentation", help="task"
     )
     parser.add_argument(
-        "--shots", type=int, nargs="+", default=[0, 1, 2, 3], help="shot counts (default 0 1 2 3)"
+        "--shots",
+        type=non_negative_int,
+        nargs="+",
+        default=[0, 1, 2, 3],
+        help="shot counts (default 0 1 2 3)",
     )
     parser.add_argument(
-        "--episodes", default=None, metavar="DIR", help="episode files (default RUN/episodes/...)"
+        "--episodes",
+        type=existing_dir,
+        default=None,
+        metavar="DIR",
+        help="episode files (default RUN/episodes/...)",
     )
-    parser.add_argument("--out", default=None, metavar="DIR", help="output (default RUN/eval)")
-    parser.add_argument("--split", default="val", help="dataset split (default val)")
-    parser.add_argument("--seed", type=int, default=0, help="episode seed (default 0)")
+    parser.add_argument(
+        "--out", type=output_dir, default=None, metavar="DIR", help="output (default RUN/eval)"
+    )
+    parser.add_argument(
+        "--split", choices=SPLITS, default="val", help="dataset split (default val)"
+    )
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="episode seed (default 0)")
     parser.add_argument(
         "--queries-per-category",
-        type=int,
+        type=non_negative_int,
         default=10,
         help="queries per category when the episode files are made (default 10; 0 = all)",
     )
     parser.add_argument(
         "--ensemble",
-        type=int,
+        type=positive_int,
         default=1,
         help="average each query's mask over this many demo sets (rotations; default 1)",
     )
-    parser.add_argument("--batch-size", type=int, default=8, help="episodes per generation batch")
-    parser.add_argument("--max-tokens", type=int, default=None, help="cap on caption tokens")
-    parser.add_argument("--no-baselines", action="store_true", help="skip the baselines")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+        "--batch-size", type=positive_int, default=8, help="episodes per generation batch"
     )
+    parser.add_argument(
+        "--max-tokens", type=positive_int, default=None, help="cap on caption tokens"
+    )
+    parser.add_argument("--no-baselines", action="store_true", help="skip the baselines")
+    parser.add_argument(
+        "--device", type=torch_device, default=None, help="torch device (default: cuda if present)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch CPU threads (default: torch's choice)",
+    )
+    add_allow_plugins(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def main(args: argparse.Namespace) -> int:
-    from unicl.commands.caption import report_errors
-
-    return report_errors("eval", lambda: _run(args))
-
-
-def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import unicl
@@ -71,14 +98,10 @@ def _run(args: argparse.Namespace) -> int:
         ensemble=args.ensemble,
         max_tokens=args.max_tokens,
     )
-    if opts.ensemble < 1 or opts.batch_size < 1:
-        raise ValueError("--ensemble and --batch-size must be >= 1")
-    model = unicl.load(args.run, device=args.device)
+    model = unicl.load(args.run, device=args.device, allow_plugins=args.allow_plugins)
     run = Path(args.run)
     if args.episodes is not None:
         episodes = Path(args.episodes)
-        if not episodes.is_dir():
-            raise FileNotFoundError(f"--episodes: directory not found: {episodes}")
     else:
         episodes = ensure_episode_files(model.engine, episode_dir(run / "episodes", opts), opts)
     with cpu_threads(args.threads):

@@ -8,11 +8,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from unicl.commands import existing_file
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sdist",
-        type=Path,
+        type=existing_file,
         default=None,
         help="an openai-whisper source distribution (.tar.gz) to read the table from; "
         "default: download openai-whisper==20250625 with pip",
@@ -29,6 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from unicl.tokenizers.gpt2 import install_gpt2_bpe
 
-    path = install_gpt2_bpe(sdist=args.sdist, dest=args.dest)
+    sdist = Path(args.sdist) if args.sdist is not None else None
+    path = install_gpt2_bpe(sdist=sdist, dest=args.dest)
     print(f"GPT-2 BPE table ready: {path}")
     return 0

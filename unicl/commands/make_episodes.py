@@ -2,41 +2,55 @@
 
 The files (tasks/episodes.py) list every query of a split with its 1..N-shot
 demonstrations and the views of all records, one file per task and category
-group (seen / unseen). Options go before OUT; config overrides after it.
+group (seen / unseen). Options may stand anywhere; config overrides follow OUT.
 """
 
 from __future__ import annotations
 
 import argparse
 
+from unicl.commands import non_negative_int, output_dir, positive_int
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", help="directory for the episode files (one per task and group)")
+    from unicl.tasks.data import SPLITS
+
+    parser.add_argument(
+        "out", type=output_dir, help="directory for the episode files (one per task and group)"
+    )
     parser.add_argument(
         "--config", default=None, help="config file or packaged config name (default: defaults)"
     )
-    parser.add_argument("--split", default="val", help="dataset split (default val)")
-    parser.add_argument("--seed", type=int, default=0, help="episode seed (default 0)")
     parser.add_argument(
-        "--shots", type=int, default=3, help="largest shot count; files hold 1..shots (default 3)"
+        "--split", choices=SPLITS, default="val", help="dataset split (default val)"
+    )
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="episode seed (default 0)")
+    parser.add_argument(
+        "--shots",
+        type=positive_int,
+        default=3,
+        help="largest shot count; files hold 1..shots (default 3)",
     )
     parser.add_argument(
         "--queries-per-category",
-        type=int,
+        type=positive_int,
         default=None,
         help="at most this many queries per category (default: every record)",
     )
-    parser.add_argument("overrides", nargs="*", help="config overrides key=value")
+    parser.add_argument("overrides", nargs="*", default=[], help="config overrides key=value")
 
 
 def main(args: argparse.Namespace) -> int:
     from unicl.config import load_config
+
+    # the config first: a bad one is reported before the slow imports (torch)
+    cfg = load_config(args.config, args.overrides)
+
     from unicl.data import build_tasks
     from unicl.plugins import import_plugins
     from unicl.tasks.episodes import write_episode_files
     from unicl.vocab import Vocabulary
 
-    cfg = load_config(args.config, args.overrides)
     import_plugins(cfg.plugins)
     # the vocabulary lets tasks skip records that could never be packed (too-long captions)
     tasks = build_tasks(cfg, Vocabulary.from_config(cfg))

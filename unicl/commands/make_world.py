@@ -4,20 +4,32 @@ from __future__ import annotations
 
 import argparse
 
+from unicl.commands import non_negative_int, output_dir, positive_int
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("out", help="output directory (images/, annotations/, manifest.json)")
-    parser.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
-    parser.add_argument("--images", type=int, default=4000, help="train images (default 4000)")
-    parser.add_argument("--val-images", type=int, default=500, help="val images (default 500)")
-    parser.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    parser.add_argument(
+        "out", type=output_dir, help="output directory (images/, annotations/, manifest.json)"
+    )
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="world seed (default 0)")
+    parser.add_argument(
+        "--images", type=positive_int, default=4000, help="train images (default 4000)"
+    )
+    parser.add_argument(
+        "--val-images", type=positive_int, default=500, help="val images (default 500)"
+    )
+    parser.add_argument(
+        "--size", type=positive_int, default=128, help="image side in pixels (default 128)"
+    )
     parser.add_argument(
         "--unseen",
         default=None,
         help="comma-separated categories held out of train (default: heart,octagon,trapezoid,"
         "teardrop,flower)",
     )
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: CPUs, <= 8)")
+    parser.add_argument(
+        "--workers", type=positive_int, default=None, help="processes (default: CPUs, <= 8)"
+    )
 
 
 def main(args: argparse.Namespace) -> int:

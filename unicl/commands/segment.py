@@ -11,12 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from unicl.commands.caption import (
-    add_model_arguments,
-    load_model,
-    report_errors,
-    sampling_options,
-)
+from unicl.commands import output_file
+from unicl.commands.caption import add_model_arguments, load_model, sampling_options
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -30,20 +26,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--query", required=True, metavar="IMG", help="the image to segment")
     parser.add_argument("--category", default=None, help="the category name, as text")
-    parser.add_argument("--out", required=True, metavar="PRED.png", help="where to write the mask")
+    parser.add_argument(
+        "--out", type=output_file, required=True, metavar="PRED.png", help="where to write the mask"
+    )
     add_model_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
-    return report_errors("segment", lambda: _run(args))
-
-
-def _run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import numpy as np
     from PIL import Image
 
+    out = Path(args.out)
+    # PIL picks the format from the extension: check it before the model runs
+    if Image.registered_extensions().get(out.suffix.lower()) not in Image.SAVE:
+        raise ValueError(f"--out {out}: not an image file name PIL can write (use .png)")
     model = load_model(args)
     mask = model.segment(
         args.query,
@@ -51,7 +49,6 @@ def _run(args: argparse.Namespace) -> int:
         category=args.category,
         **sampling_options(args),
     )
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(mask.astype(np.uint8) * 255).save(out)
     print(f"mask ({mask.shape[0]}x{mask.shape[1]}, {mask.mean():.1%} foreground) written to {out}")

@@ -1,13 +1,13 @@
 """`unicl train CONFIG [key=value ...]`: train a model (logic: unicl/training/run.py).
 
 Runs as one process, or as N ranks under `deepspeed --num_gpus N` / `torchrun`;
-see docs/training.md.
+see docs/training.md. A run whose loss diverges stops with exit status 3
+(unicl/cli.py reports it).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -15,6 +15,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "overrides",
         nargs="*",
+        default=[],
         metavar="key=value",
         help="config overrides, e.g. train.steps=200 train.lr=3e-4",
     )
@@ -22,19 +23,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from unicl.config import ConfigError, load_config
+    from unicl.config import load_config
     from unicl.training.run import run_dir_of, train
-    from unicl.training.trainer import TrainingDiverged
 
-    try:
-        cfg = load_config(args.config, args.overrides)
-        trainer = train(cfg, progress=not args.no_progress)
-    except TrainingDiverged as err:
-        print(f"unicl train: stopped: {err}", file=sys.stderr)
-        return 3
-    except (ConfigError, ValueError, FileNotFoundError) as err:
-        print(f"unicl train: error: {err}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.overrides)
+    trainer = train(cfg, progress=not args.no_progress)
     if trainer.rank == 0:
         print(f"trained {cfg.train.steps} steps; run directory: {run_dir_of(cfg)}")
     return 0

@@ -14,7 +14,10 @@ import json
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML file or packaged config name (e.g. vqgan_tiny)")
     parser.add_argument(
-        "overrides", nargs="*", help="key=value overrides, e.g. steps=500 out=runs/vq"
+        "overrides",
+        nargs="*",
+        default=[],
+        help="key=value overrides, e.g. steps=500 out=runs/vq",
     )
 
 

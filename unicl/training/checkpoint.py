@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -30,15 +31,26 @@ import numpy as np
 import torch
 import yaml
 
+from unicl.model_files import safe_torch_load
+
 LATEST = "latest"
 CONFIG = "config.yaml"
 TMP_PREFIX = ".tmp-"
+#: the only names the manager ever deletes or replaces (its own tags and temporaries)
+_TAG = re.compile(r"step\d{8,}")
 #: config sections / keys that must not change when a run resumes
 COMPAT_KEYS = ("model", "vocab", "tokenizers", "tasks", "seed", "train.batch_size")
 
 
 def tag_for(step: int) -> str:
     return f"step{step:08d}"
+
+
+def step_of(tag: str) -> int:
+    """The step a checkpoint tag names (inverse of `tag_for`)."""
+    if not _TAG.fullmatch(tag):
+        raise ValueError(f"{tag!r} is not a checkpoint tag (expected e.g. {tag_for(500)!r})")
+    return int(tag[len("step") :])
 
 
 def _barrier() -> None:
@@ -144,6 +156,8 @@ class CheckpointManager:
         if not path.is_file():
             return None
         tag = path.read_text().strip()
+        if not _TAG.fullmatch(tag):
+            raise ValueError(f"{path} names {tag!r}, which is not a checkpoint tag")
         if not (self.directory / tag).is_dir():
             raise FileNotFoundError(
                 f"{path} names checkpoint {tag!r} but {self.directory / tag} does not exist"
@@ -157,7 +171,7 @@ class CheckpointManager:
         return sorted(
             p.name
             for p in self.directory.iterdir()
-            if p.is_dir() and not p.name.startswith(TMP_PREFIX) and (p / CONFIG).is_file()
+            if p.is_dir() and _TAG.fullmatch(p.name) and (p / CONFIG).is_file()
         )
 
     def saved_config(self, tag: str) -> dict[str, Any]:
@@ -177,7 +191,8 @@ class CheckpointManager:
         if self.rank == 0:
             self.directory.mkdir(parents=True, exist_ok=True)
             for stale in self.directory.glob(TMP_PREFIX + "*"):
-                shutil.rmtree(stale, ignore_errors=True)
+                if _TAG.fullmatch(stale.name[len(TMP_PREFIX) :]) and stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
         _barrier()
         try:
             engine.save_checkpoint(
@@ -234,5 +249,5 @@ class CheckpointManager:
                 f"{rng_file} is missing: was the checkpoint written with a different number "
                 "of ranks? resume with the same number of ranks"
             )
-        set_rng_state(torch.load(rng_file, weights_only=True))
+        set_rng_state(safe_torch_load(rng_file))
         return client_state or {}

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import os
 import socket
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -175,4 +176,21 @@ def build_engine(model: torch.nn.Module, train: TrainConfig, ds_config: dict[str
         config=ds_config,
         dist_init_required=False,
     )
+    engine.checkpoint_engine = _safe_checkpoint_engine(engine.checkpoint_engine)
     return engine, optimizer, sched
+
+
+def _safe_checkpoint_engine(engine: Any) -> Any:
+    """DeepSpeed's checkpoint engine with loading restricted to tensors and plain containers.
+
+    DeepSpeed's own `load` unpickles anything, so a run directory from elsewhere could run
+    code on resume; unicl's checkpoints hold only tensors, numbers, strings and containers.
+    """
+    from unicl.model_files import safe_torch_load
+
+    class SafeLoad(type(engine)):
+        def load(self, path, map_location=None):
+            return safe_torch_load(Path(path), map_location=map_location)
+
+    engine.__class__ = SafeLoad
+    return engine

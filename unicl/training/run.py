@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from unicl.ownership import require_own
 from unicl.training import engine as ds_engine
 from unicl.training.checkpoint import CheckpointManager, check_compatible
 
@@ -68,6 +69,7 @@ def preflight(cfg, config_dict: dict[str, Any]) -> tuple[int, int]:
     rank, world = ds_engine.init_distributed()
     ds_engine.deepspeed_config(cfg.deepspeed, cfg.train, world)  # raises on any conflict
     check_data_paths(cfg.data)
+    require_own(run_dir_of(cfg), "run", "train.run_dir")
     manager = CheckpointManager(run_dir_of(cfg) / "checkpoints")
     tag = manager.latest()
     if tag is not None and cfg.train.resume != "never":
@@ -163,6 +165,7 @@ def build_trainer(cfg, progress: bool = True):
     """Steps 1-4 of the module docstring for `cfg` (a UniclConfig): a Trainer ready to run."""
     from unicl.batch import collate
     from unicl.config import to_dict
+    from unicl.data import build_tasks
     from unicl.model import build_model
     from unicl.plugins import import_plugins
     from unicl.sequence import num_attributes
@@ -177,6 +180,7 @@ def build_trainer(cfg, progress: bool = True):
     config_dict = to_dict(cfg)
     rank, _ = preflight(cfg, config_dict)
     import_plugins(cfg.plugins)
+    build_tasks(cfg)  # unknown task names or options fail here, before the world is made
     if uses_shapes_world(cfg.data):
         from unicl.tasks.data import ensure_world
 

@@ -34,8 +34,9 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from unicl.ownership import claim
 from unicl.training import engine as ds_engine
-from unicl.training.checkpoint import CheckpointManager, check_compatible
+from unicl.training.checkpoint import CheckpointManager, check_compatible, step_of
 from unicl.training.config import TrainConfig
 from unicl.training.logs import RunLogger
 from unicl.training.optim import TaskBalancedAdamW
@@ -156,6 +157,15 @@ class Trainer:
             )
         if tag is not None:
             check_compatible(self.checkpoints.saved_config(tag), self.config)
+            done = step_of(tag)
+            if done > self.train.steps:
+                raise ValueError(
+                    f"{self.run_dir} holds checkpoint {tag!r} ({done} steps), past "
+                    f"train.steps={self.train.steps}; raise train.steps to continue it, or "
+                    "choose another train.run_dir"
+                )
+        if self.rank == 0:
+            claim(self.run_dir, "run", "train.run_dir")
         self.device = ds_engine.device()
         self.engine, self.optimizer, self.scheduler = ds_engine.build_engine(
             self.model, self.train, self.ds_config
@@ -262,8 +272,25 @@ class Trainer:
     # ---- the loop ------------------------------------------------------------ #
 
     def save(self, step: int) -> str:
+        """Checkpoint step `step`, after checking that every weight is finite (a checkpoint
+        is only ever the last good one)."""
+        bad = [n for n, p in self.engine.module.named_parameters() if not p.isfinite().all()]
+        if bad:
+            raise TrainingDiverged(
+                f"weights {bad[:3]} hold NaN or infinite values after step {step}; not saved. "
+                f"Last good checkpoint: {self.checkpoints.latest() or 'none'} in "
+                f"{self.checkpoints.directory}. Lower train.lr or check the data."
+            )
         state = {"step": step, "sampler": self.sampler.state_dict()}
         return self.checkpoints.save(self.engine, step, state, self.config)
+
+    def _save_or_stop(self, step: int) -> None:
+        try:
+            self.save(step)
+        except TrainingDiverged as err:
+            self.logger.event("diverged", step=step, detail=str(err))
+            self._mark("diverged", step, detail=str(err))
+            raise
 
     def grad_norm(self) -> float:
         """The last step's global gradient norm: DeepSpeed's (before clipping) when the engine
@@ -318,9 +345,9 @@ class Trainer:
                 if done % max(1, self.train.plot_every) == 0:
                     self.logger.plot()
                 if self.train.save_every and done % self.train.save_every == 0 and done < steps:
-                    self.save(done)
+                    self._save_or_stop(done)
             if self.start_step < steps or self.checkpoints.latest() is None:
-                self.save(steps)
+                self._save_or_stop(steps)
             self._mark("finished", steps)
         finally:
             bar.close()

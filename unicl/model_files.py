@@ -1,0 +1,253 @@
+"""The exported-model format, and reading a model from an export or a training run.
+
+An exported model folder (`unicl export`, docs/training.md "Exporting") holds
+
+    config.yaml          the run's config as trained
+    model.safetensors    consolidated fp32 (or bf16) weights, every state-dict key
+    tokenizers/<name>/   each tokenizer's `Tokenizer.save` files (VQ-GAN weights, ...)
+    .unicl               the marker that says unicl wrote it (unicl/ownership.py)
+
+`read_model` reads either an export or a training run directory (its latest checkpoint,
+consolidated in memory) into `ModelFiles`. Reading never writes, and never runs code from a
+file: weights come from safetensors or from `torch.load(weights_only=True)`, which refuses
+anything but tensors and plain containers; a weight that is NaN or infinite is refused too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from unicl.ownership import claim, replace_dir, require_own, temporary_sibling
+
+CONFIG_FILE = "config.yaml"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_DIR = "tokenizers"
+EXPORT_FILES = (CONFIG_FILE, WEIGHTS_FILE)
+#: the DeepSpeed file that holds a checkpoint's module weights
+MODEL_STATES = "mp_rank_00_model_states.pt"
+
+
+@dataclasses.dataclass
+class ModelFiles:
+    """What a model is built from, read from an export or a run."""
+
+    source: Path  # the folder it was read from
+    config: dict[str, Any]  # the run's config as trained (plain YAML data)
+    state: dict[str, torch.Tensor]  # state dict, every key
+    #: tokenizer name -> its saved folder (exports); None: build from `config` (runs)
+    tokenizer_dirs: dict[str, Path] | None
+
+
+# --------------------------------------------------------------------------- #
+# checks
+# --------------------------------------------------------------------------- #
+
+
+def check_model_dir(path: Path) -> None:
+    """Every file an exported model needs is there, or FileNotFoundError naming it."""
+    for name in EXPORT_FILES:
+        if not (path / name).is_file():
+            raise FileNotFoundError(
+                f"{path / name} is missing: an exported model directory holds "
+                f"{', '.join(EXPORT_FILES)} and {TOKENIZER_DIR}/<name>/ (see `unicl export`)"
+            )
+    for spec in _read_yaml(path / CONFIG_FILE).get("tokenizers") or []:
+        name = str(spec.get("name")) if isinstance(spec, dict) else str(spec)
+        tok_file = path / TOKENIZER_DIR / name / "tokenizer.json"
+        if not tok_file.is_file():
+            raise FileNotFoundError(
+                f"{tok_file} is missing: the model's config names tokenizer "
+                f"{name!r}, whose files belong in {tok_file.parent}"
+            )
+
+
+def check_finite(state: dict[str, torch.Tensor], source: Path) -> None:
+    """ValueError naming the first weights in `state` that hold NaN or infinity."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(
+            f"{source}: weights {bad[:3]} hold NaN or infinite values (a diverged run?); "
+            "they cannot make a working model"
+        )
+
+
+def is_run_dir(path: Path) -> bool:
+    """Does `path` look like a training run directory (rather than an export)?"""
+    return (path / "checkpoints").is_dir() or (path / "run.json").is_file()
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{path}: expected a mapping of config sections, got {type(data).__name__}"
+        )
+    return data
+
+
+def _deepspeed_state_types() -> list[Any]:
+    """The plain-data classes DeepSpeed's ZeRO optimiser files hold (loss scaler state,
+    the stage enum, fragment addresses): allowed by name, nothing else is."""
+    try:
+        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+    except ImportError:
+        return []
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+def safe_torch_load(path: Path, map_location: Any = "cpu") -> Any:
+    """`torch.load` of one of unicl's own checkpoint files, refusing anything but tensors and
+    plain containers (a pickle can run arbitrary code when loaded)."""
+    try:
+        with torch.serialization.safe_globals(_deepspeed_state_types()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path}: refusing to load it: it holds Python objects other than tensors and "
+            f"plain containers, and loading those could run code ({str(err).splitlines()[0]})"
+        ) from err
+    except (RuntimeError, EOFError) as err:
+        raise ValueError(f"{path}: not a readable checkpoint file (truncated?): {err}") from err
+
+
+# --------------------------------------------------------------------------- #
+# reading
+# --------------------------------------------------------------------------- #
+
+
+def read_export(path: Path) -> ModelFiles:
+    """An exported model folder (checked by `check_model_dir`)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    check_model_dir(path)
+    config = _read_yaml(path / CONFIG_FILE)
+    try:
+        state = load_file(str(path / WEIGHTS_FILE))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(
+            f"{path / WEIGHTS_FILE}: not a readable safetensors file ({err}); export the model "
+            "again (`unicl export`) or reinstall the package it came with"
+        ) from err
+    check_finite(state, path / WEIGHTS_FILE)
+    names = [str(s["name"]) for s in config.get("tokenizers") or []]
+    return ModelFiles(path, config, state, {n: path / TOKENIZER_DIR / n for n in names})
+
+
+def checkpoint_dir(run_dir: Path, tag: str | None = None) -> Path:
+    """The folder of checkpoint `tag` (default: the latest) of a run."""
+    from unicl.training.checkpoint import CheckpointManager
+
+    manager = CheckpointManager(run_dir / "checkpoints")
+    latest = manager.latest() if manager.directory.is_dir() else None
+    if latest is None:
+        raise FileNotFoundError(
+            f"{run_dir}: no training checkpoint found (expected {manager.directory}/latest); "
+            "is this a run directory written by `unicl train`?"
+        )
+    tag_dir = manager.directory / (tag or latest)
+    if not (tag_dir / "config.yaml").is_file():
+        known = ", ".join(manager.tags()) or "none"
+        raise FileNotFoundError(f"{tag_dir}: no such checkpoint (checkpoints: {known})")
+    return tag_dir
+
+
+def consolidated_state_dict(tag_dir: Path) -> dict[str, torch.Tensor]:
+    """fp32 weights of the model in a DeepSpeed checkpoint directory.
+
+    fp32 runs (ZeRO 0, 1 or 2 alike) keep full weights in the model-state file; bf16 runs
+    keep their fp32 master weights in the ZeRO optimiser partitions, which DeepSpeed's
+    `zero_to_fp32` gathers once every file has passed the safe load.
+    """
+    model_file = tag_dir / MODEL_STATES
+    if not model_file.is_file():
+        raise FileNotFoundError(f"{model_file} is missing: not a complete DeepSpeed checkpoint")
+    module = safe_torch_load(model_file)["module"]
+    if all(t.dtype == torch.float32 for t in module.values() if t.is_floating_point()):
+        return dict(module)
+    optim_files = sorted(tag_dir.glob("*optim_states.pt"))
+    if optim_files:
+        for path in optim_files:
+            safe_torch_load(path)  # refuses before zero_to_fp32's own unrestricted load
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        state = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+        # buffers (not optimised) come from the module file
+        return {**{k: v.float() for k, v in module.items()}, **state}
+    return {k: v.float() if v.is_floating_point() else v for k, v in module.items()}
+
+
+def read_run(run_dir: Path, tag: str | None = None) -> ModelFiles:
+    """A training run's checkpoint `tag` (default: the latest), consolidated in memory."""
+    tag_dir = checkpoint_dir(run_dir, tag)
+    config = _read_yaml(tag_dir / "config.yaml")
+    state = consolidated_state_dict(tag_dir)
+    check_finite(state, tag_dir)
+    return ModelFiles(run_dir, config, state, None)
+
+
+def read_model(path: str | Path) -> ModelFiles:
+    """An exported model folder, or a run directory's latest checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"model directory not found: {path}")
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a directory (expected a run or an exported model)")
+    if (path / WEIGHTS_FILE).is_file() or not is_run_dir(path):
+        return read_export(path)
+    return read_run(path)
+
+
+# --------------------------------------------------------------------------- #
+# writing
+# --------------------------------------------------------------------------- #
+
+
+def save_weights(state: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors file with every key; tensors that share storage are stored as copies."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in state.items()}
+    save_file(tensors, str(path), metadata={"format": "pt", "producer": "unicl export"})
+
+
+def write_export(
+    files: ModelFiles,
+    tokenizers: dict[str, Any],
+    out_dir: str | Path,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write an exported model folder; replaces `out_dir` only if it is an earlier export.
+
+    Written beside the target and swapped in at the end: an interrupted export leaves the
+    previous export (or nothing) in place, never a half folder. `dtype` converts floating
+    weights (e.g. torch.bfloat16 for a smaller file).
+    """
+    out_dir = Path(out_dir)
+    require_own(out_dir, "export", "export destination")
+    tmp = temporary_sibling(out_dir)
+    try:
+        claim(tmp, "export", "export destination")
+        (tmp / CONFIG_FILE).write_text(yaml.safe_dump(files.config, sort_keys=False))
+        state = files.state
+        if dtype is not None:
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        save_weights(state, tmp / WEIGHTS_FILE)
+        for name, tokenizer in tokenizers.items():
+            tokenizer.save(tmp / TOKENIZER_DIR / name)
+        return replace_dir(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
