@@ -27,7 +27,7 @@ class DataConfig:
     images: int = 4000  # world train images
     val_images: int = 500  # world val images
     size: int = 128  # world image side (pixels)
-    workers: int = 0  # world generation processes (0: all CPUs, at most 8)
+    workers: int = 0  # processes making the world and the token cache (0: all CPUs, at most 8)
     # categories held out of training: world default when empty; for real COCO, names of its classes
     unseen: list[str] = dataclasses.field(default_factory=list)
 

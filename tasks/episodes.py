@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from unicl.ownership import claim
 from unicl.tasks.base import Episode, Shot, Task, View
 
 EPISODE_FORMAT = 1
@@ -121,8 +122,7 @@ def write_episode_files(
 
     from unicl.tasks.data import category_split
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim(out_dir, "episodes", "episode folder")  # never writes over a user's files
     groups = category_split(data_cfg)
     written = []
     for name, task in tqdm(sorted(tasks.items()), desc="episode files", unit="task"):

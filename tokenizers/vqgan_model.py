@@ -26,6 +26,8 @@ from taming.modules.diffusionmodules.model import Decoder, Encoder
 from taming.modules.vqvae.quantize import VectorQuantizer2
 from torch import nn
 
+from unicl.model_files import check_finite
+
 #: state-dict prefixes of the network (taming's VQModel also stores `loss.*`)
 MODEL_PREFIXES = ("encoder.", "decoder.", "quantize.", "quant_conv.", "post_quant_conv.")
 #: the keys of taming's `ddconfig`
@@ -246,5 +248,6 @@ def load_model_state(model: VQGAN, state: Mapping[str, torch.Tensor], source: st
     """Load the network's keys from `state` (other keys such as taming's `loss.*` are ignored)."""
     state = {k: v for k, v in state.items() if k.startswith(MODEL_PREFIXES)}
     check_state_dict(model, state, source)
+    check_finite(state, Path(source))  # NaN weights would encode every image to one code
     model.load_state_dict(state, strict=True)
     return model

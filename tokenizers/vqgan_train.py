@@ -24,7 +24,6 @@ import dataclasses
 import json
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from unicl.model_files import check_finite, safe_torch_load
+from unicl.ownership import claim
 from unicl.tasks.data import DataConfig
 from unicl.tokenizers.vqgan import render_mask, save_export
 from unicl.tokenizers.vqgan_model import VQGAN, VQGANConfig
@@ -273,8 +274,7 @@ def train_vqgan(cfg: VQGANTrainConfig) -> dict[str, Any]:
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: autotune the convs
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim(cfg.out, "vqgan", "out")  # never writes into a folder unicl did not make
     rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
     size = cfg.model.resolution
@@ -297,13 +297,21 @@ def train_vqgan(cfg: VQGANTrainConfig) -> dict[str, Any]:
     step, elapsed_before, wall_before = 0, 0.0, 0.0
     ckpt_path = out / CHECKPOINT_FILE
     if cfg.resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=device, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        ema.load_state_dict(state["ema"])
-        if disc is not None and "disc" in state:
-            disc.load_state_dict(state["disc"])
-            disc_opt.load_state_dict(state["disc_opt"])
+        state = safe_torch_load(ckpt_path, map_location=device)
+        try:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            ema.load_state_dict(state["ema"])
+            if disc is not None and "disc" in state:
+                disc.load_state_dict(state["disc"])
+                disc_opt.load_state_dict(state["disc_opt"])
+        except (KeyError, TypeError, RuntimeError, ValueError) as err:
+            raise ValueError(
+                f"{ckpt_path} does not match this config (model, optimiser or codebook "
+                f"differ: {str(err).splitlines()[0]}); use another out= to start a new run, "
+                "or resume=false to start over in this one"
+            ) from err
+        check_finite(state["model"], ckpt_path)
         step, elapsed_before = int(state["step"]), float(state["elapsed"])
         wall_before = float(state.get("wall_elapsed", 0.0))
         torch.set_rng_state(state["torch_rng"].cpu())

@@ -153,6 +153,74 @@ class _Loaded:
         return self._mask
 
 
+@dataclasses.dataclass
+class _Chunk:
+    crops: np.ndarray  # (n, V, 4) crop boxes of the views
+    flips: np.ndarray  # (n, V) bool
+    codes: dict[str, np.ndarray]  # segment name -> (n, V, L) int16 codes
+
+
+def _encode_chunk(state: tuple, records: list[tuple[str, Any]]) -> _Chunk:
+    """Views of `records` (the task's training views), encoded in batches of `batch_size`."""
+    task, encoders, seed, views, batch_size = state
+    crops = np.zeros((len(records), views, 4), np.int64)
+    flips = np.zeros((len(records), views), bool)
+    items = []
+    for r, (rid, record) in enumerate(records):
+        record = _Loaded(record)  # the V views of a record read its files once
+        for v in range(views):
+            view = task.train_view(record, _rng(seed, "view", task.name, rid, v))
+            crops[r, v], flips[r, v] = view.crop, view.flip
+            items.append(task.cache_arrays(Shot(record, view)))
+    codes = {}
+    for name, (kind, _) in items[0].items():
+        batches = [
+            _encode_many(encoders[name], kind, [it[name][1] for it in items[i : i + batch_size]])
+            for i in range(0, len(items), batch_size)
+        ]
+        codes[name] = np.concatenate(batches).astype(np.int16).reshape(len(records), views, -1)
+    return _Chunk(crops, flips, codes)
+
+
+#: below this many chunks, starting worker processes (a few seconds each) does not pay
+_MIN_PARALLEL_CHUNKS = 8
+_WORKER_STATE: tuple | None = None  # set once per worker process by _init_worker
+
+
+def _init_worker(state: tuple) -> None:
+    global _WORKER_STATE
+    torch.set_num_threads(1)  # the workers are the parallelism
+    _WORKER_STATE = state
+
+
+def _worker_chunk(job: tuple[int, list]) -> tuple[int, _Chunk]:
+    assert _WORKER_STATE is not None
+    return job[0], _encode_chunk(_WORKER_STATE, job[1])
+
+
+def _map_chunks(state: tuple, jobs: list[tuple[int, list]], workers: int):
+    """(start, _Chunk) for every job, in order; in `workers` processes when > 1."""
+    if workers <= 1 or len(jobs) < _MIN_PARALLEL_CHUNKS:
+        for start, records in jobs:
+            yield start, _encode_chunk(state, records)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = multiprocessing.get_context("spawn")  # fork is unsafe once torch has threads
+    # (a worker that dies raises BrokenProcessPool here instead of hanging the build)
+    try:
+        with ProcessPoolExecutor(min(workers, len(jobs)), ctx, _init_worker, (state,)) as pool:
+            yield from pool.map(_worker_chunk, jobs)
+    except BrokenProcessPool as err:
+        raise RuntimeError(
+            "a token-cache worker process died (out of memory, or a tokenizer or task that "
+            "cannot be rebuilt in a new process); set data.workers=1 to build the cache in "
+            "this process"
+        ) from err
+
+
 class TokenCache:
     """Cached views and their codes for the records of one task and split."""
 
@@ -189,8 +257,13 @@ class TokenCache:
         root: str | Path,
         batch_size: int = 32,
         progress: bool = True,
+        workers: int = 1,
     ) -> TokenCache:
-        """Open the cache for these records, computing whatever is missing first."""
+        """Open the cache for these records, computing whatever is missing first.
+
+        `workers` > 1 processes read, crop and encode chunks of records in parallel (one
+        torch thread each); the files are byte-identical to one process's.
+        """
         from tqdm import tqdm
 
         tokenizer = vocab.tokenizers[task.image_tokenizer]
@@ -223,38 +296,28 @@ class TokenCache:
         crops = np.zeros((len(records), views, 4), np.int64)
         flips = np.zeros((len(records), views), bool)
         arrays: dict[str, np.ndarray] = {}
-        pending: list[tuple[int, int, dict[str, tuple[str, np.ndarray]]]] = []
-
-        def flush() -> None:
-            for name in pending[0][2]:
-                kind = pending[0][2][name][0]
-                encoder = vocab.tokenizers[task.cache_tokenizer(name)]
-                codes = _encode_many(encoder, kind, [p[2][name][1] for p in pending])
-                if name not in arrays:
-                    path = directory / f"codes-{name}.npy"
-                    shape = (len(records), views, codes.shape[1])
-                    arrays[name] = np.lib.format.open_memmap(path, "w+", np.int16, shape)
-                for (r, v, _), row in zip(pending, codes):
-                    arrays[name][r, v] = row
-            pending.clear()
-
+        encoders = {n: vocab.tokenizers[task.cache_tokenizer(n)] for n in ("image", "mask")}
+        # chunks of `batch_size` records: every encoder batch holds the same views as in one
+        # process, so the bytes do not depend on the number of workers
+        starts = range(0, len(records), batch_size)
+        jobs = [(start, list(records[start : start + batch_size])) for start in starts]
         bar = tqdm(
             total=len(records) * views,
             desc=f"token cache {task.name}/{split}",
             unit="view",
             disable=not progress,
         )
-        for r, (rid, record) in enumerate(records):
-            record = _Loaded(record)  # the V views of a record read its files once
-            for v in range(views):
-                view = task.train_view(record, _rng(seed, "view", task.name, rid, v))
-                crops[r, v], flips[r, v] = view.crop, view.flip
-                pending.append((r, v, task.cache_arrays(Shot(record, view))))
-                if len(pending) >= batch_size:
-                    flush()
-                bar.update(1)
-        if pending:
-            flush()
+        state = (task, encoders, seed, views, batch_size)
+        for start, chunk in _map_chunks(state, jobs, workers):
+            n = len(chunk.crops)
+            crops[start : start + n], flips[start : start + n] = chunk.crops, chunk.flips
+            for name, codes in chunk.codes.items():
+                if name not in arrays:
+                    path = directory / f"codes-{name}.npy"
+                    shape = (len(records), views, codes.shape[2])
+                    arrays[name] = np.lib.format.open_memmap(path, "w+", np.int16, shape)
+                arrays[name][start : start + n] = codes
+            bar.update(n * views)
         bar.close()
         for arr in arrays.values():
             arr.flush()
@@ -367,7 +430,10 @@ def build_task_streams(
             records = [(task.record_id(r), r) for _, pool in sorted(pools.items()) for r in pool]
             root = default_cache_root(task)
             os.makedirs(root, exist_ok=True)
-            cache = TokenCache.build(task, vocab, records, split, cfg.seed, root, progress=progress)
+            workers = cfg.data.workers or min(os.cpu_count() or 1, 8)
+            cache = TokenCache.build(
+                task, vocab, records, split, cfg.seed, root, progress=progress, workers=workers
+            )
         streams[name] = TaskStream(task, pools, packer, seed=cfg.seed, cache=cache)
         log.info("%s/%s: %d training records", name, split, streams[name].size)
     return streams

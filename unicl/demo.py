@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from unicl.ownership import claim, require_own
+from unicl.ownership import claim, clear_own, require_own
 
 #: side of one grid cell in pixels
 CELL = 112
@@ -153,10 +152,8 @@ def run_finished(run_dir: Path, steps: int) -> bool:
 
 
 def _clear_run(run_dir: Path) -> None:
-    """Remove a previous run for --retrain (only a run directory unicl wrote)."""
-    require_own(run_dir, "run", "--retrain --run")
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
+    """Remove a previous run for --retrain: only what `unicl train` and the demo wrote."""
+    clear_own(run_dir, "run", "--retrain --run")
 
 
 def run_demo(opts: DemoOptions | None = None) -> Path:
@@ -251,7 +248,8 @@ def evaluate_or_reuse(model: Any, run_dir: Path, task: str, opts: DemoOptions):
     path = run_dir / "eval" / f"eval_{task}.json"
     if path.is_file():
         table = load_table(path)
-        same_model = table.meta.get("model") == str(model.engine.model_dir)
+        weights = model.engine.model_id
+        same_model = weights is not None and table.meta.get("weights") == weights
         if same_model and table.meta.get("options") == options_dict(eval_opts):
             _say(f"    reusing {path}")
             return table

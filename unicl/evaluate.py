@@ -249,6 +249,7 @@ def evaluate(
             "options": options_dict(opts),
             "files": _names(files),
             "model": str(engine.model_dir) if engine.model_dir else None,
+            "weights": engine.model_id,
         },
     )
     total = sum(len(sets) for _, _, sets in plan)

@@ -194,8 +194,10 @@ class Engine:
         self.model = model
         self.device = device
         self.tasks = build_tasks(cfg, vocab)
-        #: the exported directory the weights came from (None for an in-memory model)
+        #: the exported directory or run the weights came from (None for an in-memory model)
         self.model_dir: Path | None = None
+        #: which weights (run checkpoint or export file; unicl/model_files.py ModelFiles)
+        self.model_id: str | None = None
         self.packer = build_packer(cfg, vocab, self.tasks)
 
     @classmethod
@@ -245,6 +247,7 @@ class Engine:
         model = model.to(device=device, dtype=dtype).eval()
         engine = cls(cfg, vocab, model, device)
         engine.model_dir = files.source
+        engine.model_id = files.identity
         return engine
 
     def describe(self) -> str:

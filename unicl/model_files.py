@@ -16,6 +16,7 @@ anything but tensors and plain containers; a weight that is NaN or infinite is r
 from __future__ import annotations
 
 import dataclasses
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -43,6 +44,9 @@ class ModelFiles:
     state: dict[str, torch.Tensor]  # state dict, every key
     #: tokenizer name -> its saved folder (exports); None: build from `config` (runs)
     tokenizer_dirs: dict[str, Path] | None
+    #: which weights these are: the run and checkpoint tag, or the export's weights file
+    #: and its size and modification time (evaluation results are reused only for the same)
+    identity: str = ""
 
 
 # --------------------------------------------------------------------------- #
@@ -143,7 +147,10 @@ def read_export(path: Path) -> ModelFiles:
         ) from err
     check_finite(state, path / WEIGHTS_FILE)
     names = [str(s["name"]) for s in config.get("tokenizers") or []]
-    return ModelFiles(path, config, state, {n: path / TOKENIZER_DIR / n for n in names})
+    st = (path / WEIGHTS_FILE).stat()
+    identity = f"{(path / WEIGHTS_FILE).resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    tokenizer_dirs = {n: path / TOKENIZER_DIR / n for n in names}
+    return ModelFiles(path, config, state, tokenizer_dirs, identity)
 
 
 def checkpoint_dir(run_dir: Path, tag: str | None = None) -> Path:
@@ -195,11 +202,15 @@ def read_run(run_dir: Path, tag: str | None = None) -> ModelFiles:
     config = _read_yaml(tag_dir / "config.yaml")
     state = consolidated_state_dict(tag_dir)
     check_finite(state, tag_dir)
-    return ModelFiles(run_dir, config, state, None)
+    return ModelFiles(run_dir, config, state, None, f"{tag_dir.resolve()}")
 
 
 def read_model(path: str | Path) -> ModelFiles:
     """An exported model folder, or a run directory's latest checkpoint."""
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"path: expected a folder path (str or Path), got {type(path).__name__}")
+    if not str(path).strip():
+        raise ValueError("path: empty; give a run directory or an exported model folder")
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model directory not found: {path}")
@@ -235,7 +246,7 @@ def write_export(
     previous export (or nothing) in place, never a half folder. `dtype` converts floating
     weights (e.g. torch.bfloat16 for a smaller file).
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(os.path.abspath(out_dir))  # "." and ".." have no name to replace
     require_own(out_dir, "export", "export destination")
     tmp = temporary_sibling(out_dir)
     try:

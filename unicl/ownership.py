@@ -1,27 +1,32 @@
 """Folders unicl writes: proving they are unicl's own, and replacing them atomically.
 
 Every command that deletes or overwrites a folder first checks that unicl made it, so a
-mistyped path can never cost a user their files:
+mistyped path can never cost a user their files. A folder is unicl's own `kind` folder when
+it holds the marker `.unicl` (a small JSON file naming the kind, written when unicl creates
+the folder or claims it while empty), or, for folders made before markers existed, when
+every entry in it is one that unicl writes for that kind (`ENTRIES`) and its identifying
+file is there:
 
-    kind     made by                     recognised by
-    run      `unicl train`               run.json, or the marker below
-    export   `unicl export`              the marker below (or exactly the export's files)
-    world    `unicl make-world`          manifest.json of format unicl-shapes-world, or the marker
-    results  `unicl demo`                metrics.json, or the marker
+    kind      made by               entries
+    run       `unicl train`         checkpoints/, run.json, config.yaml, metrics.jsonl, ...
+    export    `unicl export`        config.yaml, model.safetensors, tokenizers/
+    world     `unicl make-world`    images/, annotations/, manifest.json
+    results   `unicl demo`          grid.png, captions.md, metrics.md, metrics.json, loss.png
+    vqgan     `unicl train-vqgan`   train_log.jsonl, checkpoint.pt, eval.json, export/
+    episodes  `unicl make-episodes` <task>_<split>_<group>_seed<s>.json files
 
-The marker is a small JSON file, `.unicl`, written into a folder when unicl creates it (or
-claims it while it is still empty). `claim` creates or checks; `require_own` refuses anything
-else with a ValueError naming the folder and what it holds.
-
-`replace_dir` moves a finished temporary folder over its destination in one step where the
-OS allows it (Linux `renameat2(RENAME_EXCHANGE)`), so readers see the old folder or the new
-one and never neither; elsewhere it renames the old folder aside first and removes it last.
+`require_own` refuses anything else (and symbolic links) with a ValueError naming the
+folder; `claim` creates or checks and marks; `clear_own` deletes only the entries unicl
+writes. `replace_dir` moves a finished temporary folder over its destination in one step
+where the OS allows it (Linux `renameat2(RENAME_EXCHANGE)`), so readers see the old folder
+or the new one and never neither; elsewhere it renames the old folder aside first.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import fnmatch
 import json
 import os
 import shutil
@@ -29,10 +34,36 @@ import tempfile
 from pathlib import Path
 
 MARKER = ".unicl"
-KINDS = ("run", "export", "world", "results")
-#: files that identify folders made before markers existed (see the module docstring)
-_LEGACY = {"run": ("run.json",), "results": ("metrics.json",)}
-_EXPORT_FILES = {"config.yaml", "model.safetensors", "tokenizers"}
+#: kind -> the entries unicl writes into such a folder (glob patterns)
+ENTRIES: dict[str, tuple[str, ...]] = {
+    "run": (
+        "checkpoints",
+        "run.json",
+        "config.yaml",
+        "metrics.jsonl",
+        "curves.png",
+        "tb",
+        "eval",
+        "episodes",
+        "export",
+        "events.jsonl",
+    ),
+    "export": ("config.yaml", "model.safetensors", "tokenizers"),
+    "world": ("images", "annotations", "manifest.json"),
+    "results": ("grid.png", "captions.md", "metrics.md", "metrics.json", "loss.png"),
+    "vqgan": ("train_log.jsonl", "checkpoint.pt", "checkpoint.pt.tmp", "eval.json", "export"),
+    "episodes": ("*_seed*.json",),
+}
+#: kind -> the file a folder made before markers existed must hold to count as that kind
+_IDENTIFIED_BY = {
+    "run": "run.json",
+    "export": "model.safetensors",
+    "world": "manifest.json",
+    "results": "metrics.json",
+    "vqgan": "checkpoint.pt",
+    "episodes": "*_seed*.json",
+}
+KINDS = tuple(ENTRIES)
 
 
 def _marker_kind(path: Path) -> str | None:
@@ -42,23 +73,29 @@ def _marker_kind(path: Path) -> str | None:
         return None
 
 
+def _unicl_entry(name: str, kind: str) -> bool:
+    return name == MARKER or any(fnmatch.fnmatchcase(name, p) for p in ENTRIES[kind])
+
+
 def is_own(path: str | os.PathLike, kind: str) -> bool:
     """Did unicl make the folder `path` as a `kind` folder (see the module docstring)?"""
     path = Path(path)
-    if not path.is_dir():
+    if path.is_symlink() or not path.is_dir():
         return False
     if _marker_kind(path) == kind:
         return True
+    names = [p.name for p in path.iterdir()]
+    if not names or not all(_unicl_entry(n, kind) for n in names):
+        return False
+    if not any(fnmatch.fnmatchcase(n, _IDENTIFIED_BY[kind]) for n in names):
+        return False
     if kind == "world":
         try:
             manifest = json.loads((path / "manifest.json").read_text())
         except (OSError, ValueError):
             return False
         return isinstance(manifest, dict) and manifest.get("format") == "unicl-shapes-world"
-    if kind == "export":
-        names = {p.name for p in path.iterdir()}
-        return names == _EXPORT_FILES or names == _EXPORT_FILES | {MARKER}
-    return any((path / name).is_file() for name in _LEGACY.get(kind, ()))
+    return True
 
 
 def _describe(path: Path) -> str:
@@ -68,13 +105,18 @@ def _describe(path: Path) -> str:
 
 
 def require_own(path: str | os.PathLike, kind: str, what: str) -> None:
-    """ValueError unless `path` is missing, empty, or a `kind` folder unicl made.
+    """ValueError unless `path` is missing, an empty folder, or a `kind` folder unicl made.
 
     `what` names the option or argument that chose the folder, for the message.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     path = Path(path)
+    if path.is_symlink():
+        raise ValueError(
+            f"{what}: {path} is a symbolic link; give the folder it points to "
+            f"({os.path.realpath(path)}) if that is what you mean"
+        )
     if not path.exists():
         return
     if not path.is_dir():
@@ -82,8 +124,8 @@ def require_own(path: str | os.PathLike, kind: str, what: str) -> None:
     if not any(path.iterdir()) or is_own(path, kind):
         return
     raise ValueError(
-        f"{what}: {path} exists and is not a {kind} folder written by unicl ({_describe(path)}); "
-        "unicl never deletes or overwrites folders it did not create: choose another path"
+        f"{what}: {path} exists and is not a unicl {kind} folder ({_describe(path)}); unicl "
+        "never deletes or overwrites folders it did not create: choose another path"
     )
 
 
@@ -97,11 +139,33 @@ def claim(path: str | os.PathLike, kind: str, what: str) -> Path:
     return path
 
 
+def clear_own(path: str | os.PathLike, kind: str, what: str) -> None:
+    """Delete what unicl wrote into the `kind` folder `path` (checked first); other entries
+    a user added stay, and the folder is removed only if nothing else is left."""
+    path = Path(path)
+    require_own(path, kind, what)
+    if not path.exists():
+        return
+    for entry in path.iterdir():
+        if _unicl_entry(entry.name, kind):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    if not any(path.iterdir()):
+        path.rmdir()
+
+
 def temporary_sibling(path: str | os.PathLike) -> Path:
-    """A new, empty, uniquely named hidden folder beside `path` (for `replace_dir`)."""
+    """A new, empty, uniquely named hidden folder beside `path` (for `replace_dir`), with
+    the permissions of a normally created folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700: an export must stay shareable
+    return tmp
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -120,8 +184,10 @@ def _exchange(a: Path, b: Path) -> bool:
 
 def replace_dir(tmp: str | os.PathLike, dest: str | os.PathLike) -> Path:
     """Move the finished folder `tmp` to `dest`, replacing what is there (callers check it
-    is unicl's own first); removes the old folder afterwards."""
+    is unicl's own first, which also rules out symbolic links); removes the old folder."""
     tmp, dest = Path(tmp), Path(dest)
+    if dest.is_symlink():
+        raise ValueError(f"{dest} is a symbolic link; unicl replaces only real folders")
     if not dest.exists():
         os.replace(tmp, dest)
         return dest

@@ -20,9 +20,12 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
+#: unicl's own modules that only register tokenizers or tasks (no permission needed)
+_OWN_PLUGIN_PACKAGES = ("unicl.tokenizers.", "unicl.tasks.")
+
 
 def _needs_permission(name: str) -> bool:
-    return not (name == "unicl" or name.startswith("unicl.") or name in sys.modules)
+    return not (name.startswith(_OWN_PLUGIN_PACKAGES) or name in sys.modules)
 
 
 def import_plugins(
@@ -38,6 +41,8 @@ def import_plugins(
     """
     if isinstance(names, str):
         raise TypeError(f"plugins must be a list of module names, got the string {names!r}")
+    if not isinstance(allow, bool):
+        raise TypeError(f"allow_plugins must be True or False, got {allow!r}")
     if not allow:
         refused = [n for n in names if isinstance(n, str) and _needs_permission(n)]
         if refused:
@@ -52,6 +57,8 @@ def import_plugins(
             raise TypeError(f"plugins: each entry must be a module name, got {name!r}")
         try:
             modules.append(importlib.import_module(name))
+        except SystemExit as err:  # a module that runs a program when imported
+            raise ImportError(f"plugin {name!r} exited while being imported ({err})") from err
         except ModuleNotFoundError as err:
             if err.name is not None and name.startswith(err.name):
                 raise ImportError(

@@ -20,6 +20,8 @@ offending keyword (TypeError).
 from __future__ import annotations
 
 import inspect
+import math
+import typing
 from collections.abc import Callable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -89,6 +91,7 @@ class Registry(Generic[T]):
                         f"{self.kind} {name!r} got unknown option(s) {unknown}; "
                         f"valid options: {', '.join(accepted) or '(none)'}"
                     )
+            _check_option_types(factory, kwargs, f"{self.kind} {name!r}")
         return factory(**kwargs)  # type: ignore[operator]
 
     def names(self) -> list[str]:
@@ -106,3 +109,39 @@ class Registry(Generic[T]):
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, names={self.names()})"
+
+
+_SIMPLE = (bool, int, float, str)
+
+
+def _fits(value: Any, tp: type) -> bool:
+    """Is `value` a `tp`? A bool is no number here; an int is a float."""
+    if isinstance(value, bool):
+        return tp is bool
+    if tp is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, tp)
+
+
+def _check_option_types(factory: Any, options: dict[str, Any], where: str) -> None:
+    """TypeError/ValueError for an option whose value does not fit the plain annotation of
+    its parameter (bool, int, float, str, or one of them or None): a string where a number
+    belongs, 2.5 shots, a bool counted as a number, NaN or infinity. Richer annotations are
+    left to the plugin's own checks."""
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # unresolvable annotations: the plugin checks its own options
+        return
+    for key, value in options.items():
+        allowed = typing.get_args(hints.get(key)) or (hints.get(key),)
+        simple = [t for t in allowed if t in _SIMPLE]
+        if not simple or len(simple) + (type(None) in allowed) != len(allowed):
+            continue
+        if value is None and type(None) in allowed:
+            continue
+        if not any(_fits(value, t) for t in simple):
+            names = " or ".join(t.__name__ for t in simple)
+            raise TypeError(f"{where}: option {key!r} must be {names}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{where}: option {key!r} must be a finite number, got {value!r}")

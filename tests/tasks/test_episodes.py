@@ -149,7 +149,7 @@ def test_make_episodes_command(data_cfg, tmp_path, capsys):
     ]
     args = ["make-episodes", "--shots", "2", "--queries-per-category", "2", str(out), *overrides]
     assert cli_main(args) == 0
-    files = sorted(p.name for p in out.iterdir())
+    files = sorted(p.name for p in out.glob("*.json"))
     assert "captioning_val_unseen_seed0.json" in files and len(files) == 4
     data = read_episode_file(out / "segmentation_val_seen_seed0.json")
     assert data["max_shots"] == 2

@@ -191,7 +191,12 @@ def test_segment_and_caption_commands(model_dir, tmp_path, capsys):
     assert capsys.readouterr().out.strip() != ""
     # bad input: one line on stderr naming the problem, exit status 2
     bad = ["segment", "--demo", paths["demo"], str(tmp_path / "nope.png"), "--query"]
-    assert main([*bad, paths["query"], "--out", str(out), "--model", str(model_dir)]) == 2
+    assert (
+        main(
+            [*bad, paths["query"], "--out", str(tmp_path / "pred2.png"), "--model", str(model_dir)]
+        )
+        == 2
+    )
     assert "demos[0][1]: file not found" in capsys.readouterr().err
     argv = ["caption", "--query", paths["query"], "0", "0", "99", "20", "--category", "star"]
     assert main([*argv, "--model", str(model_dir)]) == 2

@@ -126,7 +126,7 @@ CASES = [
         "train-vqgan/out-is-file",
         ["train-vqgan", "vqgan_tiny", "out={file}"],
         "notes.txt",
-        "exists",
+        "not a folder",
     ),
     case(
         "train-vqgan/device-cuda",

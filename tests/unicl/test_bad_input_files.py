@@ -98,7 +98,7 @@ def test_export_over_a_user_folder_is_refused(export_dir, tmp_path):
 
     run = _fake_run(export_dir, tmp_path / "run")
     mine = _user_folder(tmp_path / "mine")
-    with pytest.raises(ValueError, match="not a export folder written by unicl"):
+    with pytest.raises(ValueError, match="not a unicl export folder"):
         export(run, mine)
     assert _intact(mine)
 
@@ -234,7 +234,7 @@ def test_make_world_refuses_a_folder_that_is_not_a_world(tmp_path):
     mine = _user_folder(tmp_path / "coco")
     (mine / "annotations").mkdir()
     (mine / "annotations" / "instances_train2017.json").write_text("{}")
-    with pytest.raises(ValueError, match="not a world folder written by unicl"):
+    with pytest.raises(ValueError, match="not a unicl world folder"):
         make_world(mine, WorldSpec(images=4, val_images=2, size=64), workers=1, progress=False)
     assert _intact(mine)
     assert (mine / "annotations" / "instances_train2017.json").read_text() == "{}"
@@ -599,3 +599,188 @@ def test_a_bf16_export_is_half_the_size_and_loads(export_dir, tmp_path):
         a.engine.model.state_dict().items(), b.engine.model.state_dict().values()
     ):
         assert torch.allclose(p.float(), q.float(), rtol=1e-2, atol=1e-2), name
+
+
+# --------------------------------------------------------------------------- #
+# found by a review pass: recognition, symlinks, outputs, plugins, tokenizer weights
+# --------------------------------------------------------------------------- #
+
+
+def test_retrain_refuses_a_user_folder_that_holds_a_run_json(tmp_path):
+    from unicl.demo import _clear_run
+
+    mine = _user_folder(tmp_path / "proj")
+    (mine / "run.json").write_text('{"experiment": "mine"}')
+    with pytest.raises(ValueError, match="--retrain --run"):
+        _clear_run(mine)
+    assert _intact(mine) and (mine / "run.json").is_file()
+
+
+def test_retrain_keeps_files_a_user_added_to_a_run(export_dir, tmp_path):
+    from unicl.demo import _clear_run
+    from unicl.ownership import claim
+
+    run = _fake_run(export_dir, tmp_path / "run")
+    claim(run, "run", "test")
+    (run / "notes.txt").write_text("mine")
+    _clear_run(run)
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+
+
+def test_train_vqgan_refuses_a_user_folder(tmp_path):
+    from unicl.tokenizers.vqgan_train import VQGANTrainConfig, train_vqgan
+
+    mine = _user_folder(tmp_path / "vq")
+    (mine / "train_log.jsonl").write_text("my notes\n")
+    with pytest.raises(ValueError, match="out: .* is not a unicl vqgan folder"):
+        train_vqgan(VQGANTrainConfig(out=str(mine), steps=1))
+    assert _intact(mine) and (mine / "train_log.jsonl").read_text() == "my notes\n"
+
+
+def test_export_onto_a_symlink_is_refused_and_the_link_kept(export_dir, tmp_path):
+    from unicl.training.export import export
+
+    run = _fake_run(export_dir, tmp_path / "run")
+    v1 = export(run, tmp_path / "v1")
+    (tmp_path / "current").symlink_to(v1)
+    with pytest.raises(ValueError, match="symbolic link"):
+        export(run, tmp_path / "current")
+    assert (tmp_path / "current").is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "run", "v1"]
+
+
+def test_export_into_the_current_folder_works_and_leaves_no_temporary(
+    export_dir, tmp_path, monkeypatch
+):
+    import unicl
+    from unicl.training.export import export
+
+    run = _fake_run(export_dir, tmp_path / "run")
+    (tmp_path / "e").mkdir()
+    monkeypatch.chdir(tmp_path / "e")
+    export(run, ".")
+    assert unicl.load(tmp_path / "e", device="cpu") is not None
+    assert not [p for p in tmp_path.rglob("*.partial")]
+
+
+def test_segment_never_overwrites_its_input_or_an_existing_file(export_dir, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from unicl import cli
+
+    image = np.zeros((16, 16, 3), np.uint8)
+    image[4:12, 4:12] = 200
+    Image.fromarray(image).save(tmp_path / "q.png")
+    Image.fromarray(((image[..., 0] > 0) * 255).astype(np.uint8)).save(tmp_path / "m.png")
+    query_bytes = (tmp_path / "q.png").read_bytes()
+    common = ["segment", "--model", str(export_dir), "--device", "cpu"]
+    common += ["--demo", str(tmp_path / "q.png"), str(tmp_path / "m.png")]
+    assert (
+        cli.main([*common, "--query", str(tmp_path / "q.png"), "--out", str(tmp_path / "q.png")])
+        == 2
+    )
+    assert "one of the input images" in capsys.readouterr().err
+    assert (tmp_path / "q.png").read_bytes() == query_bytes
+    (tmp_path / "old.png").write_bytes(b"keep")
+    assert (
+        cli.main([*common, "--query", str(tmp_path / "q.png"), "--out", str(tmp_path / "old.png")])
+        == 2
+    )
+    assert (
+        "--overwrite" in capsys.readouterr().err and (tmp_path / "old.png").read_bytes() == b"keep"
+    )
+    args = [*common, "--query", str(tmp_path / "q.png"), "--out", str(tmp_path / "old.png")]
+    assert cli.main([*args, "--overwrite"]) == 0
+    assert Image.open(tmp_path / "old.png").size == (16, 16)
+
+
+@pytest.mark.parametrize("allow", ["false", "no", 1, None])
+def test_allow_plugins_must_be_a_bool(export_dir, tmp_path, allow):
+    import unicl
+
+    model = _export_with_plugins(export_dir, tmp_path / "m", ["some_plugin_xyz"])
+    with pytest.raises(TypeError, match="allow_plugins must be True or False"):
+        unicl.load(model, device="cpu", allow_plugins=allow)
+
+
+@pytest.mark.parametrize("module", ["unicl.__main__", "unicl.cli", "unicl.commands.train"])
+def test_unicl_modules_that_run_programs_need_permission(export_dir, tmp_path, module):
+    import sys
+
+    import unicl
+
+    sys.modules.pop(module, None)
+    model = _export_with_plugins(export_dir, tmp_path / "m", [module])
+    with pytest.raises(ValueError, match="allow_plugins=True"):
+        unicl.load(model, device="cpu")
+
+
+def test_a_plugin_that_exits_while_imported_is_an_error(export_dir, tmp_path, monkeypatch):
+    import unicl
+
+    plugin_dir = tmp_path / "plugins"
+    plugin_dir.mkdir()
+    (plugin_dir / "exiting_plugin_xyz.py").write_text("import sys\nsys.exit(0)\n")
+    monkeypatch.syspath_prepend(str(plugin_dir))
+    model = _export_with_plugins(export_dir, tmp_path / "m", ["exiting_plugin_xyz"])
+    with pytest.raises(ImportError, match="exited while being imported"):
+        unicl.load(model, device="cpu", allow_plugins=True)
+
+
+def test_nan_tokenizer_weights_are_refused(export_dir, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    import unicl
+
+    out = tmp_path / "m"
+    shutil.copytree(export_dir, out)
+    path = out / "tokenizers" / "vqgan" / "vqgan.safetensors"
+    state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+             for k, v in load_file(str(path)).items()}  # fmt: skip
+    save_file(state, str(path))
+    with pytest.raises(ValueError, match="vqgan.safetensors.*NaN or infinite"):
+        unicl.load(out, device="cpu")
+
+
+def test_the_weights_identity_follows_the_checkpoint(export_dir, tmp_path):
+    from unicl.model_files import read_model
+
+    run = _fake_run(export_dir, tmp_path / "run")
+    first = read_model(run).identity
+    tag = run / "checkpoints" / "step00000004"
+    tag.mkdir()
+    for path in (run / "checkpoints" / "step00000002").iterdir():
+        (tag / path.name).write_bytes(path.read_bytes())
+    (run / "checkpoints" / "latest").write_text("step00000004\n")
+    assert read_model(run).identity != first
+
+
+@pytest.mark.parametrize(
+    ("override", "error"),
+    [
+        ("tasks.segmentation.context_max=.inf", ValueError),
+        ("tasks.captioning.input_image_weight=.nan", ValueError),
+        ("tasks.segmentation.cache_views=.nan", TypeError),
+        ("tasks.segmentation.image_size=64.5", TypeError),
+        ("tasks.segmentation.shots=2.5", TypeError),
+        ("tasks.segmentation.shots=true", TypeError),
+        ("tasks.captioning.rename_prob=abc", TypeError),
+    ],
+)
+def test_task_options_are_typed_and_finite(override, error):
+    from unicl.config import load_config
+    from unicl.data import build_tasks
+
+    with pytest.raises(error, match="option"):
+        build_tasks(load_config("shapes_tiny", [override]))
+
+
+@pytest.mark.parametrize(("path", "error"), [(123, TypeError), (None, TypeError), ("", ValueError)])
+def test_load_names_a_bad_path_argument(path, error):
+    import unicl
+
+    with pytest.raises(error, match="path"):
+        unicl.load(path)

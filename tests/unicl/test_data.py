@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -151,3 +152,28 @@ def test_build_tasks_reports_bad_options(world, tmp_path):
     cfg.tasks["segmentation"]["shot"] = 3
     with pytest.raises(TypeError, match="unknown option"):
         build_tasks(cfg)
+
+
+def test_cache_workers_write_the_same_bytes_as_one_process(world, tmp_path, monkeypatch):
+    import hashlib
+
+    import unicl.data
+
+    monkeypatch.setattr(unicl.data, "_MIN_PARALLEL_CHUNKS", 2)  # processes even for 40 images
+    # the workers unpickle this module's test tokenizer: make it importable there
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))
+    vocab = make_vocab()
+    task = build_tasks(make_cfg(world, tmp_path), vocab)["segmentation"]
+    pools = task.pools(make_cfg(world, tmp_path).data, "train")
+    records = [(task.record_id(r), r) for _, pool in sorted(pools.items()) for r in pool]
+    digests = []
+    for workers in (1, 2):
+        cache = TokenCache.build(
+            task, vocab, records, "train", 4, tmp_path / f"w{workers}", batch_size=8,
+            progress=False, workers=workers,
+        )  # fmt: skip
+        h = hashlib.sha256()
+        for path in sorted(cache.directory.iterdir()):
+            h.update(path.name.encode() + path.read_bytes())
+        digests.append(h.hexdigest())
+    assert len(records) > 16 and digests[0] == digests[1]

@@ -104,6 +104,6 @@ def test_retrain_refuses_a_directory_that_is_not_a_run(tmp_path):
 
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "keep.txt").write_text("mine")
-    with pytest.raises(ValueError, match="not a run folder written by unicl"):
+    with pytest.raises(ValueError, match="not a unicl run folder"):
         demo._clear_run(tmp_path / "notes")
     assert (tmp_path / "notes" / "keep.txt").is_file()

@@ -29,10 +29,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=output_file, required=True, metavar="PRED.png", help="where to write the mask"
     )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it exists (never an input)"
+    )
     add_model_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
 
     import numpy as np
@@ -42,6 +46,11 @@ def main(args: argparse.Namespace) -> int:
     # PIL picks the format from the extension: check it before the model runs
     if Image.registered_extensions().get(out.suffix.lower()) not in Image.SAVE:
         raise ValueError(f"--out {out}: not an image file name PIL can write (use .png)")
+    inputs = [args.query, *(p for demo in args.demo for p in demo)]
+    if any(Path(p).exists() and out.exists() and Path(p).samefile(out) for p in inputs):
+        raise ValueError(f"--out {out} is one of the input images; choose another file name")
+    if out.exists() and not args.overwrite:
+        raise ValueError(f"--out {out} exists; pass --overwrite to replace it")
     model = load_model(args)
     mask = model.segment(
         args.query,
@@ -50,6 +59,13 @@ def main(args: argparse.Namespace) -> int:
         **sampling_options(args),
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(mask.astype(np.uint8) * 255).save(out)
+    tmp = out.with_name(f".{out.name}.partial{out.suffix}")  # written whole, then renamed
+    try:
+        Image.fromarray(mask.astype(np.uint8) * 255).save(
+            tmp, format=Image.registered_extensions()[out.suffix.lower()]
+        )
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     print(f"mask ({mask.shape[0]}x{mask.shape[1]}, {mask.mean():.1%} foreground) written to {out}")
     return 0
