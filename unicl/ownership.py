@@ -118,6 +118,9 @@ def require_own(path: str | os.PathLike, kind: str, what: str) -> None:
             f"({os.path.realpath(path)}) if that is what you mean"
         )
     if not path.exists():
+        blocked = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocked is not None:
+            raise ValueError(f"{what}: {path} lies below {blocked}, which is a file")
         return
     if not path.is_dir():
         raise ValueError(f"{what}: {path} is a file, not a folder; unicl will not replace it")

@@ -784,3 +784,13 @@ def test_load_names_a_bad_path_argument(path, error):
 
     with pytest.raises(error, match="path"):
         unicl.load(path)
+
+
+def test_a_run_dir_below_a_file_is_refused_before_any_work(tmp_path):
+    from unicl.config import load_config, to_dict
+    from unicl.training.run import preflight
+
+    (tmp_path / "img.png").write_bytes(b"x")
+    cfg = load_config("shapes_tiny", [f"train.run_dir={tmp_path / 'img.png' / 'sub'}"])
+    with pytest.raises(ValueError, match="lies below .*img.png"):
+        preflight(cfg, to_dict(cfg))
