@@ -140,3 +140,76 @@ def test_fetch_bpe_command(tmp_path, tok, capsys):
     assert main(["fetch-bpe", "--sdist", str(sdist), "--dest", str(tmp_path)]) == 0
     assert (tmp_path / "gpt2.tiktoken").read_bytes() == tok.bpe_path.read_bytes()
     assert "ready" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- #
+# subsets
+# --------------------------------------------------------------------------- #
+
+SUBSET_CORPUS = [" a red circle at the top left", "Category:", " the big blue star is behind"]
+
+
+def test_a_subset_encodes_its_corpus_exactly_as_gpt2(tmp_path):
+    from unicl.tokenizers.gpt2 import write_subset
+
+    path = write_subset(SUBSET_CORPUS, tmp_path / "subset.json")
+    sub, full = GPT2Tokenizer(subset_file=str(path)), GPT2Tokenizer()
+    assert 256 < sub.vocab_size < 400
+    for text in SUBSET_CORPUS:
+        local = sub.encode(text)
+        assert int(local.max()) < sub.vocab_size
+        assert sub.gpt2_ids[local.numpy()].tolist() == full.encode(text).tolist()
+        assert sub.decode(local) == text
+    assert sub.gpt2_ids[sub.eot_id] == 50256 and sub.eot_id == sub.vocab_size - 1
+
+
+@pytest.mark.parametrize("text", [" a hexagonal zorblax", "Ünïcode ✓ 123", "\n\t  x"])
+def test_a_subset_still_encodes_any_text(tmp_path, text):
+    from unicl.tokenizers.gpt2 import write_subset
+
+    sub = GPT2Tokenizer(subset_file=str(write_subset(SUBSET_CORPUS, tmp_path / "s.json")))
+    ids = sub.encode(text)
+    assert ids.min() >= 0 and ids.max() < sub.vocab_size and sub.decode(ids) == text
+
+
+def test_the_builtin_shapes_subset_covers_the_world_phrases():
+    from unicl.tasks.world_shapes import CATEGORIES
+
+    sub, full = GPT2Tokenizer(subset_file="builtin:shapes"), GPT2Tokenizer()
+    assert sub.vocab_size < 1000
+    for category in CATEGORIES:
+        text = f" {category.name}"
+        assert sub.gpt2_ids[sub.encode(text).numpy()].tolist() == full.encode(text).tolist()
+
+
+def test_a_subset_tokenizer_saves_and_loads(tmp_path):
+    from unicl.tokenizers.base import load_tokenizer
+
+    sub = GPT2Tokenizer(subset_file="builtin:shapes")
+    sub.save(tmp_path / "tok")
+    again = load_tokenizer(tmp_path / "tok")
+    assert again.vocab_size == sub.vocab_size
+    assert again.encode(" a red star").tolist() == sub.encode(" a red star").tolist()
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("[1, 2]", "not a gpt2 subset file"),
+        ('{"format": "unicl-gpt2-subset", "gpt2_ids": [1, "a"]}', "gpt2_ids must be"),
+        ('{"format": "unicl-gpt2-subset", "gpt2_ids": [1, 2, 50256]}', "all 256 single bytes"),
+        ("not json", "not a gpt2 subset file"),
+    ],
+)
+def test_bad_subset_files_are_named(tmp_path, content, match):
+    path = tmp_path / "subset.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=match):
+        GPT2Tokenizer(subset_file=str(path))
+
+
+def test_unknown_builtin_subset_and_missing_file():
+    with pytest.raises(ValueError, match="builtin:shapes"):
+        GPT2Tokenizer(subset_file="builtin:nope")
+    with pytest.raises(FileNotFoundError, match="subset file not found"):
+        GPT2Tokenizer(subset_file="/no/such/subset.json")
