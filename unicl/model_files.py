@@ -205,12 +205,36 @@ def read_run(run_dir: Path, tag: str | None = None) -> ModelFiles:
     return ModelFiles(run_dir, config, state, None, f"{tag_dir.resolve()}")
 
 
+BUILTIN_PREFIX = "builtin:"
+
+
+def builtin_models() -> list[str]:
+    """Names of the models shipped with unicl (`builtin:<name>`)."""
+    from importlib import resources
+
+    root = Path(str(resources.files("unicl.assets"))) / "models"
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def resolve_builtin(name: str) -> Path:
+    """The folder of the shipped model `name`, or ValueError listing the shipped ones."""
+    from importlib import resources
+
+    path = Path(str(resources.files("unicl.assets"))) / "models" / name
+    if not name or not (path / CONFIG_FILE).is_file():
+        shipped = ", ".join(f"builtin:{n}" for n in builtin_models()) or "none in this install"
+        raise ValueError(f"path: no shipped model {BUILTIN_PREFIX}{name}; shipped: {shipped}")
+    return path
+
+
 def read_model(path: str | Path) -> ModelFiles:
-    """An exported model folder, or a run directory's latest checkpoint."""
+    """An exported model folder, a run directory's latest checkpoint, or `builtin:<name>`."""
     if not isinstance(path, (str, Path)):
         raise TypeError(f"path: expected a folder path (str or Path), got {type(path).__name__}")
     if not str(path).strip():
         raise ValueError("path: empty; give a run directory or an exported model folder")
+    if isinstance(path, str) and path.startswith(BUILTIN_PREFIX):
+        return read_export(resolve_builtin(path[len(BUILTIN_PREFIX) :]))
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"model directory not found: {path}")

@@ -61,7 +61,7 @@ CASES = [
     case("make-world/seed-negative", ["make-world", "{out}", "--seed", "-1"], "--seed"),
     case("make-world/out-is-file", ["make-world", "{file}"], "out", "notes.txt", "not a directory"),
     case(
-        "make-world/out-below-file", ["make-world", "{file}/world"], "notes.txt", "Not a directory"
+        "make-world/out-below-file", ["make-world", "{file}/world"], "notes.txt", "which is a file"
     ),
     case(
         "make-world/out-read-only",

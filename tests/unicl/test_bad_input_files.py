@@ -794,3 +794,12 @@ def test_a_run_dir_below_a_file_is_refused_before_any_work(tmp_path):
     cfg = load_config("shapes_tiny", [f"train.run_dir={tmp_path / 'img.png' / 'sub'}"])
     with pytest.raises(ValueError, match="lies below .*img.png"):
         preflight(cfg, to_dict(cfg))
+
+
+def test_an_unknown_builtin_model_lists_the_shipped_ones():
+    import unicl
+    from unicl.model_files import builtin_models
+
+    with pytest.raises(ValueError, match="no shipped model builtin:nope; shipped: ") as info:
+        unicl.load("builtin:nope")
+    assert all(f"builtin:{name}" in str(info.value) for name in builtin_models())
