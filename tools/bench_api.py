@@ -42,14 +42,15 @@ def build(paper: bool, out: Path, device: str, dtype: str | None):
     else:
         cfg = load_config("shapes_tiny")
         vq = VQGANConfig().to_dict()  # the defaults are vqgan_tiny's shape
-    cfg.tokenizers = [
-        {"name": "gpt2"},
-        {"name": "vqgan", "checkpoint": None, "config": vq},
-        {"name": "bins"},
+    cfg.tokenizers = [  # the config's tokenizers, with a fresh VQ-GAN of its shape
+        {"name": "vqgan", "checkpoint": None, "config": vq} if s["name"] == "vqgan" else s
+        for s in cfg.tokenizers
     ]
     torch.manual_seed(0)
     vocab = Vocabulary.from_config(cfg)
-    model = build_model(cfg.model, vocab.embedding_size, num_attributes(vocab, sorted(cfg.tasks)))
+    features = vocab.code_features() if cfg.model.code_features else None
+    attributes = num_attributes(vocab, sorted(cfg.tasks))
+    model = build_model(cfg.model, vocab.embedding_size, attributes, features)
     save_model(cfg, model, vocab, out)
     return unicl.load(out, device=device, dtype=dtype), cfg
 
