@@ -1,8 +1,10 @@
 """`unicl demo`: the whole project in one command, and the pictures it leaves behind.
 
-DESIGN.md "The embedded default" / issue 8: on a fresh install the demo renders
-the shapes world, trains the tiny default (or reuses a finished run), evaluates it
-on the fixed evaluation episodes and writes a results folder:
+When this install ships a trained tiny model (`builtin:shapes_tiny`, unicl/model_files.py),
+`unicl demo` renders the shapes world and evaluates that model on the fixed evaluation
+episodes. Otherwise, and with `--retrain` (the from-scratch CPU path; its results go to
+results/<name>-retrained, beside the shipped model's), it trains the tiny default (or reuses a
+finished run) and evaluates that. Either way it writes a results folder:
 
     grid.png        demonstrations | query | prediction | ground truth, one row per
                     episode, seen and unseen categories
@@ -170,13 +172,19 @@ def run_demo(opts: DemoOptions | None = None) -> Path:
         overrides.append(f"train.run_dir={opts.run}")
     cfg = load_config(opts.config, overrides)
     run_dir = run_dir_of(cfg)
-    out = Path(opts.out) if opts.out else Path("results") / cfg.name
+    shipped = shipped_model(cfg.name, opts)
+    default_out = Path("results") / cfg.name
+    if shipped is None and opts.retrain and shipped_model(cfg.name, DemoOptions()) is not None:
+        default_out = Path("results") / f"{cfg.name}-retrained"  # beside the shipped model's
+    out = Path(opts.out) if opts.out else default_out
     torch.set_flush_denormal(True)
     started = time.perf_counter()
 
     require_own(out, "results", "--out")  # before any work, so a wrong --out costs nothing
     _say(f"1/4 shapes world in {cfg.data.root}")
     ensure_world(cfg.data)
+    if shipped is not None:
+        return _evaluate_shipped(shipped, out, cfg.name, opts, started)
     if opts.retrain:
         _clear_run(run_dir)
     if run_finished(run_dir, cfg.train.steps):
@@ -194,7 +202,36 @@ def run_demo(opts: DemoOptions | None = None) -> Path:
         return _evaluate_and_write(model, run_dir, out, cfg.name, opts, started)
 
 
-def _evaluate_and_write(model, run_dir: Path, out: Path, name: str, opts, started: float) -> Path:
+def shipped_model(name: str, opts: DemoOptions) -> str | None:
+    """`builtin:<name>` when this install ships a trained model for the config `name` and the
+    user asked for the plain demo (no --retrain, no --run, no overrides but data.*)."""
+    from unicl.model_files import builtin_models
+
+    builtin = name.replace("-", "_")
+    # overrides of data.* only move or resize the world the model is evaluated on
+    other = [o for o in opts.overrides if not str(o).startswith("data.")]
+    plain = not (opts.retrain or opts.run or other)
+    return f"builtin:{builtin}" if plain and builtin in builtin_models() else None
+
+
+def _evaluate_shipped(shipped: str, out: Path, name: str, opts, started: float) -> Path:
+    """Steps 2-4 for the shipped model: its evaluation files live in the results folder."""
+    import unicl
+    from unicl.inference import cpu_threads
+
+    _say(f"2/4 using the shipped model {shipped} (`unicl demo --retrain` trains one)")
+    model = unicl.load(shipped)
+    claim(out, "results", "--out")
+    _say("3/4 evaluating on the fixed evaluation episodes")
+    with cpu_threads(opts.eval_threads if model.device.type == "cpu" else None):
+        return _evaluate_and_write(model, out, out, name, opts, started, model.engine.model_dir)
+
+
+def _evaluate_and_write(
+    model, run_dir: Path, out: Path, name: str, opts, started: float, log_dir: Path | None = None
+) -> Path:
+    """Evaluate (tables kept under `run_dir`) and write the results folder `out`; the loss
+    curves come from the training log in `log_dir` (default: the run)."""
     tables = {
         task: evaluate_or_reuse(model, run_dir, task, opts)
         for task in ("segmentation", "captioning")
@@ -209,7 +246,7 @@ def _evaluate_and_write(model, run_dir: Path, out: Path, name: str, opts, starte
     if "captioning" in tables:
         shots = min(max(opts.shots), 1)
         write_captions(model, _episodes_dir(run_dir, opts), shots, out, opts.max_tokens)
-    write_loss_curves(run_dir, out / "loss.png")
+    write_loss_curves(log_dir or run_dir, out / "loss.png")
     minutes = (time.perf_counter() - started) / 60
     _say(f"done in {minutes:.1f} min. Results in {out}/:")
     for file in ("grid.png", "captions.md", "metrics.md", "metrics.json", "loss.png"):

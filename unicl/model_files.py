@@ -208,19 +208,21 @@ def read_run(run_dir: Path, tag: str | None = None) -> ModelFiles:
 BUILTIN_PREFIX = "builtin:"
 
 
-def builtin_models() -> list[str]:
-    """Names of the models shipped with unicl (`builtin:<name>`)."""
+def _models_root() -> Path:
     from importlib import resources
 
-    root = Path(str(resources.files("unicl.assets"))) / "models"
+    return Path(str(resources.files("unicl.assets"))) / "models"
+
+
+def builtin_models() -> list[str]:
+    """Names of the models shipped with unicl (`builtin:<name>`)."""
+    root = _models_root()
     return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
 
 
 def resolve_builtin(name: str) -> Path:
     """The folder of the shipped model `name`, or ValueError listing the shipped ones."""
-    from importlib import resources
-
-    path = Path(str(resources.files("unicl.assets"))) / "models" / name
+    path = _models_root() / name
     if not name or not (path / CONFIG_FILE).is_file():
         shipped = ", ".join(f"builtin:{n}" for n in builtin_models()) or "none in this install"
         raise ValueError(f"path: no shipped model {BUILTIN_PREFIX}{name}; shipped: {shipped}")
@@ -263,12 +265,14 @@ def write_export(
     tokenizers: dict[str, Any],
     out_dir: str | Path,
     dtype: torch.dtype | None = None,
+    extra_files: dict[str, Path] | None = None,
 ) -> Path:
     """Write an exported model folder; replaces `out_dir` only if it is an earlier export.
 
     Written beside the target and swapped in at the end: an interrupted export leaves the
     previous export (or nothing) in place, never a half folder. `dtype` converts floating
-    weights (e.g. torch.bfloat16 for a smaller file).
+    weights (e.g. torch.bfloat16 for a smaller file); `extra_files` (name -> source) are
+    copied in beside the weights (the run's training log).
     """
     out_dir = Path(os.path.abspath(out_dir))  # "." and ".." have no name to replace
     require_own(out_dir, "export", "export destination")
@@ -282,6 +286,8 @@ def write_export(
         save_weights(state, tmp / WEIGHTS_FILE)
         for name, tokenizer in tokenizers.items():
             tokenizer.save(tmp / TOKENIZER_DIR / name)
+        for name, source in (extra_files or {}).items():
+            shutil.copyfile(source, tmp / name)
         return replace_dir(tmp, out_dir)
     finally:
         if tmp.exists():

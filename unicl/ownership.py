@@ -11,7 +11,7 @@ file is there:
     run       `unicl train`         checkpoints/, run.json, config.yaml, metrics.jsonl, ...
     export    `unicl export`        config.yaml, model.safetensors, tokenizers/
     world     `unicl make-world`    images/, annotations/, manifest.json
-    results   `unicl demo`          grid.png, captions.md, metrics.md, metrics.json, loss.png
+    results   `unicl demo`          grid.png, captions.md, metrics.md, metrics.json, loss.png, ...
     vqgan     `unicl train-vqgan`   train_log.jsonl, checkpoint.pt, eval.json, export/
     episodes  `unicl make-episodes` <task>_<split>_<group>_seed<s>.json files
 
@@ -48,9 +48,17 @@ ENTRIES: dict[str, tuple[str, ...]] = {
         "export",
         "events.jsonl",
     ),
-    "export": ("config.yaml", "model.safetensors", "tokenizers"),
+    "export": ("config.yaml", "model.safetensors", "tokenizers", "metrics.jsonl"),
     "world": ("images", "annotations", "manifest.json"),
-    "results": ("grid.png", "captions.md", "metrics.md", "metrics.json", "loss.png"),
+    "results": (
+        "grid.png",
+        "captions.md",
+        "metrics.md",
+        "metrics.json",
+        "loss.png",
+        "eval",
+        "episodes",
+    ),
     "vqgan": ("train_log.jsonl", "checkpoint.pt", "checkpoint.pt.tmp", "eval.json", "export"),
     "episodes": ("*_seed*.json",),
 }

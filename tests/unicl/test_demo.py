@@ -1,6 +1,10 @@
-"""The demo's pictures (unicl/demo.py)."""
+"""The demo's pictures and pipeline (unicl/demo.py)."""
+
+import dataclasses
+from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from unicl.demo import CELL, GridRow, overlay, render_grid
@@ -107,3 +111,36 @@ def test_retrain_refuses_a_directory_that_is_not_a_run(tmp_path):
     with pytest.raises(ValueError, match="not a unicl run folder"):
         demo._clear_run(tmp_path / "notes")
     assert (tmp_path / "notes" / "keep.txt").is_file()
+
+
+def test_the_shipped_model_is_evaluated_without_training(tmp_path, monkeypatch, capsys):
+    """With a shipped model for the config, `unicl demo` evaluates it; --retrain trains one
+    from scratch and writes its results beside the shipped model's."""
+    from unicl import demo, model_files
+    from unicl.config import load_config
+    from unicl.training.export import export
+    from unicl.training.run import train
+
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_CONFIG.format(root=tmp_path))
+    train(load_config(str(config), [f"train.run_dir={tmp_path / 'trained'}"]), progress=False)
+    models = tmp_path / "assets" / "models"
+    export(tmp_path / "trained", models / "demo_test", dtype=torch.bfloat16)
+    monkeypatch.setattr(model_files, "_models_root", lambda: models)
+    capsys.readouterr()
+
+    opts = demo.DemoOptions(
+        config=str(config), shots=(1,), queries_per_category=1, max_tokens=3, progress=False
+    )
+    out = demo.run_demo(opts)
+    printed = capsys.readouterr().out
+    assert "using the shipped model builtin:demo_test" in printed and "training" not in printed
+    assert out == Path("results") / "demo-test" and not Path("runs").exists()
+    for name in ("grid.png", "metrics.md", "loss.png"):  # loss.png: the shipped training log
+        assert (out / name).is_file(), name
+
+    again = demo.run_demo(dataclasses.replace(opts, retrain=True))
+    printed = capsys.readouterr().out
+    assert again == Path("results") / "demo-test-retrained" and "training demo-test" in printed
+    assert (again / "metrics.md").is_file() and (out / "metrics.md").is_file()

@@ -1,8 +1,11 @@
-"""`unicl demo`: world -> training (or reuse) -> evaluation -> a results folder (unicl/demo.py).
+"""`unicl demo`: world -> the shipped model, or training (or reuse) -> evaluation -> a results
+folder (unicl/demo.py).
 
-With no arguments it uses the tiny default (configs/shapes_tiny.yaml), the run
-directory runs/shapes-tiny and writes results/shapes-tiny/. Re-running reuses the
-world, the token cache, a finished run and its evaluation.
+With no arguments it uses the tiny default (configs/shapes_tiny.yaml): the shipped trained
+model `builtin:shapes_tiny` when this install has one, else the run directory
+runs/shapes-tiny; it writes results/shapes-tiny/. `--retrain` trains from scratch (into
+results/shapes-tiny-retrained/ when a shipped model exists). Re-running reuses the world,
+the token cache, a finished run and its evaluation.
 """
 
 from __future__ import annotations
@@ -31,7 +34,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="results (default results/<name>)",
     )
     parser.add_argument(
-        "--retrain", action="store_true", help="delete the run directory's training and train again"
+        "--retrain",
+        action="store_true",
+        help="train from scratch (deletes the run directory's training) instead of using the "
+        "shipped model or a finished run",
     )
     parser.add_argument(
         "--queries-per-category",

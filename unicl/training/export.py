@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from unicl.model_files import read_run, write_export
+from unicl.training.logs import METRICS
 
 
 def export(
@@ -44,4 +45,6 @@ def export(
     cfg = from_dict(UniclConfig, files.config)
     import_plugins(cfg.plugins, allow=allow_plugins, source=run_dir)
     tokenizers = {str(spec["name"]): build_tokenizer(spec) for spec in cfg.tokenizers}
-    return write_export(files, tokenizers, out_dir, dtype=dtype)
+    log = run_dir / METRICS  # the training log travels with the weights (loss curves)
+    extra = {METRICS: log} if log.is_file() else {}
+    return write_export(files, tokenizers, out_dir, dtype=dtype, extra_files=extra)
