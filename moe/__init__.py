@@ -1,4 +1,4 @@
-"""unicl.moe: sparse mixture-of-experts for the decoder (PAPER.md "Mixture of experts").
+"""unicl.moe: sparse mixture-of-experts for the decoder (arXiv 2312.02520, MoE).
 
 Routers decide which experts each token uses (`router.py`), dispatch ops execute that decision
 (`ops.py`, plain PyTorch; `kernels/`, Triton on CUDA), and `MoELayer` (`layer.py`) puts them

@@ -1,4 +1,4 @@
-"""The sparse MoE FFN layer: router + stacked experts + dispatch (PAPER.md "Mixture of experts").
+"""The sparse MoE FFN layer: router + stacked experts + dispatch (arXiv 2312.02520, MoE).
 
 A drop-in replacement for a transformer block's FFN. `forward(x, attributes)` returns
 `(y, aux_loss)`; `route_and_run` returns the same plus the router's decision (load statistics).

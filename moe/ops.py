@@ -1,6 +1,6 @@
 """Expert dispatch ops in plain PyTorch: the CPU path and the oracle for the Triton kernels.
 
-PAPER.md "Mixture of experts": every token picks `K` of `E` experts and its output is the
+Mixture of experts (arXiv 2312.02520): every token picks `K` of `E` experts and its output is the
 gate-weighted sum of those experts' FFNs. These ops only *execute* a routing decision; they know
 nothing about how it was made (hidden-state gate, attribute gate, capacity dropping).
 

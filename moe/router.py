@@ -1,4 +1,4 @@
-"""Routers: which K of E experts each token uses, with what weights (PAPER.md "Mixture of experts").
+"""Routers: which K of E experts each token uses, with what weights (arXiv 2312.02520, MoE).
 
 Two policies:
   - "topk": GShard gating on the hidden state. logits = x @ W_g; optional Gaussian noise on the

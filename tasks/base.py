@@ -1,11 +1,12 @@
 """The task plugin contract, the `TASKS` registry and the episode data structures.
 
 A task turns dataset records into in-context *episodes* (k demonstrations and
-one query of the same category, PAPER.md "Tasks") and turns generated payloads
-back into answers. An episode is a list of *pairs*; each pair is an ordered list
-of `Segment`s (a modality, its raw payload, and whether it is model input or the
-output the model must produce). The sequence packer (unicl/sequence.py) turns an
-episode into tokens; it never needs to know which task made it.
+one query of the same category, as in the class-aware in-context tasks of
+arXiv 2312.02520) and turns generated payloads back into answers. An episode is
+a list of *pairs*; each pair is an ordered list of `Segment`s (a modality, its
+raw payload, and whether it is model input or the output the model must
+produce). The sequence packer (unicl/sequence.py) turns an episode into tokens;
+it never needs to know which task made it.
 
 Every record is seen through a `View`: a square crop box in the record's original
 pixels, an optional horizontal flip and the side length the crop is resized to.

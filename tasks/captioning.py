@@ -1,4 +1,4 @@
-"""Class-aware in-context region captioning (PAPER.md "Tasks", "Sequence layout").
+"""Class-aware in-context region captioning (arXiv 2312.02520, tasks and sequence layout).
 
 An episode shows k (image, region, caption) demonstrations of one category and a
 query image with its region; the model writes the query's caption. One pair:

@@ -1,11 +1,12 @@
 """MS-COCO instances reader: per-category pools of (image, category) segmentation records.
 
-PAPER.md "Data": the segmentation task draws its demonstrations and queries from
-per-category pools of MS-COCO; a record is one (image, category) whose mask
-merges every instance of that category in the image. This reader builds those
-pools from an `instances_*.json` file (real COCO 2017 or the shapes world, which
-writes the same format). Masks stay as the raw COCO segmentation objects in the
-records and are decoded by pycocotools only when a task asks for them.
+The paper's data (arXiv 2312.02520): the segmentation task draws its
+demonstrations and queries from per-category pools of MS-COCO; a record is one
+(image, category) whose mask merges every instance of that category in the
+image. This reader builds those pools from an `instances_*.json` file (real COCO
+2017 or the shapes world, which writes the same format). Masks stay as the raw
+COCO segmentation objects in the records and are decoded by pycocotools only
+when a task asks for them.
 
 Every field a record needs is checked while reading (ids, image sizes, boxes,
 polygon and RLE structure); an error names the file and the annotation or image

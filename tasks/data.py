@@ -1,10 +1,10 @@
 """Where a run's data lives: the shapes world or COCO / Visual Genome files.
 
 `DataConfig` is the `data:` section of a unicl config. By default everything
-comes from a shapes world under `root` (made on first use, DESIGN.md "The
-embedded default"); setting the `coco_*` / `vg_*` paths switches a task to the
-real datasets (PAPER.md "Data") through the same readers. The functions below
-are what tasks call: category pools per split and the seen/unseen split.
+comes from a shapes world under `root` (made on first use, docs/data.md "The
+shapes world"); setting the `coco_*` / `vg_*` paths switches a task to the real
+datasets of the paper (arXiv 2312.02520) through the same readers. The functions
+below are what tasks call: category pools per split and the seen/unseen split.
 """
 
 from __future__ import annotations
@@ -147,8 +147,9 @@ def caption_pools(cfg: DataConfig, split: str):
     """category -> CaptionRecords of a split (Visual Genome if configured, else the world).
 
     Categories are those with more than `min_descriptions` regions in the TRAIN
-    file (PAPER.md: "classes with more than 100 descriptions"), plus the unseen
-    categories, which have none there by construction; val pools use that list.
+    file (the paper, arXiv 2312.02520, keeps classes with more than 100
+    descriptions), plus the unseen categories, which have none there by
+    construction; val pools use that list.
     """
     from unicl.tasks.vg import VisualGenomeRegions
 

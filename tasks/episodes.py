@@ -1,12 +1,12 @@
 """Fixed evaluation episodes: the same prompts for every model and every run.
 
-PAPER.md "Tasks": models are evaluated with 0, 1, 2 and 3 demonstrations. For a
-split and a seed, an episode file lists every query of one category group (seen
-or unseen categories, separate files) with its demonstration ids for each shot
-count, nested: the 1-shot demos are the first of the 2-shot demos, and so on, so
-adding a demonstration never changes the others. The evaluation view (crop box,
-flip, size) of every record is stored too, so evaluation never depends on the
-crop code's defaults at a later time. JSON layout (format 1):
+The paper (arXiv 2312.02520) evaluates models with 0, 1, 2 and 3 demonstrations.
+For a split and a seed, an episode file lists every query of one category group
+(seen or unseen categories, separate files) with its demonstration ids for each
+shot count, nested: the 1-shot demos are the first of the 2-shot demos, and so
+on, so adding a demonstration never changes the others. The evaluation view
+(crop box, flip, size) of every record is stored too, so evaluation never
+depends on the crop code's defaults at a later time. JSON layout (format 1):
 
     {"format": 1, "task": "segmentation", "split": "val", "group": "unseen",
      "seed": 0, "max_shots": 3, "image_size": 64,

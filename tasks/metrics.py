@@ -1,6 +1,6 @@
 """Evaluation metrics: segmentation MIoU / MAE, caption BLEU-4 / METEOR / CIDEr, DenseCap mAP.
 
-PAPER.md "Results to compare against" (Table 4) reports, for segmentation, MIoU
+The paper's results (arXiv 2312.02520, Table 4) report, for segmentation, MIoU
 and MAE in SegGPT's protocol and, for region captioning, BLEU-4, METEOR and CIDEr
 (pycocoevalcap) and DenseCap's mAP.
 
@@ -241,7 +241,7 @@ def densecap_map(
     iou_thresholds: Sequence[float] = IOU_THRESHOLDS,
     meteor_thresholds: Sequence[float] = METEOR_THRESHOLDS,
 ) -> float | None:
-    """DenseCap's mean AP over IoU x METEOR thresholds (PAPER.md Table 4).
+    """DenseCap's mean AP over IoU x METEOR thresholds (arXiv 2312.02520, Table 4).
 
     predictions: image id -> [(box, caption, score), ...]
     ground_truth: image id -> [(box, caption or [captions]), ...]

@@ -1,11 +1,11 @@
 """Dataset records: what a task draws demonstrations and queries from.
 
-PAPER.md "Data": a segmentation record is one (image, category) pair of MS-COCO
-whose mask merges every instance of that category; a caption record is one
-Visual Genome region description mapped to a category. Both readers
-(tasks/coco.py, tasks/vg.py) and the shapes world produce these records, so the
-task code never knows which dataset it is reading. Records are light: pixels
-and masks are read from disk only when asked for.
+The paper's data (arXiv 2312.02520): a segmentation record is one (image,
+category) pair of MS-COCO whose mask merges every instance of that category; a
+caption record is one Visual Genome region description mapped to a category.
+Both readers (tasks/coco.py, tasks/vg.py) and the shapes world produce these
+records, so the task code never knows which dataset it is reading. Records are
+light: pixels and masks are read from disk only when asked for.
 
 Pixels: every image, a dataset's or a user's (unicl/inputs.py), becomes (H, W, 3)
 uint8 RGB through `rgb_pixels`, which converts what has one meaning (16-bit PNGs,

@@ -1,4 +1,4 @@
-"""Class-aware in-context segmentation (PAPER.md "Tasks", "Data").
+"""Class-aware in-context segmentation (arXiv 2312.02520, its tasks and data).
 
 An episode shows k (image, mask) pairs of one category and a query image; the
 model generates the query's mask as VQ codes:

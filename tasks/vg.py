@@ -1,10 +1,10 @@
 """Visual Genome region-description reader: per-category caption pools.
 
-PAPER.md "Data": the captioning task uses Visual Genome region descriptions whose
-category matches a COCO class with more than 100 descriptions. This reader maps
-each region of a `region_descriptions.json` (real VG or the shapes world, which
-writes the same format) to one of the given categories and keeps categories with
-more than `min_descriptions` regions.
+The paper's data (arXiv 2312.02520): the captioning task uses Visual Genome
+region descriptions whose category matches a COCO class with more than 100
+descriptions. This reader maps each region of a `region_descriptions.json` (real
+VG or the shapes world, which writes the same format) to one of the given
+categories and keeps categories with more than `min_descriptions` regions.
 
 Mapping a region to a category:
 1. with VG's `objects.json` given: the object with the highest box IoU (>= 0.5)

@@ -1,6 +1,6 @@
 """The synthetic shapes world: a COCO + Visual Genome stand-in rendered from a seed.
 
-DESIGN.md "The embedded default": MS-COCO, Visual Genome and pretrained VQ-GAN
+docs/data.md "The shapes world": MS-COCO, Visual Genome and pretrained VQ-GAN
 weights cannot be downloaded everywhere, so `unicl make-world` renders a small
 dataset in the *real* file formats, and the same readers (tasks/coco.py,
 tasks/vg.py) serve it and real data alike. Layout under the output directory:

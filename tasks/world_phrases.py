@@ -1,13 +1,14 @@
 """The shapes world's region-description grammar (Visual Genome style phrases).
 
-Visual Genome region descriptions (PAPER.md "Data", captioning) are short
-free-form phrases: "a red car parked on the left", "the clock is green". The
-world writes phrases of that kind from a small grammar whose words are computed
-from the rendered pixels of the instance, so a phrase is always true of its
-region: the colour is the instance's paint, the size word comes from its visible
-(post-occlusion) area, the position word from the centroid of its visible mask,
-and the relation from where its nearest distinguishable neighbour actually is
-and whether one covers the other. Templates, synonyms and word choices vary.
+Visual Genome region descriptions (the paper's captioning data,
+arXiv 2312.02520) are short free-form phrases: "a red car parked on the left",
+"the clock is green". The world writes phrases of that kind from a small grammar
+whose words are computed from the rendered pixels of the instance, so a phrase
+is always true of its region: the colour is the instance's paint, the size word
+comes from its visible (post-occlusion) area, the position word from the
+centroid of its visible mask, and the relation from where its nearest
+distinguishable neighbour actually is and whether one covers the other.
+Templates, synonyms and word choices vary.
 
 The described object's noun always comes before any neighbour's noun, which is
 what the Visual Genome reader relies on to map a phrase to its category.

@@ -1,12 +1,12 @@
 """The shapes world's vocabulary: shape categories, their geometry, names and colours.
 
-The shapes world (DESIGN.md "The embedded default") stands in for MS-COCO and
-Visual Genome (PAPER.md "Data"). This module holds what a category *is*: a
-drawing recipe in unit coordinates, a supercategory, and the words people use
-for it (synonyms, used both by the phrase grammar and by the Visual Genome
-reader's category mapping). It also holds the named colour palette. Rendering
-and file writing live in tasks/world.py; the phrase grammar in
-tasks/world_phrases.py.
+The shapes world (docs/data.md "The shapes world") stands in for MS-COCO and
+Visual Genome, the paper's data (arXiv 2312.02520). This module holds what a
+category *is*: a drawing recipe in unit coordinates, a supercategory, and the
+words people use for it (synonyms, used both by the phrase grammar and by the
+Visual Genome reader's category mapping). It also holds the named colour
+palette. Rendering and file writing live in tasks/world.py; the phrase grammar
+in tasks/world_phrases.py.
 
 A shape is a list of drawing operations `(points, fill)`: a polygon given in
 unit coordinates (roughly inside [-1, 1]^2, y pointing down) painted with 1

@@ -1,10 +1,10 @@
 """The "bins" tokenizer: numbers in [0, 1] as one of 1001 tokens `<bin_0>..<bin_1000>`.
 
-PAPER.md "Captioning": box coordinates are normalised by the image size, rounded
-to 3 decimals and written as Pix2Seq-style bin tokens, so a box (x1, y1, x2, y2)
-becomes 4 ids. A value v maps to bin round(v * (n_bins - 1)) and a bin i back to
-i / (n_bins - 1); with 1001 bins the round trip is exact to 3 decimals (error
-<= 0.0005).
+Captioning in the paper (arXiv 2312.02520): box coordinates are normalised by
+the image size, rounded to 3 decimals and written as Pix2Seq-style bin tokens,
+so a box (x1, y1, x2, y2) becomes 4 ids. A value v maps to bin
+round(v * (n_bins - 1)) and a bin i back to i / (n_bins - 1); with 1001 bins the
+round trip is exact to 3 decimals (error <= 0.0005).
 
 Range rule: values must lie in [0, 1]. Values within `tolerance` (1e-6) outside
 it, which normalising a pixel coordinate by the image size can produce through

@@ -1,11 +1,11 @@
 """The "gpt2" tokenizer: GPT-2's byte-level BPE through tiktoken, fully offline.
 
-PAPER.md "Tokenizers": text is GPT-2 BPE, 50257 entries, `<|endoftext|>` = 50256,
-"Hello world" -> [15496, 995]. `tiktoken.get_encoding("gpt2")` downloads its files,
-so instead we build the same `tiktoken.Encoding` from GPT-2's merge table
-(`gpt2.tiktoken`, as shipped in the openai-whisper source distribution) and GPT-2's
-pre-tokenisation pattern. `install_gpt2_bpe` (CLI: `unicl fetch-bpe`) puts that
-table into unicl's cache.
+The paper's tokenizers (arXiv 2312.02520): text is GPT-2 BPE, 50257 entries,
+`<|endoftext|>` = 50256, "Hello world" -> [15496, 995].
+`tiktoken.get_encoding("gpt2")` downloads its files, so instead we build the same
+`tiktoken.Encoding` from GPT-2's merge table (`gpt2.tiktoken`, as shipped in the
+openai-whisper source distribution) and GPT-2's pre-tokenisation pattern.
+`install_gpt2_bpe` (CLI: `unicl fetch-bpe`) puts that table into unicl's cache.
 
 A *subset* (option `subset_file`: a file written by `write_subset`, or `builtin:shapes` for the
 shapes world) keeps only the GPT-2 tokens a corpus needs: all 256 single bytes (so any text

@@ -1,8 +1,9 @@
-"""The "vqgan" tokenizer: images and masks <-> VQ-GAN codes (PAPER.md "Tokenizers").
+"""The "vqgan" tokenizer: images and masks <-> VQ-GAN codes (arXiv 2312.02520, tokenizers).
 
 An image becomes the (h*w,) codes of its grid in raster order; a segmentation
-mask is rendered as a 0/255 3-channel image, encoded by the same quantizer, and
-read back by thresholding the decoded image at 127 (PAPER.md "Tasks").
+mask is rendered as a 0/255 3-channel image, encoded by the same quantizer (masks
+as images: arXiv 2312.02520), and read back by thresholding the decoded image at
+127.
 
 Input rule: images are RGB uint8, given as PIL images (mode "RGB"), (H, W, 3)
 arrays/tensors, lists of those, or (B, H, W, 3) batches. An image whose size is
@@ -41,7 +42,7 @@ BUILTIN_PREFIX = "builtin:"
 DEFAULT_CHECKPOINT = "builtin:vqgan_shapes_tiny"
 WEIGHTS_FILE = "vqgan.safetensors"
 CONFIG_FILE = "vqgan.json"
-#: masks are rendered 0/255 and thresholded back at this grey level (PAPER.md)
+#: masks are rendered 0/255 and thresholded back at this grey level (our choice)
 MASK_THRESHOLD = 127
 
 
@@ -100,7 +101,8 @@ def load_taming(ckpt_path: str | Path, config_yaml_path: str | Path) -> VQGAN:
             raise FileNotFoundError(f"{path}: no such taming checkpoint/config file")
     config = VQGANConfig.from_taming(yaml.safe_load(config_yaml_path.read_text()) or {})
     try:
-        # never unpickle arbitrary objects (DESIGN.md "Checkpoints")
+        # never unpickle arbitrary objects (docs/tokenizers.md "Loading taming-transformers
+        # checkpoints")
         blob = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     except Exception as err:  # UnpicklingError and friends, whose types vary by torch version
         raise ValueError(
@@ -190,7 +192,8 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def render_mask(mask: np.ndarray) -> np.ndarray:
-    """(H, W) bool -> (H, W, 3) uint8 image: 255 foreground, 0 background (PAPER.md)."""
+    """(H, W) bool -> (H, W, 3) uint8 image: 255 foreground, 0 background (our rendering of the
+    paper's masks-as-images, arXiv 2312.02520)."""
     return np.repeat((mask.astype(np.uint8) * 255)[:, :, None], 3, axis=2)
 
 

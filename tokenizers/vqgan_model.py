@@ -1,12 +1,13 @@
 """The VQ-GAN image quantizer network, built from taming-transformers' modules.
 
-PAPER.md "Tokenizers": images (and masks rendered as images) become VQ-GAN codes;
-the paper uses 1024 codes at 16x downsampling, 256 px -> 16x16 = 256 codes. The
-network is taming's `Encoder` / `Decoder` (taming.modules.diffusionmodules.model)
-around taming's nearest-neighbour `VectorQuantizer2`, with the same attribute
-names as taming's `VQModel`, so its state dict has taming's keys
-(`encoder.*`, `decoder.*`, `quantize.embedding.weight`, `quant_conv.*`,
-`post_quant_conv.*`) and taming checkpoints load unchanged.
+The paper's tokenizers (arXiv 2312.02520): images (and masks rendered as images)
+become VQ-GAN codes; the paper uses 1024 codes at 16x downsampling, 256 px ->
+16x16 = 256 codes. The network is taming's `Encoder` / `Decoder`
+(taming.modules.diffusionmodules.model) around taming's nearest-neighbour
+`VectorQuantizer2`, with the same attribute names as taming's `VQModel`, so its
+state dict has taming's keys (`encoder.*`, `decoder.*`,
+`quantize.embedding.weight`, `quant_conv.*`, `post_quant_conv.*`) and taming
+checkpoints load unchanged.
 
 Letters: B batch, C channels, H/W pixels, h/w code grid (H / f), D code width
 (`embed_dim`), K codebook size (`n_embed`), f downsampling factor.

@@ -1,10 +1,10 @@
 """Training the VQ-GAN quantizer on the shapes world or any COCO-style image set.
 
-PAPER.md "Tokenizers": one VQ-GAN encodes both images and segmentation masks
-(rendered 0/255). Pretrained VQ-GAN weights cannot be downloaded here, so unicl
-trains its own: object-centred square crops (tasks/transforms.py) of images and
-of their category masks, reconstruction loss (L1 + L2), commitment loss, and a
-codebook that does not collapse:
+The paper's tokenizers (arXiv 2312.02520): one VQ-GAN encodes both images and
+segmentation masks (rendered 0/255). Pretrained VQ-GAN weights cannot be
+downloaded here, so unicl trains its own: object-centred square crops
+(tasks/transforms.py) of images and of their category masks, reconstruction loss
+(L1 + L2), commitment loss, and a codebook that does not collapse:
 
   - EMA codebook (van den Oord et al. 2017, appendix): codes are moving averages
     of the latents assigned to them, not trained by gradients. The lookup stays

@@ -48,8 +48,7 @@ def main() -> None:
     subset = GPT2Tokenizer(subset_file=str(path))
     full = GPT2Tokenizer()
     same = all(
-        subset.gpt2_ids[subset.encode(t).numpy()].tolist() == full.encode(t).tolist()
-        for t in texts
+        subset.gpt2_ids[subset.encode(t).numpy()].tolist() == full.encode(t).tolist() for t in texts
     )
     print(f"{len(texts)} texts -> {subset.vocab_size} ids in {path}; encodes as GPT-2: {same}")
 

@@ -1,15 +1,15 @@
-"""The researcher's interface: `unicl.load` and `InContextModel` (DESIGN.md "Public Python API").
+"""The researcher's interface: `unicl.load` and `InContextModel` (README.md "Python API").
 
     import unicl
     model = unicl.load("runs/shapes-tiny")
     mask = model.segment(query=img, demos=[(img1, mask1), (img2, mask2)], category="star")
     text = model.caption(query=img, box=(x0, y0, x1, y1), demos=[(img1, box1, "a red star")])
 
-A prompt is laid out exactly as in training (PAPER.md "Tasks", "Sequence layout"):
-the task plugin turns each demonstration and the query into an in-context pair,
-the packer turns the episode into tokens, the decoder generates the query's
-answer under the task's constraints, and the task maps the generated tokens back
-to a mask at the query's own resolution or to a caption string.
+A prompt is laid out exactly as in training (arXiv 2312.02520, tasks and sequence
+layout): the task plugin turns each demonstration and the query into an in-context
+pair, the packer turns the episode into tokens, the decoder generates the query's
+answer under the task's constraints, and the task maps the generated tokens back to
+a mask at the query's own resolution or to a caption string.
 
 Batching: a list of queries with one demonstration set is one batch whose shared
 prompt (category text + demonstrations) is prefilled once; every query then

@@ -1,4 +1,4 @@
-"""Evaluation over the fixed evaluation episodes (PAPER.md "Results to compare against").
+"""Evaluation over the fixed evaluation episodes (arXiv 2312.02520, its reported results).
 
 Protocol (docs/evaluation.md): every query of a split is paired with the same
 k = 0..3 demonstrations every time, read from the episode files of

@@ -1,4 +1,4 @@
-"""Constrained, KV-cached generation of answers (PAPER.md "Decoder"; the inference of the method).
+"""Constrained, KV-cached generation of answers: the inference of the method (arXiv 2312.02520).
 
 The answer of an in-context query is one or more *segments*: a mask is exactly h*w image codes, a
 caption is text/bin/tag tokens up to a stop id ([EOC]) or a length limit. Each segment restricts

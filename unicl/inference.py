@@ -1,8 +1,8 @@
 """Prompt -> answer machinery behind the public API and `unicl eval`.
 
 `Engine` holds a loaded model directory (config, vocabulary, task plugins,
-packer, decoder) and runs in-context prompts end to end (PAPER.md "Tasks",
-"Sequence layout"):
+packer, decoder) and runs in-context prompts end to end (arXiv 2312.02520,
+tasks and sequence layout):
 
     demonstrations + queries (arrays)  ->  records seen through views (tasks/base.py Shot)
       -> Task.episode -> Packer.pack -> shared-prefix generation (unicl/generate.py)
@@ -33,7 +33,8 @@ import torch
 from unicl.inputs import ImageItem, caption_record, segmentation_record
 from unicl.model_files import ModelFiles, write_export
 
-#: decoded mask images are thresholded at this grey level (PAPER.md "Tasks")
+#: decoded mask images are thresholded at this grey level (our choice; the paper, arXiv
+#: 2312.02520, does not say how a decoded mask image becomes a binary mask)
 MASK_THRESHOLD = 127.0
 #: image ids of user images (demonstrations count up from 1, queries from here)
 QUERY_ID_BASE = 1_000_000_000
@@ -443,7 +444,7 @@ class Engine:
 
     @staticmethod
     def threshold_mask(grey: np.ndarray) -> np.ndarray:
-        """Mean decoded mask image -> bool mask (grey level > 127, PAPER.md)."""
+        """Mean decoded mask image -> bool mask (grey level > 127, our choice)."""
         return np.asarray(grey) > MASK_THRESHOLD
 
     # ---- generation ------------------------------------------------------------ #

@@ -1,6 +1,6 @@
 """Coercion and validation of what researchers hand to the public API.
 
-The API (unicl/api.py, DESIGN.md "Public Python API") accepts images as PIL
+The API (unicl/api.py, README.md "Python API") accepts images as PIL
 images, arrays or file paths; masks as (H, W) arrays, PIL images or paths; boxes
 as (x0, y0, x1, y1) in the pixels of their image. Everything is checked here,
 before any tokenizer or model sees it, so a mistake is reported as a ValueError /

@@ -1,4 +1,4 @@
-"""Training loss of the decoder (PAPER.md "Decoder", "Mixture of experts"):
+"""Training loss of the decoder (arXiv 2312.02520, decoder and mixture of experts):
 
     loss = CE(loss-weighted target tokens) + aux_loss_weight * sum over MoE layers of l_aux
 

@@ -1,10 +1,11 @@
 """The decoder: one embedding over the unified vocabulary, a GPT-2-shaped stack of pre-LN blocks
 whose FFN is a sparse mixture of experts on chosen layers, and a tied output head.
 
-PAPER.md "Decoder": GPT-2 small (12 layers, width 768, 12 heads, 2060 positions, LayerNorm eps
-1e-12, dropout 0.1) trained from scratch; the 6 even-numbered layers (1-indexed 2, 4, ..., 12,
-i.e. 0-indexed 1, 3, ..., 11) replace the FFN with an 8-expert top-2 MoE. "Mixture of experts":
-the attribute-routed AG-MoE or the GShard baseline (unicl/moe). Parameter counts: docs/model.md.
+The paper's decoder (arXiv 2312.02520): GPT-2 small (12 layers, width 768, 12 heads, 2060
+positions, LayerNorm eps 1e-12, dropout 0.1) trained from scratch; the 6 even-numbered layers
+(1-indexed 2, 4, ..., 12, i.e. 0-indexed 1, 3, ..., 11) replace the FFN with an 8-expert top-2
+MoE. Its mixture of experts: the attribute-routed AG-MoE or the GShard baseline (unicl/moe).
+Parameter counts: docs/model.md.
 
 Letters: B batch, T new tokens, S keys (cached + new), D width, H heads, Dh = D / H head width,
 V embedding rows (vocabulary padded), E experts, L layers.
@@ -131,7 +132,7 @@ class ModelConfig:
 
     @classmethod
     def paper(cls, **overrides) -> ModelConfig:
-        """M2oEGPT (PAPER.md "Decoder"): GPT-2 small with 8-expert top-2 AG-MoE on 6 layers."""
+        """M2oEGPT (arXiv 2312.02520): GPT-2 small with 8-expert top-2 AG-MoE on 6 layers."""
         values = dict(
             n_layer=12,
             n_head=12,

@@ -1,8 +1,8 @@
 """The sequence packer: an in-context episode -> one token sequence, and batching.
 
-Layout (PAPER.md "Sequence layout"). Every image's codes are opened by `[BOI]`,
-every block of text (a run of non-image segments: BPE text, tags, box bins) by
-`[BOT]`, and every in-context pair is closed by `[EOC]`:
+Layout (arXiv 2312.02520, the sequence layout). Every image's codes are opened by
+`[BOI]`, every block of text (a run of non-image segments: BPE text, tags, box
+bins) by `[BOT]`, and every in-context pair is closed by `[EOC]`:
 
     segmentation pair:  [BOI] image codes [BOI] mask codes [EOC]            = 2n + 3
     captioning pair:    [BOI] image codes [BOT] Category: <c_st> name <c_ed>.
@@ -22,8 +22,8 @@ Per token the packer produces
   tokens (the tokens of output segments and the tags that open or close them, in
   every pair, demos included), `input_image_weight` on input image codes, 0 on
   everything else, on padding and at t = 0;
-- `attributes`: the routing attribute of the AG-MoE gate (PAPER.md "Mixture of
-  experts"), task x token span x role:
+- `attributes`: the routing attribute of the AG-MoE gate (arXiv 2312.02520,
+  mixture of experts), task x token span x role:
 
       attribute = ((task_index * n_spans) + span_index) * 2 + role
 

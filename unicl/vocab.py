@@ -1,8 +1,8 @@
 """The unified vocabulary: one id space over every tokenizer plus special tokens.
 
-Layout (PAPER.md "Sequence layout"): each configured tokenizer gets one
-contiguous range of global ids, in config order; the special tokens follow, then
-the caption-structure tags. With GPT-2 BPE (50257) + VQ-GAN (1024) + the 9
+Layout (arXiv 2312.02520, the sequence layout): each configured tokenizer gets
+one contiguous range of global ids, in config order; the special tokens follow,
+then the caption-structure tags. With GPT-2 BPE (50257) + VQ-GAN (1024) + the 9
 specials the vocabulary has 51290 ids; adding the 1001 box bins and the 4
 category/box tags gives 52295, the paper's count.
 
@@ -26,7 +26,7 @@ from unicl.tokenizers.base import Tokenizer, build_tokenizer
 #: (before an image), [BOT] (before text), [EOC] (after an in-context pair) and
 #: [PAD]; the others are reserved so that plugins and later layouts keep ids stable.
 BASE_SPECIALS = ("[PAD]", "[BOI]", "[BOT]", "[EOC]", "[BOS]", "[EOS]", "[SEP]", "[MASK]", "[UNK]")
-#: Category and box tags of the caption template (PAPER.md "Captioning").
+#: Category and box tags of the caption template (arXiv 2312.02520, captioning).
 CAPTION_TAGS = ("<c_st>", "<c_ed>", "<b_st>", "<b_ed>")
 SPECIAL_SPAN = "special"
 

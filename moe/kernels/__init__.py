@@ -1,4 +1,4 @@
-"""unicl.moe.kernels: the Triton expert-dispatch path (PAPER.md "Mixture of experts").
+"""unicl.moe.kernels: the Triton expert-dispatch path (arXiv 2312.02520, mixture of experts).
 
 Kernel stack (docs/kernels.md): private `@triton.jit` kernels in `_triton_plan.py` (routing plan),
 `_rows.py` (dispatch/combine) and `_gemm.py` (grouped GEMMs) -> their launchers -> the autograd

@@ -1,11 +1,11 @@
 """Grouped GEMMs over variable-length expert segments (Triton), forward and weight-gradient.
 
-PAPER.md "Mixture of experts": after the plan sorts the slots by expert, expert e owns rows
+Mixture of experts (arXiv 2312.02520): after the plan sorts the slots by expert, expert e owns rows
 [offsets[e], offsets[e+1]) and every expert's matmul runs in ONE launch, with no padding to a
 capacity. The tile schedule is computed on the device inside each program: from the (E + 1,)
-offsets it derives each expert's number of BM-row tiles, their prefix sum, and so which
-(expert, row tile) the program's id names. The grid is launched at its upper bound
-cdiv(S, BM) + E, known without a sync; programs past the real tile count exit at once.
+offsets it derives each expert's number of BM-row tiles, their prefix sum, and so which (expert,
+row tile) the program's id names. The grid is launched at its upper bound cdiv(S, BM) + E, known
+without a sync; programs past the real tile count exit at once.
 
     grouped_mm       C[r] = epilogue(A[row(r)] @ B[e(r)] + bias[e(r)])     (rows r of the plan)
                      row(r) = sorted_token[r] (fused gather from x) or r; the epilogue stores the

@@ -1,7 +1,7 @@
 """Row movement kernels (Triton): dispatch (gather) and the gate-weighted combine, with backward.
 
-PAPER.md "Mixture of experts". Both directions are gathers, never scatters with atomics, so the
-results are deterministic and every output row is written exactly once:
+The paper's mixture of experts (arXiv 2312.02520). Both directions are gathers, never scatters with
+atomics, so the results are deterministic and every output row is written exactly once:
 
     gather_rows       out[j] = src[sorted_token[j]]                    (dispatch; j < offsets[E])
     combine           out[n] = sum_k w[n, k] * y[slot_pos[n*K + k]]    (kept slots only)

@@ -1,7 +1,7 @@
 """Triton kernels that build the routing plan on the device, with no host sync.
 
-PAPER.md "Mixture of experts". `routing_plan` is a deterministic counting sort of the N*K slots by
-expert in three launches (`plan.torch_dispatch_plan` is its PyTorch twin):
+The paper's mixture of experts (arXiv 2312.02520). `routing_plan` is a deterministic counting sort
+of the N*K slots by expert in three launches (`plan.torch_dispatch_plan` is its PyTorch twin):
 
     1. per-block histogram   block_counts[b, e] = #slots of block b routed to e
     2. scan (one program)    offsets[e] = sum_{e' < e} counts[e'];

@@ -1,7 +1,8 @@
 """The Triton expert FFN: plan -> fused gather + grouped GEMM -> grouped GEMM -> combine.
 
-PAPER.md "Mixture of experts". Same signature and semantics as `unicl.moe.ops.expert_ffn` (the
-oracle), as one autograd Function whose backward reuses the forward's plan:
+The paper's mixture of experts (arXiv 2312.02520). Same signature and semantics as
+`unicl.moe.ops.expert_ffn` (the oracle), as one autograd Function whose backward reuses the
+forward's plan:
 
     forward                                        backward (dout (N, D))
     plan    = routing_plan(expert_ids)             dY, dw = combine_backward(dout, Y, w)

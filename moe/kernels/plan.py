@@ -1,6 +1,6 @@
 """Device-side routing plans for the Triton dispatch path, and their plain-PyTorch twins.
 
-PAPER.md "Mixture of experts": each token's K (token, expert) assignments must be grouped by
+Mixture of experts (arXiv 2312.02520): each token's K (token, expert) assignments must be grouped by
 expert before the experts' FFNs run as one grouped GEMM. `unicl.moe.ops.make_plan` does this with a
 host sync (it reads the per-expert counts back to drive a Python loop); the kernels need none, so
 their plan keeps every array on the device at a size known in advance:

@@ -1,4 +1,4 @@
-"""Input coercion and the clear errors of unicl/inputs.py (issue 8 "Bad input")."""
+"""Input coercion and the clear errors of unicl/inputs.py on bad input."""
 
 import numpy as np
 import pytest

@@ -103,7 +103,9 @@ def main(args: argparse.Namespace) -> int:
     if args.episodes is not None:
         episodes = Path(args.episodes)
     else:
-        episodes = ensure_episode_files(model.engine, episode_dir(run / "episodes", opts), opts)
+        # episode files go beside the results (never into an exported model's folder)
+        base = Path(args.out) if args.out else run
+        episodes = ensure_episode_files(model.engine, episode_dir(base / "episodes", opts), opts)
     with cpu_threads(args.threads):
         table = evaluate(
             model, args.task, episodes, opts, run=str(run), progress=not args.no_progress

@@ -1,10 +1,11 @@
 """Training hyper-parameters: the `train:` section of a unicl config.
 
-The optimiser and schedule follow PAPER.md "Multi-task training strategy":
-AdamW with task-balanced gradient normalisation, lr 1e-4, weight decay 0.05,
-gradient clipping 0.5, one task per global batch sampled with probability
-proportional to sqrt(dataset size). The schedule is not stated by the paper; we
-use linear warmup then cosine decay (our choice, documented in docs/training.md).
+The optimiser and schedule follow the paper's multi-task training strategy
+(arXiv 2312.02520): AdamW with task-balanced gradient normalisation, lr 1e-4,
+weight decay 0.05, gradient clipping 0.5, one task per global batch sampled with
+probability proportional to sqrt(dataset size). The schedule is not stated by
+the paper; we use linear warmup then cosine decay (our choice, documented in
+docs/training.md).
 
 Batch sizes: `batch_size` is the GLOBAL number of sequences per optimiser step;
 `micro_batch` is what one rank runs through forward/backward at once. DeepSpeed's

@@ -1,4 +1,4 @@
-"""Optimisers and the learning-rate schedule (PAPER.md "Multi-task training strategy").
+"""Optimisers and the learning-rate schedule (arXiv 2312.02520, multi-task training strategy).
 
 Task-balanced AdamW (the paper, after Uni-Perceiver v2). When the step's task k
 has gradient weight w_k and sampling probability s_k:

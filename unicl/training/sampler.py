@@ -1,4 +1,4 @@
-"""Non-mixed multi-task batch sampling (PAPER.md "Multi-task training strategy").
+"""Non-mixed multi-task batch sampling (arXiv 2312.02520, multi-task training strategy).
 
 Every optimiser step trains on ONE task: the whole global batch (all ranks, all
 micro-batches) comes from the same task's stream. The task of step t is drawn from

@@ -1,6 +1,6 @@
 """The training loop: one task per step, DeepSpeed updates, checkpoints, logs, NaN guard.
 
-One optimiser step (PAPER.md "Multi-task training strategy"):
+One optimiser step (arXiv 2312.02520, multi-task training strategy):
 
     task k = sampler.task_at(step)                 same on every rank, no communication
     for each of this rank's micro-batches (all of task k):
