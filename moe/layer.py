@@ -203,10 +203,6 @@ class MoELayer(nn.Module):
         out = self.route_and_run(x, attributes, attribute_plan)
         return out.y, out.aux_loss
 
-    def active_flops_per_token(self) -> int:
-        """Forward FLOPs of the expert matmuls per token: K experts of 2 * D * F multiply-adds."""
-        return 2 * 2 * self.top_k * self.d_model * self.d_ff
-
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, d_ff={self.d_ff}, experts={self.num_experts}, "

@@ -423,18 +423,12 @@ def expert_ffn(
     return _ExpertFFN.apply(x, weights, w1, b1, w2, b2, plan, activation)
 
 
-def expert_ffn_flops(num_assignments: int, d_model: int, d_ff: int) -> int:
-    """Multiply-add FLOPs (x2) of the expert matmuls for `num_assignments` rows, forward only."""
-    return 2 * 2 * num_assignments * d_model * d_ff
-
-
 __all__ = [
     "ACTIVATIONS",
     "RoutingPlan",
     "activation_fn",
     "combine",
     "expert_ffn",
-    "expert_ffn_flops",
     "expert_ffn_steps",
     "expert_mlp",
     "gather",

@@ -70,10 +70,6 @@ def _cell(array: np.ndarray) -> Image.Image:
     return Image.fromarray(array).convert("RGB").resize((CELL, CELL), Image.Resampling.BILINEAR)
 
 
-def _mask_cell(mask: np.ndarray) -> Image.Image:
-    return _cell(mask.astype(np.uint8) * 255)
-
-
 def render_grid(rows: Sequence[GridRow], path: str | Path) -> Path:
     """Draw `rows` as a PNG grid: k demo overlays, query, prediction, ground truth.
 

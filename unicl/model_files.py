@@ -211,7 +211,7 @@ BUILTIN_PREFIX = "builtin:"
 def _models_root() -> Path:
     from importlib import resources
 
-    return Path(str(resources.files("unicl.assets"))) / "models"
+    return Path(str(resources.files("unicl.assets") / "models"))
 
 
 def builtin_models() -> list[str]:

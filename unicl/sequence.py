@@ -116,10 +116,6 @@ class AttributeTable:
             )[role],
         )
 
-    def rows(self) -> list[tuple[int, str, str, str]]:
-        """(attribute, task, span, role) for every attribute, in id order."""
-        return [(a, *self.describe(a)) for a in range(len(self))]
-
 
 def num_attributes(vocab: Vocabulary, task_names: Sequence[str]) -> int:
     """Number of routing attributes for these tasks over this vocabulary's spans."""
@@ -192,10 +188,6 @@ class Packer:
 
     def is_image(self, segment: Segment) -> bool:
         return segment.modality in self._image_spans
-
-    def encode_segment(self, segment: Segment) -> torch.Tensor:
-        """(n,) global ids of one segment (cached local ids are used when present)."""
-        return torch.from_numpy(self._encode(segment))
 
     def _encode(self, segment: Segment) -> np.ndarray:
         if segment.modality == SPECIAL_SPAN:

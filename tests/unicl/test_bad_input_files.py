@@ -803,3 +803,11 @@ def test_an_unknown_builtin_model_lists_the_shipped_ones():
     with pytest.raises(ValueError, match="no shipped model builtin:nope; shipped: ") as info:
         unicl.load("builtin:nope")
     assert all(f"builtin:{name}" in str(info.value) for name in builtin_models())
+
+
+def test_shipped_models_are_looked_for_in_the_package():
+    from unicl.model_files import _models_root
+
+    root = _models_root()
+    assert root.parent.name == "assets" and root.parent.parent.name == "unicl"
+    assert root.parent.is_dir()
