@@ -112,6 +112,15 @@ def drop_alpha(pixels: np.ndarray, name: str, source: str) -> np.ndarray:
     return pixels[:, :, :-1]
 
 
+def check_unit_floats(values: np.ndarray, what: str, hint: str) -> None:
+    """ValueError naming `what` unless the float array holds finite values in [0, 1]."""
+    if not np.isfinite(values).all():
+        raise ValueError(f"{what} has NaN or infinite values; {hint}")
+    low, high = float(values.min()), float(values.max())
+    if low < 0.0 or high > 1.0:
+        raise ValueError(f"{what} has values in {low:g}..{high:g}, not in [0, 1]; {hint}")
+
+
 def _as_uint8(pixels: np.ndarray, name: str, source: str) -> np.ndarray:
     """Pixels of a known range scaled to uint8 0-255 (see `rgb_pixels`)."""
     if pixels.dtype == np.uint8:
@@ -122,14 +131,9 @@ def _as_uint8(pixels: np.ndarray, name: str, source: str) -> np.ndarray:
         # 0..65535 -> 0..255, rounded: x / 257 (65535 = 255 * 257)
         return ((pixels.astype(np.uint32) + 128) // 257).astype(np.uint8)
     if np.issubdtype(pixels.dtype, np.floating):
-        if not np.isfinite(pixels).all():
-            raise ValueError(f"{name}: {source} has NaN or infinite pixel values")
-        low, high = float(pixels.min()), float(pixels.max())
-        if low < 0.0 or high > 1.0:
-            raise ValueError(
-                f"{name}: float pixels must lie in [0, 1], {source} has {low:g}..{high:g}; "
-                "for 0-255 floats pass x.round().astype(np.uint8)"
-            )
+        check_unit_floats(
+            pixels, f"{name}: {source}", "for 0-255 floats pass x.round().astype(np.uint8)"
+        )
         return np.round(pixels * 255.0).astype(np.uint8)
     raise ValueError(
         f"{name}: {source} has {pixels.dtype} pixels, whose range is unknown; give uint8 "

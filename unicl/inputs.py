@@ -32,6 +32,7 @@ from PIL import Image
 from unicl.tasks.records import (
     CaptionRecord,
     SegmentationRecord,
+    check_unit_floats,
     drop_alpha,
     image_pixels,
     read_image,
@@ -101,14 +102,7 @@ def _mask_levels(mask: np.ndarray, name: str, source: str) -> np.ndarray:
         "(> 0.5 is foreground); for a label map pass (labels == k)"
     )
     if np.issubdtype(mask.dtype, np.floating):
-        if not np.isfinite(mask).all():
-            raise ValueError(f"{name}: mask has NaN or infinite values; accepted: {accepted}")
-        low, high = float(mask.min()), float(mask.max())
-        if low < 0.0 or high > 1.0:
-            raise ValueError(
-                f"{name}: float mask values lie in {low:g}..{high:g}, not in [0, 1]; "
-                f"accepted: {accepted}"
-            )
+        check_unit_floats(mask, f"{name}: the float mask", f"accepted: {accepted}")
         return mask > 0.5
     if not np.issubdtype(mask.dtype, np.integer):
         raise ValueError(

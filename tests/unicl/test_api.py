@@ -17,16 +17,6 @@ from unicl.inputs import ImageItem
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, make_tiny_export):
-    return make_tiny_export(tmp_path_factory.mktemp("export") / "tiny")
-
-
-@pytest.fixture(scope="module")
-def model(model_dir):
-    return unicl.load(model_dir, device="cpu")
-
-
 def _image(h, w, seed):
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 

@@ -77,7 +77,9 @@ def test_mask_size_mismatch():
 def test_mask_bad_dtype_and_range():
     # float masks in [0, 1] are thresholded at 0.5; values outside are refused
     assert not inputs.to_mask(np.full((4, 4), 0.4, np.float32), "mask").any()
-    with pytest.raises(ValueError, match=r"mask: float mask values lie in 2..2, not in \[0, 1\]"):
+    with pytest.raises(
+        ValueError, match=r"mask: the float mask has values in 2..2, not in \[0, 1\]"
+    ):
         inputs.to_mask(np.full((4, 4), 2.0, np.float32), "mask")
     with pytest.raises(ValueError, match=r"mask: mask values \{300\} are not a binary mask"):
         inputs.to_mask(np.full((4, 4), 300, np.int32), "mask")

@@ -98,3 +98,13 @@ def add_allow_plugins(parser: argparse.ArgumentParser) -> None:
         help="import the plugin modules the model's config lists under `plugins:` (that runs "
         "their code: only for models you trust)",
     )
+
+
+def add_episode_choice(parser: argparse.ArgumentParser) -> None:
+    """`--split` and `--seed`: which fixed evaluation episodes (make-episodes, eval)."""
+    from unicl.tasks.data import SPLITS
+
+    parser.add_argument(
+        "--split", choices=SPLITS, default="val", help="dataset split (default val)"
+    )
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="episode seed (default 0)")

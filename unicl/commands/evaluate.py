@@ -13,6 +13,7 @@ import argparse
 
 from unicl.commands import (
     add_allow_plugins,
+    add_episode_choice,
     existing_dir,
     non_negative_int,
     output_dir,
@@ -22,7 +23,6 @@ from unicl.commands import (
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from unicl.tasks.data import SPLITS
 
     parser.add_argument("run", metavar="RUN", help="a run directory or an exported model")
     parser.add_argument(
@@ -45,10 +45,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", type=output_dir, default=None, metavar="DIR", help="output (default RUN/eval)"
     )
-    parser.add_argument(
-        "--split", choices=SPLITS, default="val", help="dataset split (default val)"
-    )
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="episode seed (default 0)")
+    add_episode_choice(parser)
     parser.add_argument(
         "--queries-per-category",
         type=non_negative_int,

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 
-from unicl.commands import non_negative_int, output_dir, positive_int
+from unicl.commands import add_episode_choice, output_dir, positive_int
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from unicl.tasks.data import SPLITS
 
     parser.add_argument(
         "out", type=output_dir, help="directory for the episode files (one per task and group)"
@@ -21,10 +20,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", default=None, help="config file or packaged config name (default: defaults)"
     )
-    parser.add_argument(
-        "--split", choices=SPLITS, default="val", help="dataset split (default val)"
-    )
-    parser.add_argument("--seed", type=non_negative_int, default=0, help="episode seed (default 0)")
+    add_episode_choice(parser)
     parser.add_argument(
         "--shots",
         type=positive_int,
