@@ -13,3 +13,8 @@ def model_dir(tmp_path_factory, make_tiny_export):
 @pytest.fixture(scope="module")
 def model(model_dir):
     return unicl.load(model_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory, make_tiny_export):
+    return make_tiny_export(tmp_path_factory.mktemp("bad-files") / "export")
