@@ -54,15 +54,17 @@ class ModelFiles:
 # --------------------------------------------------------------------------- #
 
 
-def check_model_dir(path: Path) -> None:
-    """Every file an exported model needs is there, or FileNotFoundError naming it."""
+def check_model_dir(path: Path) -> dict[str, Any]:
+    """Every file an exported model needs is there, or FileNotFoundError naming it; returns
+    the model's config (read once here)."""
     for name in EXPORT_FILES:
         if not (path / name).is_file():
             raise FileNotFoundError(
                 f"{path / name} is missing: an exported model directory holds "
                 f"{', '.join(EXPORT_FILES)} and {TOKENIZER_DIR}/<name>/ (see `unicl export`)"
             )
-    for spec in _read_yaml(path / CONFIG_FILE).get("tokenizers") or []:
+    config = _read_yaml(path / CONFIG_FILE)
+    for spec in config.get("tokenizers") or []:
         name = str(spec.get("name")) if isinstance(spec, dict) else str(spec)
         tok_file = path / TOKENIZER_DIR / name / "tokenizer.json"
         if not tok_file.is_file():
@@ -70,6 +72,7 @@ def check_model_dir(path: Path) -> None:
                 f"{tok_file} is missing: the model's config names tokenizer "
                 f"{name!r}, whose files belong in {tok_file.parent}"
             )
+    return config
 
 
 def check_finite(state: dict[str, torch.Tensor], source: Path) -> None:
@@ -136,8 +139,7 @@ def read_export(path: Path) -> ModelFiles:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    check_model_dir(path)
-    config = _read_yaml(path / CONFIG_FILE)
+    config = check_model_dir(path)
     try:
         state = load_file(str(path / WEIGHTS_FILE))
     except (SafetensorError, OSError) as err:
