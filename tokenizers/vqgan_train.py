@@ -7,10 +7,11 @@ downloaded here, so unicl trains its own: object-centred square crops
 (L1 + L2), commitment loss, and a codebook that does not collapse:
 
   - EMA codebook (van den Oord et al. 2017, appendix): codes are moving averages
-    of the latents assigned to them, not trained by gradients. The lookup stays
-    taming's nearest neighbour, so the state dict stays taming's;
+    of the latents assigned to them, not trained by gradients (the lookup stays
+    taming's nearest neighbour, so the state dict stays taming's);
   - data-dependent start and dead-code restarts: codes whose EMA usage falls
-    below `dead_threshold` are re-seeded with random latents of the batch.
+    below `dead_threshold` are re-seeded with random latents of the batch
+    (both in tokenizers/vqgan_codebook.py).
 
 An optional patch discriminator (taming's NLayerDiscriminator, hinge loss) can
 be switched on; LPIPS is not used (its VGG weights cannot be obtained offline).
@@ -24,17 +25,20 @@ import dataclasses
 import json
 import math
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from unicl.devices import pick_device
 from unicl.model_files import check_finite, safe_torch_load
 from unicl.ownership import claim
 from unicl.tasks.data import DataConfig
-from unicl.tokenizers.vqgan import render_mask, save_export
+from unicl.tokenizers.vqgan import MASK_THRESHOLD, render_mask, save_export
+from unicl.tokenizers.vqgan_codebook import CodebookEMA, perplexity
 from unicl.tokenizers.vqgan_model import VQGAN, VQGANConfig
 
 LOG_FILE = "train_log.jsonl"
@@ -121,7 +125,7 @@ def make_crops(
             images.append(crop_and_resize(image, box, size, "bicubic"))
             # bilinear on 0/255 then threshold: smoother mask edges than nearest
             grey = crop_and_resize(mask.astype(np.uint8) * 255, box, size, "bilinear")
-            masks.append(grey > 127)
+            masks.append(grey > MASK_THRESHOLD)
     return np.stack(images), np.stack(masks)
 
 
@@ -140,75 +144,6 @@ def to_input(batch: np.ndarray, device: torch.device | str = "cpu") -> torch.Ten
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1] on `device` (moved as uint8)."""
     x = torch.from_numpy(np.ascontiguousarray(batch)).to(device, non_blocking=True)
     return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
-# --------------------------------------------------------------------------- #
-# codebook: EMA updates and dead-code restarts
-# --------------------------------------------------------------------------- #
-
-
-class CodebookEMA:
-    """Moving averages that set taming's `quantize.embedding.weight` (K, D) directly."""
-
-    def __init__(self, model: VQGAN, decay: float, eps: float = 1e-5) -> None:
-        self.weight = model.quantize.embedding.weight  # (K, D), updated in place
-        self.weight.requires_grad_(False)
-        k = self.weight.shape[0]
-        self.decay, self.eps = decay, eps
-        self.count = torch.zeros(k, device=self.weight.device)  # (K,) EMA of assignments per step
-        self.total = self.weight.detach().clone()  # (K, D) EMA of summed latents
-        self.initialised = False
-
-    @torch.no_grad()
-    def update(self, z: torch.Tensor, codes: torch.Tensor) -> None:
-        """z (B, D, h, w) latents, codes (B, h, w) their nearest codes."""
-        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (N, D)
-        idx = codes.reshape(-1)  # (N,)
-        k = self.weight.shape[0]
-        if not self.initialised:
-            # start from real latents so that every code is near the data
-            self.weight.copy_(flat[torch.randint(0, flat.shape[0], (k,), device=flat.device)])
-            self.total.copy_(self.weight)
-            self.count.fill_(1.0)
-            self.initialised = True
-            return
-        counts = torch.bincount(idx, minlength=k).float()  # (K,)
-        sums = torch.zeros_like(self.total).index_add_(0, idx, flat)  # (K, D)
-        self.count.mul_(self.decay).add_(counts, alpha=1 - self.decay)
-        self.total.mul_(self.decay).add_(sums, alpha=1 - self.decay)
-        # Laplace smoothing keeps unused codes finite
-        n = self.count.sum()
-        smoothed = (self.count + self.eps) / (n + k * self.eps) * n  # (K,)
-        self.weight.copy_(self.total / smoothed[:, None])
-
-    @torch.no_grad()
-    def restart_dead(self, z: torch.Tensor, threshold: float) -> int:
-        """Re-seed codes used less than `threshold` per step with random latents of `z`."""
-        dead = (self.count < threshold).nonzero().reshape(-1)  # (n_dead,)
-        if dead.numel() == 0:
-            return 0
-        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # (N, D)
-        pick = flat[torch.randint(0, flat.shape[0], (dead.numel(),), device=flat.device)]
-        pick = pick + 0.01 * pick.std() * torch.randn_like(pick)
-        self.weight[dead] = pick
-        self.total[dead] = pick
-        self.count[dead] = 1.0
-        return int(dead.numel())
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "total": self.total, "initialised": self.initialised}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.count.copy_(state["count"])
-        self.total.copy_(state["total"])
-        self.initialised = bool(state["initialised"])
-
-
-def perplexity(codes: torch.Tensor, k: int) -> float:
-    """exp(entropy) of the code histogram: how many codes are effectively used."""
-    p = torch.bincount(codes.reshape(-1), minlength=k).float()
-    p = p / p.sum()
-    return float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
 
 
 # --------------------------------------------------------------------------- #
@@ -256,166 +191,253 @@ def _lr(cfg: VQGANTrainConfig, step: int, progress: float) -> float:
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` is the first CUDA device when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r}, but CUDA is not available here")
-    return device
+    """`auto` is the first CUDA device when there is one, else the CPU (unicl/devices.py)."""
+    return pick_device(None if name == "auto" else name)
 
 
-def train_vqgan(cfg: VQGANTrainConfig) -> dict[str, Any]:
-    """Train (or resume) per `cfg`; export the model to `out/export`; return the val report."""
-    from unicl.tokenizers.vqgan import VQGANTokenizer
-
+def _setup_torch(cfg: VQGANTrainConfig) -> torch.device:
+    """Seed torch, set its threads and CPU/GPU switches; return the device to train on."""
     torch.set_flush_denormal(True)
     device = resolve_device(cfg.device)
     torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: autotune the convs
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    out = claim(cfg.out, "vqgan", "out")  # never writes into a folder unicl did not make
-    rng = np.random.default_rng(cfg.seed)
     torch.manual_seed(cfg.seed)
-    size = cfg.model.resolution
+    return device
 
-    train_records = _records(cfg, "train", cfg.max_records, rng)
-    images, masks = make_crops(train_records, size, cfg.crops_per_record, rng, "train crops")
-    rendered = np.stack([render_mask(m) for m in masks])  # (N, s, s, 3)
 
+@dataclasses.dataclass
+class _Parts:
+    """What a run trains and saves: the VQ-GAN, its codebook EMA, the optimisers."""
+
+    model: VQGAN
+    ema: CodebookEMA
+    opt: torch.optim.Optimizer
+    disc: torch.nn.Module | None = None  # the patch discriminator, when disc_weight > 0
+    disc_opt: torch.optim.Optimizer | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"model": self.model.state_dict(), "opt": self.opt.state_dict()}
+        state["ema"] = self.ema.state_dict()
+        if self.disc is not None:
+            state["disc"], state["disc_opt"] = self.disc.state_dict(), self.disc_opt.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.ema.load_state_dict(state["ema"])
+        if self.disc is not None and "disc" in state:
+            self.disc.load_state_dict(state["disc"])
+            self.disc_opt.load_state_dict(state["disc_opt"])
+
+
+def _build_parts(cfg: VQGANTrainConfig, device: torch.device) -> _Parts:
     model = VQGAN(cfg.model).to(device)
-    ema = CodebookEMA(model, cfg.ema_decay)
+    ema = CodebookEMA(model, cfg.ema_decay)  # takes the codebook out of the optimiser's hands
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr, betas=(0.5, 0.9))
-    disc = disc_opt = None
+    parts = _Parts(model, ema, torch.optim.Adam(params, lr=cfg.lr, betas=(0.5, 0.9)))
     if cfg.disc_weight > 0:
         from taming.modules.discriminator.model import NLayerDiscriminator
 
-        disc = NLayerDiscriminator(input_nc=3, ndf=32, n_layers=2).to(device)
-        disc_opt = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+        parts.disc = NLayerDiscriminator(input_nc=3, ndf=32, n_layers=2).to(device)
+        parts.disc_opt = torch.optim.Adam(parts.disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+    return parts
 
-    step, elapsed_before, wall_before = 0, 0.0, 0.0
-    ckpt_path = out / CHECKPOINT_FILE
-    if cfg.resume and ckpt_path.is_file():
-        state = safe_torch_load(ckpt_path, map_location=device)
-        try:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["opt"])
-            ema.load_state_dict(state["ema"])
-            if disc is not None and "disc" in state:
-                disc.load_state_dict(state["disc"])
-                disc_opt.load_state_dict(state["disc_opt"])
-        except (KeyError, TypeError, RuntimeError, ValueError) as err:
-            raise ValueError(
-                f"{ckpt_path} does not match this config (model, optimiser or codebook "
-                f"differ: {str(err).splitlines()[0]}); use another out= to start a new run, "
-                "or resume=false to start over in this one"
-            ) from err
-        check_finite(state["model"], ckpt_path)
-        step, elapsed_before = int(state["step"]), float(state["elapsed"])
-        wall_before = float(state.get("wall_elapsed", 0.0))
-        torch.set_rng_state(state["torch_rng"].cpu())
-        rng = np.random.default_rng([cfg.seed, step])
-    elif (out / LOG_FILE).exists():
-        (out / LOG_FILE).unlink()  # a fresh run starts a fresh log
 
-    def save_checkpoint() -> None:
-        state = {
-            "model": model.state_dict(), "opt": opt.state_dict(), "ema": ema.state_dict(),
-            "step": step, "elapsed": elapsed, "torch_rng": torch.get_rng_state(),
-            "wall_elapsed": wall_before + time.time() - wall_start,
-        }  # fmt: skip
-        if disc is not None:
-            state["disc"], state["disc_opt"] = disc.state_dict(), disc_opt.state_dict()
-        torch.save(state, out / (CHECKPOINT_FILE + ".tmp"))
-        (out / (CHECKPOINT_FILE + ".tmp")).replace(ckpt_path)
+@dataclasses.dataclass
+class _Clock:
+    """Seconds of training over all runs of one `out`: CPU (process) time and wall time."""
 
+    cpu_before: float = 0.0  # spent before this run started (from the checkpoint)
+    wall_before: float = 0.0
+    cpu_start: float = 0.0  # time.process_time() / time.time() when this run started
+    wall_start: float = 0.0
+
+    def start(self) -> None:
+        self.cpu_start, self.wall_start = time.process_time(), time.time()
+
+    def cpu(self) -> float:
+        return self.cpu_before + time.process_time() - self.cpu_start
+
+    def wall(self) -> float:
+        return self.wall_before + time.time() - self.wall_start
+
+
+def _resume(parts: _Parts, path: Path, device: torch.device) -> tuple[int, _Clock]:
+    """Load a checkpoint into `parts` and torch's RNG; returns (its step, its clock)."""
+    state = safe_torch_load(path, map_location=device)
+    try:
+        parts.load_state_dict(state)
+    except (KeyError, TypeError, RuntimeError, ValueError) as err:
+        raise ValueError(
+            f"{path} does not match this config (model, optimiser or codebook "
+            f"differ: {str(err).splitlines()[0]}); use another out= to start a new run, "
+            "or resume=false to start over in this one"
+        ) from err
+    check_finite(state["model"], path)
+    torch.set_rng_state(state["torch_rng"].cpu())
+    clock = _Clock(float(state["elapsed"]), float(state.get("wall_elapsed", 0.0)))
+    return int(state["step"]), clock
+
+
+def _save_checkpoint(parts: _Parts, out: Path, step: int, clock: _Clock) -> None:
+    """Write `checkpoint.pt` through a temporary file: a crash never leaves half of one."""
+    state = parts.state_dict()
+    state.update(step=step, elapsed=clock.cpu(), torch_rng=torch.get_rng_state())
+    state["wall_elapsed"] = clock.wall()
+    torch.save(state, out / (CHECKPOINT_FILE + ".tmp"))
+    (out / (CHECKPOINT_FILE + ".tmp")).replace(out / CHECKPOINT_FILE)
+
+
+def _progress(cfg: VQGANTrainConfig, step: int, clock: _Clock) -> float:
+    """How far the run is (1 = done): its steps, or more where a time budget is spent faster."""
+    progress = step / cfg.steps
+    for spent, minutes in ((clock.cpu(), cfg.max_cpu_minutes), (clock.wall(), cfg.max_minutes)):
+        if minutes:
+            progress = max(progress, spent / (60 * minutes))
+    return progress
+
+
+def _sample_batch(
+    images: np.ndarray, rendered: np.ndarray, n_img: int, n_masks: int, rng: np.random.Generator
+) -> np.ndarray:
+    """(n_img + n_masks, s, s, 3) uint8: random crops, then random rendered masks; each
+    flipped left-right with probability 1/2."""
+    pick_i = rng.integers(0, len(images), n_img)
+    pick_m = rng.integers(0, len(images), n_masks)
+    batch = np.concatenate([images[pick_i], rendered[pick_m]])  # (B, s, s, 3)
+    flip = rng.random(len(batch)) < 0.5
+    batch[flip] = batch[flip, :, ::-1]
+    return batch
+
+
+class _StepResult(NamedTuple):
+    rec: torch.Tensor  # (B, 3, s, s) reconstruction in [-1, 1] (roughly)
+    codes: torch.Tensor  # (B, h, w) nearest codes
+    losses: dict[str, torch.Tensor]  # "loss" (the total), "l1", "l2", "commit"
+    restarted: int  # dead codes re-seeded at this step
+
+
+def _train_step(cfg: VQGANTrainConfig, parts: _Parts, x: torch.Tensor, step: int) -> _StepResult:
+    """One optimiser step on x (B, 3, s, s), then the codebook's EMA update and restarts."""
+    rec, z, z_q, codes = parts.model(x)
+    l1 = (rec - x).abs().mean()
+    l2 = ((rec - x) ** 2).mean()
+    commit = F.mse_loss(z, z_q.detach())
+    loss = cfg.l1_weight * l1 + cfg.l2_weight * l2 + cfg.model.beta * commit
+    use_disc = parts.disc is not None and step >= cfg.disc_start
+    if use_disc:
+        loss = loss - cfg.disc_weight * parts.disc(rec).mean()  # hinge generator loss
+    parts.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    parts.opt.step()
+    if use_disc:
+        d_loss = F.relu(1 - parts.disc(x)).mean() + F.relu(1 + parts.disc(rec.detach())).mean()
+        parts.disc_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        parts.disc_opt.step()
+    parts.ema.update(z.detach(), codes)
+    restarted = 0
+    if step % cfg.restart_every == 0:
+        restarted = parts.ema.restart_dead(z.detach(), cfg.dead_threshold)
+    losses = {"loss": loss, "l1": l1, "l2": l2, "commit": commit}
+    return _StepResult(rec, codes, losses, restarted)
+
+
+def _log_row(
+    cfg: VQGANTrainConfig, step: int, lr: float, batch: np.ndarray, n_masks: int,
+    result: _StepResult, ema: CodebookEMA, clock: _Clock,
+) -> dict[str, Any]:  # fmt: skip
+    """One `train_log.jsonl` row: losses, the batch's PSNR and mask IoU, codebook use."""
+    with torch.no_grad():
+        r8 = ((result.rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu()
+    r8 = r8.numpy()  # (B, s, s, 3) uint8
+    n_img = len(batch) - n_masks
+    gt = batch[n_img:, :, :, 0] > MASK_THRESHOLD  # (n_masks, s, s) the masks of this batch
+    row: dict[str, Any] = {"step": step}
+    row.update({name: value.item() for name, value in result.losses.items()})
+    row.update({
+        "lr": lr,
+        "psnr_images": float(psnr(batch[:n_img], r8[:n_img]).mean()) if n_img else None,
+        "mask_iou": float(mask_iou(gt, r8[n_img:].mean(-1) > MASK_THRESHOLD).mean())
+        if n_masks else None,
+        "perplexity": perplexity(result.codes, cfg.model.n_embed),
+        "dead_codes": int((ema.count < cfg.dead_threshold).sum()),
+        "restarted": result.restarted, "cpu_s": round(clock.cpu(), 1),
+        "wall_s": round(clock.wall(), 1),
+    })  # fmt: skip
+    return row
+
+
+def _train_loop(
+    cfg: VQGANTrainConfig, parts: _Parts, images: np.ndarray, rendered: np.ndarray,
+    rng: np.random.Generator, step: int, clock: _Clock, out: Path,
+) -> int:  # fmt: skip
+    """Train from `step` to cfg.steps or the end of a time budget, checkpointing; returns the
+    step it stopped at. `images` and `rendered` (N, s, s, 3): the crops and rendered masks."""
+    device = next(parts.model.parameters()).device
     n_masks = int(round(cfg.batch_size * cfg.mask_fraction))
-    start, wall_start = time.process_time(), time.time()
-    elapsed = elapsed_before
-    model.train()
+    clock.start()
+    parts.model.train()
     bar = tqdm(total=cfg.steps, initial=step, desc="train-vqgan", unit="step")
     with (out / LOG_FILE).open("a") as log:
         while step < cfg.steps:
-            elapsed = elapsed_before + time.process_time() - start
-            wall = wall_before + time.time() - wall_start
-            progress = step / cfg.steps
-            for spent, minutes in ((elapsed, cfg.max_cpu_minutes), (wall, cfg.max_minutes)):
-                if minutes:
-                    progress = max(progress, spent / (60 * minutes))
+            progress = _progress(cfg, step, clock)
             if progress >= 1.0:
                 break
             lr = _lr(cfg, step, progress)
-            for group in opt.param_groups:
+            for group in parts.opt.param_groups:
                 group["lr"] = lr
-            pick_i = rng.integers(0, len(images), cfg.batch_size - n_masks)
-            pick_m = rng.integers(0, len(images), n_masks)
-            batch = np.concatenate([images[pick_i], rendered[pick_m]])  # (B, s, s, 3)
-            flip = rng.random(len(batch)) < 0.5
-            batch[flip] = batch[flip, :, ::-1]
-            x = to_input(batch, device)  # (B, 3, s, s)
-
-            rec, z, z_q, codes = model(x)
-            l1 = (rec - x).abs().mean()
-            l2 = ((rec - x) ** 2).mean()
-            commit = F.mse_loss(z, z_q.detach())
-            loss = cfg.l1_weight * l1 + cfg.l2_weight * l2 + cfg.model.beta * commit
-            use_disc = disc is not None and step >= cfg.disc_start
-            if use_disc:
-                loss = loss - cfg.disc_weight * disc(rec).mean()  # hinge generator loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if use_disc:
-                d_loss = F.relu(1 - disc(x)).mean() + F.relu(1 + disc(rec.detach())).mean()
-                disc_opt.zero_grad(set_to_none=True)
-                d_loss.backward()
-                disc_opt.step()
-            ema.update(z.detach(), codes)
-            restarted = 0
-            if step % cfg.restart_every == 0:
-                restarted = ema.restart_dead(z.detach(), cfg.dead_threshold)
+            batch = _sample_batch(images, rendered, cfg.batch_size - n_masks, n_masks, rng)
+            result = _train_step(cfg, parts, to_input(batch, device), step)
             step += 1
             bar.update(1)
-
             if step % cfg.log_every == 0 or step == cfg.steps:
-                elapsed = elapsed_before + time.process_time() - start
-                with torch.no_grad():
-                    r8 = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu()
-                    r8 = r8.numpy()
-                n_img = cfg.batch_size - n_masks
-                gt = batch[n_img:, :, :, 0] > 127  # (n_masks, s, s) the masks of this batch
-                row = {
-                    "step": step, "loss": loss.item(), "l1": l1.item(), "l2": l2.item(),
-                    "commit": commit.item(), "lr": lr,
-                    "psnr_images": float(psnr(batch[:n_img], r8[:n_img]).mean()) if n_img else None,
-                    "mask_iou": float(mask_iou(gt, r8[n_img:].mean(-1) > 127).mean())
-                    if n_masks else None,
-                    "perplexity": perplexity(codes, cfg.model.n_embed),
-                    "dead_codes": int((ema.count < cfg.dead_threshold).sum()),
-                    "restarted": restarted, "cpu_s": round(elapsed, 1),
-                    "wall_s": round(wall_before + time.time() - wall_start, 1),
-                }  # fmt: skip
+                row = _log_row(cfg, step, lr, batch, n_masks, result, parts.ema, clock)
                 log.write(json.dumps(row) + "\n")
                 log.flush()
                 bar.set_postfix(
                     l1=f"{row['l1']:.3f}", ppl=f"{row['perplexity']:.0f}", iou=row["mask_iou"]
                 )
             if step % cfg.checkpoint_every == 0:
-                save_checkpoint()
+                _save_checkpoint(parts, out, step, clock)
     bar.close()
-    elapsed = elapsed_before + time.process_time() - start
-    save_checkpoint()
+    _save_checkpoint(parts, out, step, clock)
+    return step
 
-    model.eval()
-    export = save_export(model, out / EXPORT_DIR)
+
+def train_vqgan(cfg: VQGANTrainConfig) -> dict[str, Any]:
+    """Train (or resume) per `cfg`; export the model to `out/export`; return the val report."""
+    from unicl.tokenizers.vqgan import VQGANTokenizer
+
+    device = _setup_torch(cfg)
+    out = claim(cfg.out, "vqgan", "out")  # never writes into a folder unicl did not make
+    rng = np.random.default_rng(cfg.seed)
+    size = cfg.model.resolution
+    train_records = _records(cfg, "train", cfg.max_records, rng)
+    images, masks = make_crops(train_records, size, cfg.crops_per_record, rng, "train crops")
+    rendered = np.stack([render_mask(m) for m in masks])  # (N, s, s, 3)
+
+    parts = _build_parts(cfg, device)
+    step, clock = 0, _Clock()
+    if cfg.resume and (out / CHECKPOINT_FILE).is_file():
+        step, clock = _resume(parts, out / CHECKPOINT_FILE, device)
+        rng = np.random.default_rng([cfg.seed, step])
+    elif (out / LOG_FILE).exists():
+        (out / LOG_FILE).unlink()  # a fresh run starts a fresh log
+    step = _train_loop(cfg, parts, images, rendered, rng, step, clock, out)
+    cpu_minutes = round(clock.cpu() / 60, 2)
+
+    parts.model.eval()
+    export = save_export(parts.model, out / EXPORT_DIR)
     val_records = _records(cfg, "val", cfg.val_records, np.random.default_rng(cfg.seed + 1))
     val_images, val_masks = make_crops(val_records, size, 1, None, "val crops")
-    report = evaluate(VQGANTokenizer.from_model(model, device=str(device)), val_images, val_masks)
+    tokenizer = VQGANTokenizer.from_model(parts.model, device=str(device))
+    report = evaluate(tokenizer, val_images, val_masks)
     report.update({
-        "steps": step, "device": device.type, "train_cpu_minutes": round(elapsed / 60, 2),
-        "train_wall_minutes": round((wall_before + time.time() - wall_start) / 60, 2),
-        "export": str(export),
+        "steps": step, "device": device.type, "train_cpu_minutes": cpu_minutes,
+        "train_wall_minutes": round(clock.wall() / 60, 2), "export": str(export),
     })  # fmt: skip
     (out / "eval.json").write_text(json.dumps(report, indent=2))
     return report

@@ -10,15 +10,9 @@ import torch
 
 from unicl.config import ConfigError, from_dict
 from unicl.tokenizers import load_tokenizer
+from unicl.tokenizers.vqgan_codebook import CodebookEMA, perplexity
 from unicl.tokenizers.vqgan_model import VQGAN, VQGANConfig
-from unicl.tokenizers.vqgan_train import (
-    CodebookEMA,
-    VQGANTrainConfig,
-    mask_iou,
-    perplexity,
-    psnr,
-    train_vqgan,
-)
+from unicl.tokenizers.vqgan_train import VQGANTrainConfig, mask_iou, psnr, train_vqgan
 
 TINY_MODEL = {"resolution": 16, "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1,
               "z_channels": 8, "n_embed": 32, "embed_dim": 4}  # fmt: skip

@@ -72,21 +72,12 @@ def output_file(text: str) -> str:
 
 def torch_device(text: str) -> str:
     """A torch device name (`cpu`, `cuda`, `cuda:1`, ...) that exists on this machine."""
-    import torch
+    from unicl.devices import pick_device
 
     try:
-        device = torch.device(text)
-    except RuntimeError as err:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device ({err})") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(
-                f"{text!r} asked for, but CUDA is not available here (use --device cpu)"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-            )
+        pick_device(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
     return text
 
 
