@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unicl.kv_cache import KVCache
 from unicl.moe.kernels.plan import build_attribute_plan
 from unicl.moe.layer import BACKENDS, MoELayer
 from unicl.moe.ops import ACTIVATIONS
@@ -148,61 +149,6 @@ class ModelConfig:
         )
         values.update(overrides)
         return cls(**values)
-
-
-# --------------------------------------------------------------------------- #
-# key/value cache
-# --------------------------------------------------------------------------- #
-
-
-class KVCache:
-    """Preallocated keys/values of every layer for incremental decoding (inference only).
-
-    keys[l], values[l]: (B, H, capacity, Dh); valid: (B, capacity) bool, False on padding keys
-    (e.g. left-padded queries), so that the other rows of a batch can keep decoding.
-    `length` keys are filled; a forward with `kv_cache` appends its T tokens after them.
-    """
-
-    def __init__(self, keys, values, valid, length: int = 0):
-        self.keys: list[torch.Tensor] = keys
-        self.values: list[torch.Tensor] = values
-        self.valid: torch.Tensor = valid
-        self.length = length
-
-    @classmethod
-    def empty(cls, cfg: ModelConfig, batch: int, capacity: int, dtype, device) -> KVCache:
-        head = cfg.d_model // cfg.n_head
-        shape = (batch, cfg.n_head, capacity, head)
-        keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
-        values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
-        valid = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
-        return cls(keys, values, valid, 0)
-
-    @property
-    def batch(self) -> int:
-        return self.valid.shape[0]
-
-    @property
-    def capacity(self) -> int:
-        return self.valid.shape[1]
-
-    def expand(self, batch: int, capacity: int | None = None) -> KVCache:
-        """A new cache of `batch` rows, each a copy of this one-row cache (a shared prefix)."""
-        if self.batch != 1:
-            raise ValueError(f"only a one-row cache can be expanded, this one has {self.batch}")
-        capacity = self.capacity if capacity is None else capacity
-        if capacity < self.length:
-            raise ValueError(f"capacity {capacity} < cached length {self.length}")
-        n = self.length
-
-        def grow(t: torch.Tensor) -> torch.Tensor:
-            out = t.new_zeros(batch, t.shape[1], capacity, t.shape[3])  # (B, H, cap, Dh)
-            out[:, :, :n] = t[:, :, :n]
-            return out
-
-        valid = self.valid.new_zeros(batch, capacity)
-        valid[:, :n] = self.valid[:, :n]
-        return KVCache([grow(k) for k in self.keys], [grow(v) for v in self.values], valid, n)
 
 
 # --------------------------------------------------------------------------- #

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from unicl.model import KVCache, ModelConfig, build_model
+from unicl.kv_cache import KVCache
+from unicl.model import ModelConfig, build_model
 
 V, A = 96, 7
 
