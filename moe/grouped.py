@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import torch
 
-from unicl.moe.ops import RoutingPlan, _check_shapes, activation_fn, combine, gather, make_plan
+from unicl.moe.activations import get_activation
+from unicl.moe.inputs import check_expert_ffn_shapes, compute_dtype
+from unicl.moe.ops import combine, gather
+from unicl.moe.plan import RoutingPlan, make_plan
 
 
 def grouped_mm_available(device: torch.device | str = "cuda") -> bool:
@@ -31,14 +34,6 @@ def grouped_mm_available(device: torch.device | str = "cuda") -> bool:
     if device.type != "cuda" or not torch.cuda.is_available():
         return False
     return torch.cuda.get_device_capability(device) >= (9, 0)
-
-
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype expert matmuls run in for input `x`: autocast's for x's device when enabled."""
-    kind = x.device.type
-    if kind in ("cuda", "cpu") and torch.is_autocast_enabled(kind):
-        return torch.get_autocast_dtype(kind)
-    return x.dtype
 
 
 #: every expert's segment is padded to a multiple of this many rows, and to at least this many:
@@ -87,20 +82,13 @@ class _ExpandBias(torch.autograd.Function):
 
 
 def grouped_expert_ffn(
-    x: torch.Tensor,
-    expert_ids: torch.Tensor,
-    weights: torch.Tensor,
-    w1: torch.Tensor,
-    b1: torch.Tensor,
-    w2: torch.Tensor,
-    b2: torch.Tensor,
-    activation: str = "gelu",
-    *,
-    plan: RoutingPlan | None = None,
-) -> torch.Tensor:
+    x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor,
+    w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+    activation: str = "gelu", *, plan: RoutingPlan | None = None,
+) -> torch.Tensor:  # fmt: skip
     """`unicl.moe.ops.expert_ffn` (same arguments and result) with grouped GEMMs."""
-    _check_shapes(x, expert_ids, weights, w1, b1, w2, b2)
-    act = activation_fn(activation)
+    check_expert_ffn_shapes(x, expert_ids, weights, w1, b1, w2, b2)
+    act = get_activation(activation)
     dtype = compute_dtype(x)
     if x.is_cuda and dtype != torch.bfloat16:
         raise TypeError(
@@ -122,4 +110,4 @@ def grouped_expert_ffn(
     return combine(ys, plan, weights)  # (N, D)
 
 
-__all__ = ["compute_dtype", "grouped_expert_ffn", "grouped_mm_available"]
+__all__ = ["grouped_expert_ffn", "grouped_mm_available"]

@@ -2,64 +2,25 @@
 
 A drop-in replacement for a transformer block's FFN. `forward(x, attributes)` returns
 `(y, aux_loss)`; `route_and_run` returns the same plus the router's decision (load statistics).
-
-Backends for the dispatch step (the routing is the same for all):
-  - "reference": `unicl.moe.ops.expert_ffn`, plain PyTorch (the CPU path and the test oracle);
-  - "triton": `unicl.moe.kernels.triton_expert_ffn` (same signature; CUDA);
-  - "grouped": `unicl.moe.grouped.grouped_expert_ffn`, PyTorch's grouped GEMM (bf16 on Hopper);
-  - "auto": decided per call by `choose_backend` from the input's device and compute dtype, so a
-    layer built on CPU and moved to a GPU picks a GPU path: reference on the CPU; on CUDA the
-    grouped GEMM for bf16 work on GPUs that have it, else Triton when it imports, else reference
-    (measurements behind this order: docs/BENCHMARKS.md, "MoE layer and expert dispatch").
+The routing is the same for every backend; the dispatch step runs on the backend named by
+`backend=` ("auto", "reference", "triton", "grouped": see `unicl.moe.backends`).
 
 Letters: N tokens, D width, F expert hidden width, E experts, K choices per token.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from unicl.moe.grouped import compute_dtype, grouped_expert_ffn, grouped_mm_available
-from unicl.moe.kernels.plan import AttributePlan
-from unicl.moe.ops import activation_fn, expert_ffn
+from unicl.moe.activations import get_activation
+from unicl.moe.backends import Backend, check_backend_name, select_backend
+from unicl.moe.inputs import compute_dtype
+from unicl.moe.plan import AttributePlan, DispatchPlan, RoutingPlan
 from unicl.moe.router import RouterOutput, build_router
-
-BACKENDS = ("auto", "reference", "triton", "grouped")
-
-
-def choose_backend(
-    requested: str, device_type: str, dtype: torch.dtype, *, triton: bool, grouped: bool
-) -> str:
-    """The backend a call runs: `requested` unless it is "auto" (see the module docstring).
-
-    `triton` / `grouped`: whether those paths can run on this device.
-    """
-    if requested != "auto":
-        return requested
-    if device_type != "cuda":
-        return "reference"
-    if grouped and dtype == torch.bfloat16:
-        return "grouped"
-    return "triton" if triton else "reference"
-
-
-@functools.lru_cache(maxsize=8)
-def _grouped_available(device: torch.device) -> bool:
-    return grouped_mm_available(device)
-
-
-@functools.lru_cache(maxsize=1)
-def _triton_kernel():
-    """The Triton dispatch op, or None when the kernels cannot be imported here."""
-    try:
-        from unicl.moe.kernels import triton_expert_ffn
-    except ImportError:
-        return None
-    return triton_expert_ffn
 
 
 class MoEOutput(NamedTuple):
@@ -92,11 +53,10 @@ class MoELayer(nn.Module):
         out_init_std: float | None = None,
     ):
         super().__init__()
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        check_backend_name(backend)
         if d_model < 1 or d_ff < 1:
             raise ValueError(f"d_model and d_ff must be >= 1, got {d_model}, {d_ff}")
-        activation_fn(activation)  # validates the name
+        get_activation(activation)  # validates the name
         self.d_model, self.d_ff = d_model, d_ff
         self.num_experts, self.top_k = num_experts, top_k
         self.backend = backend
@@ -121,25 +81,8 @@ class MoELayer(nn.Module):
         self.b2 = nn.Parameter(torch.zeros(num_experts, d_model))  # (E, D)
 
     def dispatch_fn(self, x: torch.Tensor):
-        """The dispatch op this call uses for input `x` (see the module docstring)."""
-        kernel = _triton_kernel() if x.is_cuda or self.backend == "triton" else None
-        backend = choose_backend(
-            self.backend,
-            x.device.type,
-            compute_dtype(x),
-            triton=kernel is not None,
-            grouped=x.is_cuda and _grouped_available(x.device),
-        )
-        if backend == "reference":
-            return expert_ffn
-        if backend == "grouped":
-            return grouped_expert_ffn
-        if kernel is None:
-            raise RuntimeError(
-                "backend='triton' but unicl.moe.kernels cannot be imported "
-                "(install the 'kernels' extra: triton)"
-            )
-        return kernel
+        """The dispatch op this call uses for input `x` (see `unicl.moe.backends`)."""
+        return select_backend(self.backend, x).run
 
     def route_and_run(
         self,
@@ -169,29 +112,35 @@ class MoELayer(nn.Module):
         elif self.router_kind == "attribute":
             raise ValueError("the attribute router needs `attributes` (one id per token)")
         routing = self.router(flat, attrs)
-        dispatch = self.dispatch_fn(flat)
+        backend = select_backend(self.backend, flat)
         plan = None
         if attribute_plan is not None and routing.attribute_experts is not None:
-            plan = attribute_plan.remap(routing.attribute_experts, self.num_experts)
-            if dispatch is not _triton_kernel():
-                plan = plan.to_routing_plan()  # the PyTorch paths' form of the same order
-        dtype = compute_dtype(flat)
+            # the batch's token grouping, in the plan type this backend's op takes
+            plan = backend.remap(attribute_plan, routing.attribute_experts, self.num_experts)
+        y = self._run(backend, flat, routing, plan)  # (N, D)
+        return MoEOutput(y.view(*lead, self.d_model), routing.aux_loss, routing)
+
+    def _run(
+        self,
+        backend: Backend,
+        flat: torch.Tensor,
+        routing: RouterOutput,
+        plan: RoutingPlan | DispatchPlan | None,
+    ) -> torch.Tensor:
+        """The experts on flat (N, D) through `backend`, in autocast's dtype when it is on."""
         params = (self.w1, self.b1, self.w2, self.b2)
-        if dtype != flat.dtype and dispatch is not grouped_expert_ffn:
+        dtype = compute_dtype(flat)
+        no_autocast = contextlib.nullcontext()
+        if dtype != flat.dtype and not backend.casts_itself:
             # autocast: the custom autograd ops run in its dtype with autocast off inside them
             # (left on, their fused matmuls would write low-precision results into fp32 buffers)
             flat, params = flat.to(dtype), tuple(p.to(dtype) for p in params)
-            with torch.autocast(flat.device.type, enabled=False):
-                y = dispatch(
-                    flat, routing.expert_ids, routing.weights.to(dtype), *params,
-                    activation=self.activation, plan=plan,
-                )  # fmt: skip
-        else:
-            y = dispatch(
+            no_autocast = torch.autocast(flat.device.type, enabled=False)
+        with no_autocast:
+            return backend.run(
                 flat, routing.expert_ids, routing.weights.to(flat.dtype), *params,
                 activation=self.activation, plan=plan,
             )  # fmt: skip
-        return MoEOutput(y.view(*lead, self.d_model), routing.aux_loss, routing)
 
     def forward(
         self,
@@ -215,4 +164,4 @@ def dense_equivalent_d_ff(layer: MoELayer) -> int:
     return layer.top_k * layer.d_ff
 
 
-__all__ = ["BACKENDS", "MoELayer", "MoEOutput", "choose_backend", "dense_equivalent_d_ff"]
+__all__ = ["MoELayer", "MoEOutput", "dense_equivalent_d_ff"]

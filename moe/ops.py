@@ -9,7 +9,7 @@ Letters used in shape comments:
     E experts, D model width, F expert hidden width.
 
 The computation is split into the steps the kernel engineer mirrors:
-    make_plan  -> which assignment goes where (sorted by expert, per-expert counts/offsets)
+    make_plan  -> which assignment goes where (plan.py: sorted by expert, per-expert counts)
     gather     -> (M, D) rows of x in expert order
     expert_mlp -> each expert's FFN on its contiguous segment of rows
     combine    -> gate-weighted sum of the K expert outputs back into (N, D)
@@ -30,86 +30,10 @@ import threading
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
-ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
-
-
-class RoutingPlan(NamedTuple):
-    """Where each kept (token, expert) assignment goes, grouped by expert.
-
-    Assignment `s = n * K + k` is token `n`'s k-th choice. Dropped assignments (expert id -1)
-    do not appear in the plan.
-    """
-
-    #: (M,) flat assignment index s of each kept assignment, sorted by expert (stable in s)
-    slots: torch.Tensor
-    #: (M,) token index n = s // K of each sorted assignment
-    tokens: torch.Tensor
-    #: (E,) int64 number of assignments per expert
-    counts: torch.Tensor
-    #: (E + 1,) int64 start of each expert's segment in the sorted order (offsets[-1] = M)
-    offsets: torch.Tensor
-    #: counts as a Python list (segment bounds for the per-expert loop without device syncs)
-    counts_list: list[int]
-    num_tokens: int
-    top_k: int
-    #: True when every assignment is kept (M = N * K)
-    dropless: bool
-
-
-def _check_routing(expert_ids: torch.Tensor, num_experts: int) -> None:
-    if expert_ids.dim() != 2:
-        raise ValueError(f"expert_ids must be (N, K), got shape {tuple(expert_ids.shape)}")
-    if expert_ids.dtype != torch.int64:
-        raise TypeError(f"expert_ids must be int64, got {expert_ids.dtype}")
-    if num_experts < 1:
-        raise ValueError(f"num_experts must be >= 1, got {num_experts}")
-    if expert_ids.numel():
-        lo, hi = int(expert_ids.min()), int(expert_ids.max())
-        if lo < -1 or hi >= num_experts:
-            raise ValueError(
-                f"expert_ids must lie in [-1, {num_experts}) (-1 = dropped), got [{lo}, {hi}]"
-            )
-
-
-def make_plan(expert_ids: torch.Tensor, num_experts: int) -> RoutingPlan:
-    """Group the (N, K) routing decisions by expert (a stable counting sort)."""
-    _check_routing(expert_ids, num_experts)
-    n, k = expert_ids.shape
-    flat = expert_ids.reshape(-1)  # (N*K,)
-    kept = flat >= 0
-    dropless = bool(kept.all())
-    # dropped assignments sort after every real expert and are cut off below
-    keys = torch.where(kept, flat, num_experts)
-    slots = torch.sort(keys, stable=True).indices  # (N*K,)
-    counts = torch.bincount(flat[kept], minlength=num_experts)  # (E,)
-    offsets = torch.zeros(num_experts + 1, dtype=torch.int64, device=flat.device)
-    torch.cumsum(counts, 0, out=offsets[1:])
-    m = int(offsets[-1])
-    slots = slots[:m]  # (M,)
-    return RoutingPlan(
-        slots=slots,
-        tokens=torch.div(slots, k, rounding_mode="floor"),
-        counts=counts,
-        offsets=offsets,
-        counts_list=counts.tolist(),
-        num_tokens=n,
-        top_k=k,
-        dropless=dropless,
-    )
-
-
-def activation_fn(name: str):
-    """The expert nonlinearity by name (GPT-2 uses the tanh approximation of GELU)."""
-    if name == "gelu":
-        return F.gelu
-    if name == "gelu_tanh":
-        return lambda h: F.gelu(h, approximate="tanh")
-    if name == "relu":
-        return F.relu
-    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
-
+from unicl.moe.activations import get_activation
+from unicl.moe.inputs import check_expert_ffn_shapes
+from unicl.moe.plan import RoutingPlan, make_plan
 
 # --------------------------------------------------------------------------- #
 # the steps, by ordinary autograd
@@ -131,7 +55,7 @@ def expert_mlp(
     activation: str = "gelu",
 ) -> torch.Tensor:
     """Each expert's FFN on its contiguous segment of the sorted rows: (M, D) -> (M, D)."""
-    act = activation_fn(activation)
+    act = get_activation(activation)
     outs = []
     start = 0
     for e, count in enumerate(plan.counts_list):
@@ -157,7 +81,7 @@ def expert_ffn_steps(
     x, expert_ids, weights, w1, b1, w2, b2, activation: str = "gelu"
 ) -> torch.Tensor:
     """`expert_ffn` composed from the step functions (plain autograd; a second reference)."""
-    _check_shapes(x, expert_ids, weights, w1, b1, w2, b2)
+    check_expert_ffn_shapes(x, expert_ids, weights, w1, b1, w2, b2)
     plan = make_plan(expert_ids, w1.shape[0])
     ys = expert_mlp(gather(x, plan), plan, w1, b1, w2, b2, activation)
     return combine(ys, plan, weights)
@@ -166,24 +90,6 @@ def expert_ffn_steps(
 # --------------------------------------------------------------------------- #
 # the fused CPU path: one autograd Function with a hand-written backward
 # --------------------------------------------------------------------------- #
-
-
-def _act_into(name: str, h: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """out = act(h), written into an existing buffer."""
-    if name == "relu":
-        return torch.clamp(h, min=0, out=out)
-    approximate = "tanh" if name == "gelu_tanh" else "none"
-    return torch.ops.aten.gelu.out(h, approximate=approximate, out=out)
-
-
-def _act_backward_(name: str, grad: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """grad <- d act(h)/dh * grad, in place (h is the pre-activation)."""
-    if name == "relu":
-        return grad.mul_(h > 0)
-    approximate = "tanh" if name == "gelu_tanh" else "none"
-    return torch.ops.aten.gelu_backward.grad_input(
-        grad, h, approximate=approximate, grad_input=grad
-    )
 
 
 #: When routing is balanced, every expert's rows are padded to the largest count and all experts
@@ -334,7 +240,8 @@ class _ExpertFFN(torch.autograd.Function):
         if lay.padding is not None:
             xs.index_fill_(0, lay.padding, 0)
         hs = _expert_mm(lay, xs, w1, b1, x.new_empty(lay.rows, f))  # (R, F) pre-activations
-        acts = _act_into(activation, hs, torch.empty_like(hs))  # (R, F)
+        act = get_activation(activation)
+        acts = act.into(hs, torch.empty_like(hs))  # (R, F)
         (ys,) = _workspace.take(x, (lay.rows + 1, d))  # last row: the output of a dropped slot
         ys[-1].zero_()
         _expert_mm(lay, acts, w2, b2, ys)
@@ -343,7 +250,7 @@ class _ExpertFFN(torch.autograd.Function):
         out = torch.bmm(w.view(n, 1, k), y_nk).view(n, d)  # (N, D)
         ctx.save_for_backward(xs, hs, acts, y_nk, w, w1, w2)
         ctx.layout = lay
-        ctx.activation = activation
+        ctx.activation = act
         ctx.weights_dtype = weights.dtype
         return out
 
@@ -367,7 +274,7 @@ class _ExpertFFN(torch.autograd.Function):
         gb1, gb2 = w1.new_empty(w1.shape[0], w1.shape[2]), w2.new_empty(w2.shape[0], d)
         _expert_grads(lay, acts, gy, gw2, gb2)
         _expert_mm(lay, gy, w2.transpose(1, 2), None, gh)
-        _act_backward_(ctx.activation, gh, hs)
+        ctx.activation.backward_(gh, hs)
         _expert_grads(lay, xs, gh, gw1, gb1)
         _expert_mm(lay, gh, w1.transpose(1, 2), None, gy)  # (R, D) input gradient of each row
         gy[-1].zero_()
@@ -375,38 +282,11 @@ class _ExpertFFN(torch.autograd.Function):
         return grad_x, grad_weights.to(ctx.weights_dtype), gw1, gb1, gw2, gb2, None, None
 
 
-def _check_shapes(x, expert_ids, weights, w1, b1, w2, b2) -> None:
-    if x.dim() != 2:
-        raise ValueError(f"x must be (N, D), got shape {tuple(x.shape)}")
-    n, d = x.shape
-    if expert_ids.dim() != 2 or expert_ids.shape[0] != n:
-        raise ValueError(f"expert_ids must be (N={n}, K), got shape {tuple(expert_ids.shape)}")
-    if weights.shape != expert_ids.shape:
-        raise ValueError(
-            f"weights must have the shape of expert_ids {tuple(expert_ids.shape)}, "
-            f"got {tuple(weights.shape)}"
-        )
-    if w1.dim() != 3 or w1.shape[1] != d:
-        raise ValueError(f"w1 must be (E, D={d}, F), got shape {tuple(w1.shape)}")
-    e, _, f = w1.shape
-    expected = {"b1": (b1, (e, f)), "w2": (w2, (e, f, d)), "b2": (b2, (e, d))}
-    for name, (tensor, shape) in expected.items():
-        if tuple(tensor.shape) != shape:
-            raise ValueError(f"{name} must have shape {shape}, got {tuple(tensor.shape)}")
-
-
 def expert_ffn(
-    x: torch.Tensor,
-    expert_ids: torch.Tensor,
-    weights: torch.Tensor,
-    w1: torch.Tensor,
-    b1: torch.Tensor,
-    w2: torch.Tensor,
-    b2: torch.Tensor,
-    activation: str = "gelu",
-    *,
-    plan: RoutingPlan | None = None,
-) -> torch.Tensor:
+    x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor,
+    w1: torch.Tensor, b1: torch.Tensor, w2: torch.Tensor, b2: torch.Tensor,
+    activation: str = "gelu", *, plan: RoutingPlan | None = None,
+) -> torch.Tensor:  # fmt: skip
     """y[n] = sum_k weights[n, k] * FFN_{expert_ids[n, k]}(x[n]); ids of -1 contribute nothing.
 
     x (N, D), expert_ids (N, K) int64, weights (N, K), w1 (E, D, F), b1 (E, F), w2 (E, F, D),
@@ -414,8 +294,8 @@ def expert_ffn(
     Differentiable in x, weights and all expert parameters. `plan` is `make_plan(expert_ids, E)`
     when the caller already has it (attribute routing reuses one per batch, see moe/layer.py).
     """
-    _check_shapes(x, expert_ids, weights, w1, b1, w2, b2)
-    activation_fn(activation)  # validates the name
+    check_expert_ffn_shapes(x, expert_ids, weights, w1, b1, w2, b2)
+    get_activation(activation)  # validates the name
     if plan is None:
         plan = make_plan(expert_ids, w1.shape[0])
     if x.shape[0] == 0 or plan.slots.shape[0] == 0:
@@ -424,14 +304,10 @@ def expert_ffn(
 
 
 __all__ = [
-    "ACTIVATIONS",
-    "RoutingPlan",
-    "activation_fn",
     "combine",
     "expert_ffn",
     "expert_ffn_steps",
     "expert_mlp",
     "gather",
-    "make_plan",
     "release_workspace",
 ]

@@ -22,9 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from unicl.kv_cache import KVCache
-from unicl.moe.kernels.plan import build_attribute_plan
-from unicl.moe.layer import BACKENDS, MoELayer
-from unicl.moe.ops import ACTIVATIONS
+from unicl.moe.activations import ACTIVATIONS
+from unicl.moe.backends import BACKENDS
+from unicl.moe.layer import MoELayer
+from unicl.moe.plan import build_attribute_plan
 
 ROUTER_CHOICES = ("attribute", "topk", "dense")
 #: rules accepted by ModelConfig.moe_layers besides an explicit list of 0-indexed layers

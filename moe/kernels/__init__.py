@@ -1,10 +1,11 @@
-"""unicl.moe.kernels: the Triton expert-dispatch path (arXiv 2312.02520, mixture of experts).
+"""unicl.moe.kernels: the Triton expert-dispatch backend (arXiv 2312.02520, mixture of experts).
 
 Kernel stack (docs/kernels.md): private `@triton.jit` kernels in `_triton_plan.py` (routing plan),
 `_rows.py` (dispatch/combine) and `_gemm.py` (grouped GEMMs) -> their launchers -> the autograd
-Functions of `expert_ffn.py` -> `MoELayer(backend="triton")`. Only this package imports triton, and
-only lazily: `import unicl.moe` works without it. `plan.py` (routing plans, attribute-plan reuse)
-is plain PyTorch and always importable.
+Functions of `expert_ffn.py` -> `MoELayer(backend="triton")` through `unicl.moe.backends`. Only
+this package imports triton, and only lazily: `import unicl.moe` and this package work without
+it; the functions below import the kernel modules when first called. The routing plans the
+kernels read are plain PyTorch (`unicl.moe.plan`); their names are re-exported here.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import functools
 
 import torch
 
-from unicl.moe.kernels.plan import (
+from unicl.moe.plan import (
     AttributePlan,
     DispatchPlan,
     build_attribute_plan,
@@ -37,17 +38,10 @@ def available() -> bool:
 
 
 def triton_expert_ffn(
-    x: torch.Tensor,
-    expert_ids: torch.Tensor,
-    weights: torch.Tensor,
-    w1: torch.Tensor,
-    b1: torch.Tensor,
-    w2: torch.Tensor,
-    b2: torch.Tensor,
-    activation: str = "gelu",
-    *,
-    plan: DispatchPlan | None = None,
-) -> torch.Tensor:
+    x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor,
+    w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor, b2: torch.Tensor | None,
+    activation: str = "gelu", *, plan: DispatchPlan | None = None,
+) -> torch.Tensor:  # fmt: skip
     """`unicl.moe.ops.expert_ffn` on the Triton kernels (CUDA tensors); see expert_ffn.py."""
     from unicl.moe.kernels.expert_ffn import triton_expert_ffn as impl
 
@@ -61,11 +55,24 @@ def routing_plan(expert_ids: torch.Tensor, num_experts: int) -> DispatchPlan:
     return impl(expert_ids, num_experts)
 
 
+def remap(plan: AttributePlan, attr_experts: torch.Tensor, num_experts: int) -> DispatchPlan:
+    """`plan.remap(attr_experts, num_experts)`, as one Triton kernel on CUDA when it can run.
+
+    The same `DispatchPlan` either way (the tests compare them element by element).
+    """
+    if attr_experts.is_cuda and available():
+        from unicl.moe.kernels._triton_plan import triton_remap
+
+        return triton_remap(plan, attr_experts, num_experts)
+    return plan.remap(attr_experts, num_experts)
+
+
 __all__ = [
     "AttributePlan",
     "DispatchPlan",
     "available",
     "build_attribute_plan",
+    "remap",
     "routing_plan",
     "torch_dispatch_plan",
     "torch_remap",

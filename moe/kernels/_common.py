@@ -10,9 +10,6 @@ import triton
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
-#: activation name (as in `unicl.moe.ops.ACTIVATIONS`) -> the code the kernels branch on
-ACT_CODES = {"none": 0, "gelu": 1, "gelu_tanh": 2, "relu": 3}
-
 
 def interpreting() -> bool:
     """True when triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
@@ -53,10 +50,3 @@ def dot_precision(dtype: torch.dtype) -> str:
     if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
         return "ieee"
     return "tf32"
-
-
-def act_code(activation: str) -> int:
-    if activation not in ACT_CODES or activation == "none":
-        valid = sorted(set(ACT_CODES) - {"none"})
-        raise ValueError(f"activation must be one of {valid}, got {activation!r}")
-    return ACT_CODES[activation]

@@ -27,7 +27,7 @@ from unicl.moe.kernels._common import check_device, check_float, dot_in_fp32, do
 
 @triton.jit
 def _act(z, ACT: tl.constexpr):
-    """The expert nonlinearity (codes from _common.ACT_CODES) on an fp32 tile."""
+    """The expert nonlinearity (`Activation.kernel_code`, unicl.moe.activations) on an fp32 tile."""
     if ACT == 1:  # exact GELU
         z = 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
     elif ACT == 2:  # tanh GELU (GPT-2); tanh(u) = 2 sigmoid(2u) - 1
@@ -194,7 +194,7 @@ def grouped_mm(
 
     a: (Ra, Kd) read through gather_idx (S,) int32 when given, else (S, Kd) in plan order;
     b: (E, Kd, Nd) any strides (a transposed view is fine); bias: (E, Nd) or None;
-    offsets: (E + 1,) int32; num_rows: S. activation: code from `_common.ACT_CODES`; with
+    offsets: (E + 1,) int32; num_rows: S. activation: `Activation.kernel_code` (0: none); with
     act_grad_of (S, Nd) the epilogue multiplies by act'(act_grad_of) instead of applying act.
     Rows past offsets[E] (dropped slots) are left unwritten.
     """

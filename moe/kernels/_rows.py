@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from unicl.moe.kernels._common import check_device, check_float
-from unicl.moe.kernels.plan import DispatchPlan
+from unicl.moe.plan import DispatchPlan
 
 
 # src: (R, D); idx: (S,) int32; offsets: (E + 1,) int32 (offsets[E] = rows to copy); out: (S, D)

@@ -1,7 +1,8 @@
 """Triton kernels that build the routing plan on the device, with no host sync.
 
 The paper's mixture of experts (arXiv 2312.02520). `routing_plan` is a deterministic counting sort
-of the N*K slots by expert in three launches (`plan.torch_dispatch_plan` is its PyTorch twin):
+of the N*K slots by expert in three launches (`unicl.moe.plan.torch_dispatch_plan` is its PyTorch
+twin):
 
     1. per-block histogram   block_counts[b, e] = #slots of block b routed to e
     2. scan (one program)    offsets[e] = sum_{e' < e} counts[e'];
@@ -9,7 +10,8 @@ of the N*K slots by expert in three launches (`plan.torch_dispatch_plan` is its 
     3. stable scatter        dest(s) = block_base[b, e_s] + rank of s among block b's slots of e_s
 
 Dropped slots (id -1) are counted in bucket E, after every expert. `triton_remap` builds the same
-kind of plan from an `AttributePlan` (tokens already grouped by attribute) without any token sort.
+kind of plan from an `AttributePlan` (tokens already grouped by attribute) without any token sort
+(`unicl.moe.plan.torch_remap` is its PyTorch twin).
 
 Letters: S slots, E experts (EP: E + 1 rounded up to a power of two), NB slot blocks,
 P = A*K (attribute, choice) pairs.
@@ -21,14 +23,9 @@ import torch
 import triton
 import triton.language as tl
 
+from unicl.moe.inputs import check_expert_ids
 from unicl.moe.kernels._common import check_device
-from unicl.moe.kernels.plan import (
-    AttributePlan,
-    DispatchPlan,
-    _check_attr_experts,
-    check_expert_ids,
-    pair_schedule,
-)
+from unicl.moe.plan import AttributePlan, DispatchPlan, check_attr_experts, pair_schedule
 
 _BLOCK = 256  # slots per program in kernels 1 and 3
 _SCAN_CHUNK = 64  # block rows per step of the scan
@@ -160,7 +157,7 @@ def _remap_kernel(
 
 def triton_remap(plan: AttributePlan, attr_experts: torch.Tensor, num_experts: int) -> DispatchPlan:
     """Per-layer plan from the batch's `AttributePlan`: sort A*K pairs, expand on the device."""
-    _check_attr_experts(attr_experts, plan.num_attributes, num_experts)
+    check_attr_experts(attr_experts, plan.num_attributes, num_experts)
     check_device(attr_experts=attr_experts, sorted_token=plan.sorted_token)
     k = attr_experts.shape[1]
     n = plan.sorted_token.numel()

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import torch
 
-from unicl.moe.kernels._common import act_code, check_device, check_float
+from unicl.moe.activations import get_activation
+from unicl.moe.inputs import check_expert_ffn_shapes, check_expert_ids
+from unicl.moe.kernels._common import check_device, check_float
 from unicl.moe.kernels._gemm import grouped_mm, grouped_wgrad
 from unicl.moe.kernels._rows import combine, combine_backward, gather_rows
 from unicl.moe.kernels._triton_plan import routing_plan
-from unicl.moe.kernels.plan import DispatchPlan
+from unicl.moe.plan import DispatchPlan
 
 
 class _ExpertFFNFunction(torch.autograd.Function):
@@ -76,26 +78,9 @@ class _ExpertFFNFunction(torch.autograd.Function):
 
 
 def _check_inputs(x, expert_ids, weights, w1, b1, w2, b2) -> None:
-    if x.dim() != 2:
-        raise ValueError(f"x must be (N, D), got shape {tuple(x.shape)}")
-    n, d = x.shape
-    if expert_ids.dim() != 2 or expert_ids.shape[0] != n:
-        raise ValueError(f"expert_ids must be (N={n}, K), got shape {tuple(expert_ids.shape)}")
-    if expert_ids.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"expert_ids must be int64 or int32, got {expert_ids.dtype}")
-    if weights.shape != expert_ids.shape:
-        raise ValueError(
-            f"weights must have the shape of expert_ids {tuple(expert_ids.shape)}, "
-            f"got {tuple(weights.shape)}"
-        )
-    if w1.dim() != 3 or w1.shape[1] != d:
-        raise ValueError(f"w1 must be (E, D={d}, F), got shape {tuple(w1.shape)}")
-    e, _, f = w1.shape
-    if w2.shape != (e, f, d):
-        raise ValueError(f"w2 must have shape {(e, f, d)}, got {tuple(w2.shape)}")
-    for name, bias, shape in (("b1", b1, (e, f)), ("b2", b2, (e, d))):
-        if bias is not None and bias.shape != shape:
-            raise ValueError(f"{name} must have shape {shape}, got {tuple(bias.shape)}")
+    """The shared shape checks (biases optional), then the kernels' dtypes and device."""
+    check_expert_ffn_shapes(x, expert_ids, weights, w1, b1, w2, b2, optional_biases=True)
+    check_expert_ids(expert_ids, w1.shape[0])
     check_float(x=x, weights=weights, w1=w1, w2=w2)
     for name, t in (("w1", w1), ("w2", w2), ("b1", b1), ("b2", b2)):
         if t is not None and t.dtype != x.dtype:
@@ -105,26 +90,20 @@ def _check_inputs(x, expert_ids, weights, w1, b1, w2, b2) -> None:
 
 
 def triton_expert_ffn(
-    x: torch.Tensor,
-    expert_ids: torch.Tensor,
-    weights: torch.Tensor,
-    w1: torch.Tensor,
-    b1: torch.Tensor | None,
-    w2: torch.Tensor,
-    b2: torch.Tensor | None,
-    activation: str = "gelu",
-    *,
-    plan: DispatchPlan | None = None,
-) -> torch.Tensor:
+    x: torch.Tensor, expert_ids: torch.Tensor, weights: torch.Tensor,
+    w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor, b2: torch.Tensor | None,
+    activation: str = "gelu", *, plan: DispatchPlan | None = None,
+) -> torch.Tensor:  # fmt: skip
     """y[n] = sum_k weights[n, k] * FFN_{expert_ids[n, k]}(x[n]); ids of -1 contribute nothing.
 
     x (N, D), expert_ids (N, K) int64, weights (N, K), w1 (E, D, F), b1 (E, F), w2 (E, F, D),
     b2 (E, D) -> (N, D), as `unicl.moe.ops.expert_ffn`. Differentiable in x, weights and all
-    expert parameters. `plan` (from `routing_plan` or `AttributePlan.remap`) skips the routing
-    sort; it must describe expert_ids. Expert ids are not range-checked (that would sync).
+    expert parameters. `plan` (a `DispatchPlan`: `routing_plan`, or `remap` of the batch's
+    `AttributePlan`) skips the routing sort; it must describe expert_ids. Expert ids are not
+    range-checked (that would sync).
     """
     _check_inputs(x, expert_ids, weights, w1, b1, w2, b2)
-    code = act_code(activation)
+    code = get_activation(activation).kernel_code
     num_experts = w1.shape[0]
     if plan is None:
         plan = routing_plan(expert_ids, num_experts)

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from unicl.moe import MoELayer
+from unicl.moe.backends import choose_backend
 from unicl.moe.grouped import grouped_expert_ffn, grouped_mm_available
-from unicl.moe.kernels.plan import build_attribute_plan
-from unicl.moe.layer import choose_backend
 from unicl.moe.ops import expert_ffn
+from unicl.moe.plan import build_attribute_plan
 
 needs_grouped_cpu = pytest.mark.skipif(
     not grouped_mm_available("cpu"), reason="this PyTorch has no torch._grouped_mm"

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from unicl.moe import ops
-from unicl.moe.ops import expert_ffn, expert_ffn_steps, make_plan
+from unicl.moe.ops import expert_ffn, expert_ffn_steps
+from unicl.moe.plan import make_plan
 
 
 def naive_moe(x, expert_ids, weights, w1, b1, w2, b2, act=F.gelu):

@@ -1,20 +1,28 @@
-"""Device-side routing plans for the Triton dispatch path, and their plain-PyTorch twins.
+"""Routing plans: which (token, expert) assignment goes where, grouped by expert (plain PyTorch).
 
 Mixture of experts (arXiv 2312.02520): each token's K (token, expert) assignments must be grouped by
-expert before the experts' FFNs run as one grouped GEMM. `unicl.moe.ops.make_plan` does this with a
-host sync (it reads the per-expert counts back to drive a Python loop); the kernels need none, so
-their plan keeps every array on the device at a size known in advance:
+expert before the experts' FFNs run on contiguous segments of rows. Slot `s = n * K + k` is token
+n's k-th choice. Two plan types describe the same grouping, split by who reads it:
 
-    the N*K slots are sorted by expert; dropped slots (expert id -1) go to a trash bucket after the
-    last expert, so `offsets[E]` (a device scalar) is the number of kept slots and nothing is cut.
+    DispatchPlan  every array on the device, at a size known in advance (S = N*K slots, int32):
+                  dropped slots (expert id -1) sort into a trash bucket after the last expert,
+                  so `offsets[E]` (a device scalar) is the number of kept slots and nothing waits
+                  for the device. The Triton kernels (`kernels/`) take this form.
+    RoutingPlan   the kept assignments only (M <= S, int64), with the per-expert counts read back
+                  to the host (`counts_list`) to drive per-expert loops and batched matmuls. The
+                  PyTorch backends (`ops.py`, `grouped.py`) take this form.
+
+`torch_dispatch_plan` sorts the slots by expert with sync-free PyTorch ops (the Triton
+`routing_plan` computes the same arrays); `make_plan` is the same sort read back as a RoutingPlan
+(`DispatchPlan.to_routing_plan`).
 
 AG-MoE routes by attribute only, so every token of one attribute goes to the same experts.
 `AttributePlan` sorts the tokens by attribute once per batch; each MoE layer then turns its
 (attribute -> top-k experts) table into a `DispatchPlan` without sorting the N tokens again
-(`AttributePlan.remap`). The functions here are the sync-free PyTorch versions; the Triton kernels
-in `_triton_plan.py` compute the same arrays and are tested against them.
+(`AttributePlan.remap`; `kernels.remap` runs the same expansion as one Triton kernel on CUDA).
 
-Letters: N tokens, K experts per token, S = N*K slots, E experts, A attributes.
+Letters: N tokens, K experts per token, S = N*K slots, M kept slots, E experts, A attributes,
+P = A*K (attribute, choice) pairs.
 """
 
 from __future__ import annotations
@@ -23,7 +31,30 @@ from typing import NamedTuple
 
 import torch
 
-from unicl.moe.ops import RoutingPlan
+from unicl.moe.inputs import check_expert_ids, check_expert_range
+
+
+class RoutingPlan(NamedTuple):
+    """Where each kept (token, expert) assignment goes, grouped by expert (host-side counts).
+
+    Assignment `s = n * K + k` is token `n`'s k-th choice. Dropped assignments (expert id -1)
+    do not appear in the plan.
+    """
+
+    #: (M,) flat assignment index s of each kept assignment, sorted by expert (stable in s)
+    slots: torch.Tensor
+    #: (M,) token index n = s // K of each sorted assignment
+    tokens: torch.Tensor
+    #: (E,) int64 number of assignments per expert
+    counts: torch.Tensor
+    #: (E + 1,) int64 start of each expert's segment in the sorted order (offsets[-1] = M)
+    offsets: torch.Tensor
+    #: counts as a Python list (segment bounds for the per-expert loop without device syncs)
+    counts_list: list[int]
+    num_tokens: int
+    top_k: int
+    #: True when every assignment is kept (M = N * K)
+    dropless: bool
 
 
 class DispatchPlan(NamedTuple):
@@ -52,7 +83,7 @@ class DispatchPlan(NamedTuple):
         return self.offsets[1:] - self.offsets[:-1]
 
     def to_routing_plan(self) -> RoutingPlan:
-        """The reference ops' plan with the same order (reads the counts back: syncs)."""
+        """The PyTorch backends' plan with the same order (reads the counts back: syncs)."""
         offsets = self.offsets.long()
         counts = offsets[1:] - offsets[:-1]  # (E,)
         kept = int(offsets[-1])
@@ -69,20 +100,6 @@ class DispatchPlan(NamedTuple):
         )
 
 
-def check_expert_ids(expert_ids: torch.Tensor, num_experts: int) -> None:
-    """Shape/dtype checks that need no device sync (values are not read)."""
-    if not isinstance(expert_ids, torch.Tensor) or expert_ids.dim() != 2:
-        raise ValueError(
-            f"expert_ids must be an (N, K) tensor, got {getattr(expert_ids, 'shape', expert_ids)}"
-        )
-    if expert_ids.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"expert_ids must be int64 or int32, got {expert_ids.dtype}")
-    if num_experts < 1:
-        raise ValueError(f"num_experts must be >= 1, got {num_experts}")
-    if expert_ids.numel() >= 2**31:
-        raise ValueError(f"expert_ids has {expert_ids.numel()} slots; at most 2**31 - 1 supported")
-
-
 def _exclusive_cumsum(counts: torch.Tensor) -> torch.Tensor:
     """(L,) -> (L + 1,) int32 with a leading zero."""
     out = torch.zeros(counts.numel() + 1, dtype=torch.int32, device=counts.device)
@@ -97,7 +114,7 @@ def _inverse(perm: torch.Tensor) -> torch.Tensor:
 
 
 def torch_dispatch_plan(expert_ids: torch.Tensor, num_experts: int) -> DispatchPlan:
-    """Reference plan: a stable sort of the slots by expert (sync-free PyTorch ops).
+    """Stable sort of the slots by expert, with sync-free PyTorch ops.
 
     `torch.sort(stable=True)` is a radix sort on CUDA and `scatter_add_` sizes its output from
     `num_experts`, so unlike `bincount`/boolean masks nothing waits on the device.
@@ -120,6 +137,13 @@ def torch_dispatch_plan(expert_ids: torch.Tensor, num_experts: int) -> DispatchP
     )
 
 
+def make_plan(expert_ids: torch.Tensor, num_experts: int) -> RoutingPlan:
+    """Group the (N, K) int64 routing decisions by expert (a stable sort; ids range-checked)."""
+    check_expert_ids(expert_ids, num_experts, dtypes=(torch.int64,))
+    check_expert_range(expert_ids, num_experts)
+    return torch_dispatch_plan(expert_ids, num_experts).to_routing_plan()
+
+
 class AttributePlan(NamedTuple):
     """Tokens grouped by attribute, computed once per batch and shared by every MoE layer."""
 
@@ -139,16 +163,7 @@ class AttributePlan(NamedTuple):
 
         Equal, as a routing, to `torch_dispatch_plan(attr_experts[attributes], num_experts)`;
         within one expert the slots are grouped by attribute instead of by token.
-        Uses the Triton kernel on CUDA when available, else `torch_remap`.
         """
-        _check_attr_experts(attr_experts, self.num_attributes, num_experts)
-        if attr_experts.is_cuda:
-            from unicl.moe import kernels
-
-            if kernels.available():
-                from unicl.moe.kernels._triton_plan import triton_remap
-
-                return triton_remap(self, attr_experts, num_experts)
         return torch_remap(self, attr_experts, num_experts)
 
 
@@ -170,7 +185,8 @@ def build_attribute_plan(attributes: torch.Tensor, num_attributes: int) -> Attri
     return AttributePlan(sorted_token, _exclusive_cumsum(counts), num_attributes)
 
 
-def _check_attr_experts(attr_experts: torch.Tensor, num_attributes: int, num_experts: int) -> None:
+def check_attr_experts(attr_experts: torch.Tensor, num_attributes: int, num_experts: int) -> None:
+    """An (A, K) int64/int32 attribute -> experts table for A attributes and E >= 1 experts."""
     if not isinstance(attr_experts, torch.Tensor) or attr_experts.dim() != 2:
         raise ValueError(
             "attr_experts must be an (A, K) tensor, "
@@ -210,8 +226,8 @@ def pair_schedule(
 
 
 def torch_remap(plan: AttributePlan, attr_experts: torch.Tensor, num_experts: int) -> DispatchPlan:
-    """Reference remap: expand the sorted pairs to slots with a marked running sum (no sort)."""
-    _check_attr_experts(attr_experts, plan.num_attributes, num_experts)
+    """`AttributePlan.remap`: expand the sorted pairs to slots by a marked running sum (no sort)."""
+    check_attr_experts(attr_experts, plan.num_attributes, num_experts)
     k = attr_experts.shape[1]
     n = plan.sorted_token.numel()
     pair_order, pair_start, offsets = pair_schedule(plan, attr_experts, num_experts)
@@ -238,3 +254,16 @@ def torch_remap(plan: AttributePlan, attr_experts: torch.Tensor, num_experts: in
         top_k=k,
         num_experts=num_experts,
     )
+
+
+__all__ = [
+    "AttributePlan",
+    "DispatchPlan",
+    "RoutingPlan",
+    "build_attribute_plan",
+    "check_attr_experts",
+    "make_plan",
+    "pair_schedule",
+    "torch_dispatch_plan",
+    "torch_remap",
+]
