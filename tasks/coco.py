@@ -22,11 +22,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from unicl.tasks.records import (
+    RecordPools,
     SegmentationRecord,
     check_segmentation,
     read_json,
     require,
+    require_image_size,
     require_int,
+    require_list,
     require_number,
 )
 
@@ -43,14 +46,6 @@ def area_class(area: float) -> str:
         if lo <= area < hi:
             return name
     raise ValueError(f"area must be a non-negative number, got {area!r}")
-
-
-def _array(data: dict, key: str, where: str) -> list:
-    """data[key], which must be a json list."""
-    value = require(data, key, where)
-    if not isinstance(value, list):
-        raise ValueError(f"{where}: {key!r} must be a json list, got {type(value).__name__}")
-    return value
 
 
 def _check_bbox(bbox, where: str) -> None:
@@ -71,7 +66,59 @@ def _check_bbox(bbox, where: str) -> None:
         )
 
 
-class CocoSegmentation:
+def _read_categories(data: dict, where: str) -> tuple[dict[str, int], dict[int, str]]:
+    """(name -> category id, category id -> name) of the file's categories."""
+    ids: dict[str, int] = {}
+    names: dict[int, str] = {}
+    for k, cat in enumerate(require_list(data, "categories", where)):
+        at = f"{where} categories[{k}]"
+        name, cid = str(require(cat, "name", at)), require_int(cat, "id", at)
+        if cid in names or name in ids:
+            raise ValueError(f"{at}: category {name!r} (id {cid}) appears twice")
+        ids[name], names[cid] = cid, name
+    return ids, names
+
+
+def _read_images(data: dict, where: str) -> dict[int, tuple[str, int, int]]:
+    """image id -> (file name, height, width) of the file's images."""
+    images: dict[int, tuple[str, int, int]] = {}
+    for k, img in enumerate(require_list(data, "images", where)):
+        image_id = require_int(img, "id", f"{where} images[{k}]")
+        at = f"{where}, image id {image_id} at images[{k}]"
+        if image_id in images:
+            raise ValueError(f"{at}: image id {image_id} appears twice")
+        height, width = require_image_size(img, at)
+        images[image_id] = (str(require(img, "file_name", at)), height, width)
+    return images
+
+
+def _group_instances(
+    data: dict, where: str, images: dict, id_to_name: dict[int, str], include_crowd: bool
+) -> dict[tuple[int, int], list[dict]]:
+    """(image id, category id) -> its instance annotations, each checked (a group is a record)."""
+    groups: dict[tuple[int, int], list[dict]] = {}
+    for k, ann in enumerate(require_list(data, "annotations", where)):
+        at = f"{where} annotations[{k}]"
+        if isinstance(ann, dict) and "id" in ann:
+            at = f"{where}, annotation id {ann['id']} at annotations[{k}]"
+        image_id, cid = require_int(ann, "image_id", at), require_int(ann, "category_id", at)
+        if ann.get("iscrowd", 0) and not include_crowd:
+            continue
+        if image_id not in images:
+            raise ValueError(f"{at}: image_id {image_id} is not in the file's images")
+        if cid not in id_to_name:
+            raise ValueError(f"{at}: category_id {cid} is not in the file's categories")
+        at = f"{at} (image_id {image_id})"
+        _check_bbox(require(ann, "bbox", at), at)
+        if "area" in ann:
+            require_number(ann, "area", at)
+        _, height, width = images[image_id]
+        check_segmentation(require(ann, "segmentation", at), height, width, at)
+        groups.setdefault((image_id, cid), []).append(ann)
+    return groups
+
+
+class CocoSegmentation(RecordPools):
     """Segmentation pools read from a COCO instances json.
 
     Args:
@@ -111,14 +158,7 @@ class CocoSegmentation:
         where = str(self.ann_file)
         if not isinstance(data, dict):
             raise ValueError(f"{where}: expected a json object with images/annotations/categories")
-        self.category_ids: dict[str, int] = {}
-        id_to_name: dict[int, str] = {}
-        for k, cat in enumerate(_array(data, "categories", where)):
-            at = f"{where} categories[{k}]"
-            name, cid = str(require(cat, "name", at)), require_int(cat, "id", at)
-            if cid in id_to_name or name in self.category_ids:
-                raise ValueError(f"{at}: category {name!r} (id {cid}) appears twice")
-            self.category_ids[name], id_to_name[cid] = cid, name
+        self.category_ids, id_to_name = _read_categories(data, where)
         wanted = set(self.category_ids) if categories is None else set(categories)
         unknown = sorted(wanted - set(self.category_ids))
         if unknown:
@@ -126,59 +166,37 @@ class CocoSegmentation:
                 f"categories: {unknown} are not categories of {where} "
                 f"(it has {sorted(self.category_ids)})"
             )
+        images = _read_images(data, where)
+        groups = _group_instances(data, where, images, id_to_name, include_crowd)
+        records = [
+            self._record(image_id, id_to_name[cid], cid, images[image_id], anns)
+            for (image_id, cid), anns in sorted(groups.items())
+            if id_to_name[cid] in wanted
+        ]
+        kept = [r for r in records if r.area >= min_area and area_class(r.area) in sizes]
+        self.pools = self._pools(kept, check_images)
+        self.categories: list[str] = list(self.pools)
 
-        images: dict[int, tuple[str, int, int]] = {}
-        for k, img in enumerate(_array(data, "images", where)):
-            image_id = require_int(img, "id", f"{where} images[{k}]")
-            at = f"{where}, image id {image_id} at images[{k}]"
-            if image_id in images:
-                raise ValueError(f"{at}: image id {image_id} appears twice")
-            height, width = require_int(img, "height", at), require_int(img, "width", at)
-            if height < 1 or width < 1:
-                raise ValueError(f"{at}: image size {height}x{width} (HxW) is empty")
-            images[image_id] = (str(require(img, "file_name", at)), height, width)
+    @property
+    def source(self) -> Path:
+        return self.ann_file
 
-        # group instances by (image, category): each group becomes one record
-        groups: dict[tuple[int, int], list[dict]] = {}
-        for k, ann in enumerate(_array(data, "annotations", where)):
-            at = f"{where} annotations[{k}]"
-            if isinstance(ann, dict) and "id" in ann:
-                at = f"{where}, annotation id {ann['id']} at annotations[{k}]"
-            image_id, cid = require_int(ann, "image_id", at), require_int(ann, "category_id", at)
-            if ann.get("iscrowd", 0) and not include_crowd:
-                continue
-            if image_id not in images:
-                raise ValueError(f"{at}: image_id {image_id} is not in the file's images")
-            if cid not in id_to_name:
-                raise ValueError(f"{at}: category_id {cid} is not in the file's categories")
-            at = f"{at} (image_id {image_id})"
-            _check_bbox(require(ann, "bbox", at), at)
-            if "area" in ann:
-                require_number(ann, "area", at)
-            _, height, width = images[image_id]
-            check_segmentation(require(ann, "segmentation", at), height, width, at)
-            if id_to_name[cid] in wanted:
-                groups.setdefault((image_id, cid), []).append(ann)
-
-        self.pools: dict[str, list[SegmentationRecord]] = {}
-        missing: list[Path] = []
-        for (image_id, cid), anns in sorted(groups.items()):
-            record = self._record(image_id, id_to_name[cid], cid, images[image_id], anns)
-            if record.area < min_area or area_class(record.area) not in sizes:
-                continue
-            if check_images and not record.image_path.is_file():
-                missing.append(record.image_path)
-                continue
-            self.pools.setdefault(record.category, []).append(record)
-        if missing:
-            shown = ", ".join(str(p) for p in sorted(set(missing))[:5])
-            raise FileNotFoundError(
-                f"{len(set(missing))} images referenced by {where} are absent from "
-                f"{self.image_dir}: {shown}"
-            )
-        order = sorted(self.pools, key=lambda n: self.category_ids[n])
-        self.pools = {name: self.pools[name] for name in order}
-        self.categories: list[str] = order
+    def _pools(
+        self, records: list[SegmentationRecord], check_images: bool
+    ) -> dict[str, list[SegmentationRecord]]:
+        """category -> records (in category-id order); absent images are an error."""
+        if check_images:
+            missing = sorted({r.image_path for r in records if not r.image_path.is_file()})
+            if missing:
+                shown = ", ".join(str(p) for p in missing[:5])
+                raise FileNotFoundError(
+                    f"{len(missing)} images referenced by {self.ann_file} are absent from "
+                    f"{self.image_dir}: {shown}"
+                )
+        pools: dict[str, list[SegmentationRecord]] = {}
+        for record in records:
+            pools.setdefault(record.category, []).append(record)
+        return {name: pools[name] for name in sorted(pools, key=self.category_ids.__getitem__)}
 
     def _record(self, image_id, name, cid, image, anns) -> SegmentationRecord:
         file_name, height, width = image
@@ -199,13 +217,4 @@ class CocoSegmentation:
             box=box,
             area=float(sum(float(a.get("area", 0.0)) for a in anns)),
             segmentations=tuple(a["segmentation"] for a in anns),
-        )
-
-    def __len__(self) -> int:
-        return sum(len(p) for p in self.pools.values())
-
-    def __repr__(self) -> str:
-        return (
-            f"CocoSegmentation({str(self.ann_file)!r}: {len(self)} records, "
-            f"{len(self.categories)} categories)"
         )

@@ -405,3 +405,40 @@ def require_number(record: dict, key: str, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{where}: field {key!r} must be a finite number, got {_short(value)}")
     return float(value)
+
+
+def require_list(record: dict, key: str, where: str) -> list:
+    """record[key], which must be a json list, with `require`'s errors."""
+    value = require(record, key, where)
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: {key!r} must be a json list, got {type(value).__name__}")
+    return value
+
+
+def require_image_size(record: dict, where: str) -> tuple[int, int]:
+    """(height, width) of an image entry: integers >= 1, with `require`'s errors."""
+    height, width = require_int(record, "height", where), require_int(record, "width", where)
+    if height < 1 or width < 1:
+        raise ValueError(f"{where}: image size {height}x{width} (HxW) is empty")
+    return height, width
+
+
+class RecordPools:
+    """What a dataset reader gives the tasks: records grouped per category.
+
+    A reader sets `source` (the file it read), `pools` (category -> records) and
+    `categories` (the names with a pool, in the reader's order).
+    """
+
+    source: Path
+    pools: dict[str, list]
+    categories: list[str]
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.pools.values())
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({str(self.source)!r}: {len(self)} records, "
+            f"{len(self.categories)} categories)"
+        )

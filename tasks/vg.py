@@ -28,10 +28,13 @@ from pathlib import Path
 
 from unicl.tasks.records import (
     CaptionRecord,
+    RecordPools,
     image_size,
     read_json,
     require,
+    require_image_size,
     require_int,
+    require_list,
     require_number,
 )
 
@@ -139,7 +142,16 @@ def _iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-class VisualGenomeRegions:
+def _item_where(
+    where: str, k: int, image_id: int, field: str, index: int, item, id_key: str
+) -> str:
+    """How errors name a region or an object: file, image id, its own id (if any), position."""
+    item_id = item.get(id_key) if isinstance(item, dict) else None
+    ids = f"image_id {image_id}" + ("" if item_id is None else f", {id_key} {item_id}")
+    return f"{where} ({ids}) [{k}] {field}[{index}]"
+
+
+class VisualGenomeRegions(RecordPools):
     """Caption pools read from a Visual Genome region_descriptions json.
 
     Args:
@@ -184,69 +196,71 @@ class VisualGenomeRegions:
         if unknown:
             raise ValueError(f"synonyms: {unknown} are not among the given categories")
         self.matcher = PhraseMatcher({c: tuple(synonyms.get(c, ())) for c in categories})
-        where = str(self.regions_file)
         data = read_json(self.regions_file, "Visual Genome region descriptions")
         if not isinstance(data, list):
-            raise ValueError(f"{where}: expected a json list of images with 'regions'")
+            raise ValueError(f"{self.regions_file}: expected a json list of images with 'regions'")
         sizes = self._read_sizes(image_data_file) if image_data_file else {}
         objects = self._read_objects(objects_file) if objects_file else {}
-
-        mapped: dict[str, list[CaptionRecord]] = {c: [] for c in categories}
         self.unmapped = self.skipped = 0
+        mapped: dict[str, list[CaptionRecord]] = {c: [] for c in categories}
+        for record in self._records(data, sizes, objects, check_images):
+            mapped[record.category].append(record)
+        self.counts = {c: len(v) for c, v in mapped.items()}
+        self.pools = {c: v for c, v in mapped.items() if len(v) > min_descriptions and v}
+        self.categories: list[str] = list(self.pools)
+
+    @property
+    def source(self) -> Path:
+        return self.regions_file
+
+    def _records(self, data: list, sizes: dict, objects: dict, check: bool) -> list[CaptionRecord]:
+        """The records of every region that maps to a category, in file order."""
+        where = str(self.regions_file)
+        records: list[CaptionRecord] = []
         missing: list[str] = []
         for k, entry in enumerate(data):
             at = f"{where} [{k}]"
-            regions = require(entry, "regions", at)
-            if not isinstance(regions, list):
-                raise ValueError(f"{at}: 'regions' must be a json list")
+            regions = require_list(entry, "regions", at)
             if not regions:
                 continue
             image_id = _image_id(entry, ("id", "image_id"), at, regions[0])
-            at = f"{where} (image_id {image_id}) [{k}]"
-            path = self._image_path(image_id, check_images)
+            path = self._image_path(image_id, check)
             if path is None:
                 missing.append(str(image_id))
                 continue
             if image_id not in sizes:
                 sizes[image_id] = image_size(path, f"image_id {image_id}")
-            height, width = sizes[image_id]
             for r, region in enumerate(regions):
-                rid = region.get("region_id") if isinstance(region, dict) else None
-                ids = f"image_id {image_id}" + ("" if rid is None else f", region_id {rid}")
-                rat = f"{where} ({ids}) [{k}] regions[{r}]"
-                phrase = " ".join(str(require(region, "phrase", rat)).split())
-                x, y = require_number(region, "x", rat), require_number(region, "y", rat)
-                w, h = require_number(region, "width", rat), require_number(region, "height", rat)
-                if w < 0 or h < 0:
-                    raise ValueError(
-                        f"{rat}: the region's width x height {w:g} x {h:g} is negative"
-                    )
-                box = (
-                    max(0.0, x),
-                    max(0.0, y),
-                    min(float(width), x + w),
-                    min(float(height), y + h),
-                )
-                if not phrase or box[2] <= box[0] or box[3] <= box[1]:
-                    self.skipped += 1
-                    continue
-                category = self._category(phrase, box, objects.get(image_id, ()))
-                if category is None:
-                    self.unmapped += 1
-                    continue
-                region_id = require_int(region, "region_id", rat)
-                mapped[category].append(
-                    CaptionRecord(region_id, image_id, path, category, phrase, box, height, width)
-                )
+                rat = _item_where(where, k, image_id, "regions", r, region, "region_id")
+                record = self._region(region, rat, image_id, path, sizes[image_id], objects)
+                if record is not None:
+                    records.append(record)
         if missing:
             raise FileNotFoundError(
                 f"{len(missing)} images referenced by {where} are absent from "
                 f"{[str(d) for d in self.image_dirs]} (as <id>.jpg or <id>.png): "
                 f"ids {', '.join(missing[:5])}"
             )
-        self.counts = {c: len(v) for c, v in mapped.items()}
-        self.pools = {c: v for c, v in mapped.items() if len(v) > min_descriptions and v}
-        self.categories: list[str] = list(self.pools)
+        return records
+
+    def _region(self, region, at: str, image_id: int, path: Path, size, objects: dict):
+        """The CaptionRecord of one region, or None (counted) when it is empty or unmapped."""
+        height, width = size
+        phrase = " ".join(str(require(region, "phrase", at)).split())
+        x, y = require_number(region, "x", at), require_number(region, "y", at)
+        w, h = require_number(region, "width", at), require_number(region, "height", at)
+        if w < 0 or h < 0:
+            raise ValueError(f"{at}: the region's width x height {w:g} x {h:g} is negative")
+        box = (max(0.0, x), max(0.0, y), min(float(width), x + w), min(float(height), y + h))
+        if not phrase or box[2] <= box[0] or box[3] <= box[1]:
+            self.skipped += 1
+            return None
+        category = self._category(phrase, box, objects.get(image_id, ()))
+        if category is None:
+            self.unmapped += 1
+            return None
+        region_id = require_int(region, "region_id", at)
+        return CaptionRecord(region_id, image_id, path, category, phrase, box, height, width)
 
     def _image_path(self, image_id: int, check: bool) -> Path | None:
         for d in self.image_dirs:
@@ -264,13 +278,8 @@ class VisualGenomeRegions:
             raise ValueError(f"{where}: expected a json list of images")
         sizes = {}
         for k, img in enumerate(data):
-            at = f"{where} [{k}]"
-            image_id = _image_id(img, ("image_id", "id"), at)
-            at = f"{where} (image_id {image_id}) [{k}]"
-            height, width = require_int(img, "height", at), require_int(img, "width", at)
-            if height < 1 or width < 1:
-                raise ValueError(f"{at}: image size {height}x{width} (HxW) is empty")
-            sizes[image_id] = (height, width)
+            image_id = _image_id(img, ("image_id", "id"), f"{where} [{k}]")
+            sizes[image_id] = require_image_size(img, f"{where} (image_id {image_id}) [{k}]")
         return sizes
 
     def _read_objects(self, objects_file) -> dict[int, list[tuple[tuple, str]]]:
@@ -282,14 +291,10 @@ class VisualGenomeRegions:
         out: dict[int, list[tuple[tuple, str]]] = {}
         for k, entry in enumerate(data):
             at = f"{where} [{k}]"
-            objs = require(entry, "objects", at)
-            if not isinstance(objs, list):
-                raise ValueError(f"{at}: 'objects' must be a json list")
+            objs = require_list(entry, "objects", at)
             image_id = _image_id(entry, ("image_id", "id"), at)
             for o, obj in enumerate(objs):
-                oid = obj.get("object_id") if isinstance(obj, dict) else None
-                ids = f"image_id {image_id}" + ("" if oid is None else f", object_id {oid}")
-                oat = f"{where} ({ids}) [{k}] objects[{o}]"
+                oat = _item_where(where, k, image_id, "objects", o, obj, "object_id")
                 x, y = require_number(obj, "x", oat), require_number(obj, "y", oat)
                 words = list(obj.get("names", [])) + ([obj["name"]] if "name" in obj else [])
                 words += [s.split(".")[0].replace("_", " ") for s in obj.get("synsets", [])]
@@ -309,12 +314,3 @@ class VisualGenomeRegions:
             if iou >= best_iou:
                 best, best_iou = category, iou
         return best or self.matcher.match(phrase)
-
-    def __len__(self) -> int:
-        return sum(len(p) for p in self.pools.values())
-
-    def __repr__(self) -> str:
-        return (
-            f"VisualGenomeRegions({str(self.regions_file)!r}: {len(self)} records, "
-            f"{len(self.categories)} categories)"
-        )
