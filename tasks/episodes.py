@@ -24,23 +24,16 @@ the category as text).
 from __future__ import annotations
 
 import json
-import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from unicl.ownership import claim
+from unicl.seeding import keyed_rng
 from unicl.tasks.base import Episode, Shot, Task, View
 
 EPISODE_FORMAT = 1
 GROUPS = ("seen", "unseen")
-
-
-def _rng(seed: int, *keys: str) -> np.random.Generator:
-    """A generator that depends only on the seed and the given names."""
-    return np.random.default_rng([seed, *(zlib.crc32(k.encode()) for k in keys)])
 
 
 def build_episode_file(
@@ -62,7 +55,7 @@ def build_episode_file(
     missing = sorted(set(categories) - set(pools))
     for category in sorted(set(categories) & set(pools)):
         pool = pools[category]
-        rng = _rng(seed, task.name, split, category)
+        rng = keyed_rng(seed, task.name, split, category)
         order = rng.permutation(len(pool))
         if queries_per_category is not None:
             order = order[:queries_per_category]

@@ -29,15 +29,15 @@ import hashlib
 import json
 import logging
 import os
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from unicl.batch import PackedSequence, collate
+from unicl.seeding import keyed_rng
 from unicl.sequence import Packer
 from unicl.tasks.base import TASKS, Episode, Shot, Task, View
 
@@ -51,11 +51,6 @@ __all__ = [
     "build_tasks",
     "collate",
 ]
-
-
-def _rng(seed: int, *keys: str | int) -> np.random.Generator:
-    parts = [seed] + [zlib.crc32(k.encode()) if isinstance(k, str) else int(k) for k in keys]
-    return np.random.default_rng(parts)
 
 
 # --------------------------------------------------------------------------- #
@@ -160,16 +155,26 @@ class _Chunk:
     codes: dict[str, np.ndarray]  # segment name -> (n, V, L) int16 codes
 
 
-def _encode_chunk(state: tuple, records: list[tuple[str, Any]]) -> _Chunk:
+class _EncodeSpec(NamedTuple):
+    """What every chunk of one cache build shares (sent once to each worker process)."""
+
+    task: Task
+    encoders: dict[str, Any]  # segment name ("image", "mask") -> its tokenizer
+    seed: int
+    views: int  # V: cached views per record
+    batch_size: int  # records per chunk, and arrays per encoder call
+
+
+def _encode_chunk(spec: _EncodeSpec, records: list[tuple[str, Any]]) -> _Chunk:
     """Views of `records` (the task's training views), encoded in batches of `batch_size`."""
-    task, encoders, seed, views, batch_size = state
+    task, encoders, seed, views, batch_size = spec
     crops = np.zeros((len(records), views, 4), np.int64)
     flips = np.zeros((len(records), views), bool)
     items = []
     for r, (rid, record) in enumerate(records):
         record = _Loaded(record)  # the V views of a record read its files once
         for v in range(views):
-            view = task.train_view(record, _rng(seed, "view", task.name, rid, v))
+            view = task.train_view(record, keyed_rng(seed, "view", task.name, rid, v))
             crops[r, v], flips[r, v] = view.crop, view.flip
             items.append(task.cache_arrays(Shot(record, view)))
     codes = {}
@@ -184,25 +189,25 @@ def _encode_chunk(state: tuple, records: list[tuple[str, Any]]) -> _Chunk:
 
 #: below this many chunks, starting worker processes (a few seconds each) does not pay
 _MIN_PARALLEL_CHUNKS = 8
-_WORKER_STATE: tuple | None = None  # set once per worker process by _init_worker
+_WORKER_SPEC: _EncodeSpec | None = None  # set once per worker process by _init_worker
 
 
-def _init_worker(state: tuple) -> None:
-    global _WORKER_STATE
+def _init_worker(spec: _EncodeSpec) -> None:
+    global _WORKER_SPEC
     torch.set_num_threads(1)  # the workers are the parallelism
-    _WORKER_STATE = state
+    _WORKER_SPEC = spec
 
 
 def _worker_chunk(job: tuple[int, list]) -> tuple[int, _Chunk]:
-    assert _WORKER_STATE is not None
-    return job[0], _encode_chunk(_WORKER_STATE, job[1])
+    assert _WORKER_SPEC is not None
+    return job[0], _encode_chunk(_WORKER_SPEC, job[1])
 
 
-def _map_chunks(state: tuple, jobs: list[tuple[int, list]], workers: int):
+def _map_chunks(spec: _EncodeSpec, jobs: list[tuple[int, list]], workers: int):
     """(start, _Chunk) for every job, in order; in `workers` processes when > 1."""
     if workers <= 1 or len(jobs) < _MIN_PARALLEL_CHUNKS:
         for start, records in jobs:
-            yield start, _encode_chunk(state, records)
+            yield start, _encode_chunk(spec, records)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -211,7 +216,7 @@ def _map_chunks(state: tuple, jobs: list[tuple[int, list]], workers: int):
     ctx = multiprocessing.get_context("spawn")  # fork is unsafe once torch has threads
     # (a worker that dies raises BrokenProcessPool here instead of hanging the build)
     try:
-        with ProcessPoolExecutor(min(workers, len(jobs)), ctx, _init_worker, (state,)) as pool:
+        with ProcessPoolExecutor(min(workers, len(jobs)), ctx, _init_worker, (spec,)) as pool:
             yield from pool.map(_worker_chunk, jobs)
     except BrokenProcessPool as err:
         raise RuntimeError(
@@ -264,25 +269,7 @@ class TokenCache:
         `workers` > 1 processes read, crop and encode chunks of records in parallel (one
         torch thread each); the files are byte-identical to one process's.
         """
-        from tqdm import tqdm
-
-        tokenizer = vocab.tokenizers[task.image_tokenizer]
-        views = task.cache_views
-        key_data = {
-            "tokenizer": tokenizer_identity(tokenizer, task.image_size),
-            # a task may encode some arrays (masks) with another tokenizer
-            "tokenizers": {
-                n: vocab.tokenizers[n].options()
-                for n in sorted({task.cache_tokenizer(a) for a in ("image", "mask")})
-                if n != task.image_tokenizer
-            },
-            "task": task.name,
-            "options": task.options(),
-            "split": split,
-            "seed": seed,
-            "views": views,
-            "records": _records_identity(records),
-        }
+        key_data = _cache_key(task, vocab, records, split, seed)
         key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:16]
         directory = Path(root) / f"{task.name}-{split}-{key}"
         if (directory / "complete").is_file():
@@ -293,46 +280,79 @@ class TokenCache:
                 raise ValueError(
                     f"{name}: {vocab.tokenizers[name].vocab_size} codes do not fit int16"
                 )
-        crops = np.zeros((len(records), views, 4), np.int64)
-        flips = np.zeros((len(records), views), bool)
-        arrays: dict[str, np.ndarray] = {}
         encoders = {n: vocab.tokenizers[task.cache_tokenizer(n)] for n in ("image", "mask")}
-        # chunks of `batch_size` records: every encoder batch holds the same views as in one
-        # process, so the bytes do not depend on the number of workers
-        starts = range(0, len(records), batch_size)
-        jobs = [(start, list(records[start : start + batch_size])) for start in starts]
-        bar = tqdm(
-            total=len(records) * views,
-            desc=f"token cache {task.name}/{split}",
-            unit="view",
-            disable=not progress,
-        )
-        state = (task, encoders, seed, views, batch_size)
-        for start, chunk in _map_chunks(state, jobs, workers):
-            n = len(chunk.crops)
-            crops[start : start + n], flips[start : start + n] = chunk.crops, chunk.flips
-            for name, codes in chunk.codes.items():
-                if name not in arrays:
-                    path = directory / f"codes-{name}.npy"
-                    shape = (len(records), views, codes.shape[2])
-                    arrays[name] = np.lib.format.open_memmap(path, "w+", np.int16, shape)
-                arrays[name][start : start + n] = codes
-            bar.update(n * views)
-        bar.close()
-        for arr in arrays.values():
-            arr.flush()
+        spec = _EncodeSpec(task, encoders, seed, task.cache_views, batch_size)
+        desc = f"token cache {task.name}/{split}"
+        crops, flips, names = _write_codes(spec, records, directory, workers, desc, progress)
         meta = {
             "key": key_data,
             "records": [rid for rid, _ in records],
-            "views_per_record": views,
+            "views_per_record": task.cache_views,
             "size": task.image_size,
-            "names": sorted(arrays),
+            "names": names,
             "crops": crops.tolist(),
             "flips": flips.tolist(),
         }
         (directory / "views.json").write_text(json.dumps(meta))
         (directory / "complete").write_text("ok\n")
         return cls(directory)
+
+
+def _cache_key(
+    task: Task, vocab: Any, records: Sequence[tuple[str, Any]], split: str, seed: int
+) -> dict[str, Any]:
+    """Everything the cached codes depend on (the module docstring's `key`, before hashing)."""
+    tokenizer = vocab.tokenizers[task.image_tokenizer]
+    return {
+        "tokenizer": tokenizer_identity(tokenizer, task.image_size),
+        # a task may encode some arrays (masks) with another tokenizer
+        "tokenizers": {
+            n: vocab.tokenizers[n].options()
+            for n in sorted({task.cache_tokenizer(a) for a in ("image", "mask")})
+            if n != task.image_tokenizer
+        },
+        "task": task.name,
+        "options": task.options(),
+        "split": split,
+        "seed": seed,
+        "views": task.cache_views,
+        "records": _records_identity(records),
+    }
+
+
+def _write_codes(
+    spec: _EncodeSpec, records: Sequence[tuple[str, Any]], directory: Path, workers: int,
+    desc: str, progress: bool,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:  # fmt: skip
+    """Encode every view of `records` into `codes-<name>.npy` under `directory`.
+
+    Returns the views' crop boxes (R, V, 4), their flips (R, V) and the segment names.
+    """
+    from tqdm import tqdm
+
+    batch_size, views = spec.batch_size, spec.views
+    crops = np.zeros((len(records), views, 4), np.int64)
+    flips = np.zeros((len(records), views), bool)
+    arrays: dict[str, np.ndarray] = {}
+    # chunks of `batch_size` records: every encoder batch holds the same views as in one
+    # process, so the bytes do not depend on the number of workers
+    starts = range(0, len(records), batch_size)
+    jobs = [(start, list(records[start : start + batch_size])) for start in starts]
+    bar = tqdm(total=len(records) * views, desc=desc, unit="view", disable=not progress)
+    for start, chunk in _map_chunks(spec, jobs, workers):
+        n = len(chunk.crops)
+        crops[start : start + n], flips[start : start + n] = chunk.crops, chunk.flips
+        for name, codes in chunk.codes.items():
+            if name not in arrays:
+                path = directory / f"codes-{name}.npy"
+                shape = (len(records), views, codes.shape[2])
+                arrays[name] = np.lib.format.open_memmap(path, "w+", np.int16, shape)
+            arrays[name][start : start + n] = codes
+        bar.update(n * views)
+    bar.close()
+    for arr in arrays.values():
+        arr.flush()
+    return crops, flips, sorted(arrays)
 
 
 # --------------------------------------------------------------------------- #
@@ -371,7 +391,7 @@ class TaskStream:
         if epoch not in self._permutations:
             if len(self._permutations) > 4:
                 self._permutations.clear()
-            rng = _rng(self.seed, "epoch", self.task.name, epoch)
+            rng = keyed_rng(self.seed, "epoch", self.task.name, epoch)
             self._permutations[epoch] = rng.permutation(self.size)
         return self._permutations[epoch]
 
@@ -387,7 +407,7 @@ class TaskStream:
             raise ValueError(f"sample index must be >= 0, got {index}")
         epoch, position = divmod(index, self.size)
         category, _, query = self.records[int(self._permutation(epoch)[position])]
-        rng = _rng(self.seed, "sample", self.task.name, index)
+        rng = keyed_rng(self.seed, "sample", self.task.name, index)
         demos = self.task.sample_demos(self.pools[category], query, self.task.shots, rng)
         query_shot = self._shot(query, rng)
         return category, query_shot, [self._shot(d, rng) for d in demos]
@@ -396,7 +416,7 @@ class TaskStream:
         """The episode of sample `index` (before packing)."""
         category, query, demos = self.draw(index)
         episode = self.task.episode(query, demos, category)
-        return self.task.augment(episode, _rng(self.seed, "augment", self.task.name, index))
+        return self.task.augment(episode, keyed_rng(self.seed, "augment", self.task.name, index))
 
     def example(self, index: int) -> PackedSequence:
         return self.packer.pack(self.episode(index))
