@@ -52,12 +52,19 @@ def _check_split(split: str) -> None:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 
-def _uses_world_for_segmentation(cfg: DataConfig) -> bool:
+def uses_world_for_segmentation(cfg: DataConfig) -> bool:
+    """Do segmentation records come from the shapes world (no COCO file configured)?"""
     return not (cfg.coco_train_ann or cfg.coco_val_ann)
 
 
-def _uses_world_for_captions(cfg: DataConfig) -> bool:
+def uses_world_for_captions(cfg: DataConfig) -> bool:
+    """Do caption records come from the shapes world (no Visual Genome file configured)?"""
     return not (cfg.vg_train_regions or cfg.vg_val_regions)
+
+
+def uses_shapes_world(cfg: DataConfig) -> bool:
+    """Does either dataset come from the shapes world (so that it must exist first)?"""
+    return uses_world_for_segmentation(cfg) or uses_world_for_captions(cfg)
 
 
 def _need(cfg: DataConfig, field: str) -> str:
@@ -117,7 +124,7 @@ def segmentation_pools(cfg: DataConfig, split: str):
     from unicl.tasks.coco import CocoSegmentation
 
     _check_split(split)
-    if _uses_world_for_segmentation(cfg):
+    if uses_world_for_segmentation(cfg):
         root = ensure_world(cfg)
         ann, images = root / "annotations" / f"instances_{split}.json", root / "images" / split
     else:
@@ -155,7 +162,7 @@ def caption_pools(cfg: DataConfig, split: str):
 
     _check_split(split)
     categories = _caption_categories(cfg)
-    if _uses_world_for_captions(cfg):
+    if uses_world_for_captions(cfg):
         root = ensure_world(cfg)
         files = {s: root / "annotations" / f"region_descriptions_{s}.json" for s in SPLITS}
         dirs = {s: [root / "images" / s] for s in SPLITS}
@@ -190,7 +197,7 @@ def caption_pools(cfg: DataConfig, split: str):
 
 def category_split(cfg: DataConfig) -> dict[str, list[str]]:
     """{"seen": [...], "unseen": [...]}: the world's manifest, or COCO classes minus `unseen`."""
-    if _uses_world_for_segmentation(cfg) and _uses_world_for_captions(cfg):
+    if uses_world_for_segmentation(cfg) and uses_world_for_captions(cfg):
         from unicl.tasks.world import read_manifest
 
         manifest = read_manifest(ensure_world(cfg))

@@ -32,6 +32,7 @@ import torch
 import yaml
 
 from unicl.model_files import safe_torch_load
+from unicl.training.engine import barrier
 
 LATEST = "latest"
 CONFIG = "config.yaml"
@@ -51,13 +52,6 @@ def step_of(tag: str) -> int:
     if not _TAG.fullmatch(tag):
         raise ValueError(f"{tag!r} is not a checkpoint tag (expected e.g. {tag_for(500)!r})")
     return int(tag[len("step") :])
-
-
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 # --------------------------------------------------------------------------- #
@@ -193,7 +187,7 @@ class CheckpointManager:
             for stale in self.directory.glob(TMP_PREFIX + "*"):
                 if _TAG.fullmatch(stale.name[len(TMP_PREFIX) :]) and stale.is_dir():
                     shutil.rmtree(stale, ignore_errors=True)
-        _barrier()
+        barrier()
         try:
             engine.save_checkpoint(
                 str(self.directory), tag=tmp_tag, client_state=client_state, save_latest=False
@@ -205,7 +199,7 @@ class CheckpointManager:
             if self.rank == 0:
                 shutil.rmtree(tmp_dir, ignore_errors=True)
             raise
-        _barrier()
+        barrier()
         if self.rank == 0:
             final = self.directory / tag
             if final.exists():
@@ -213,7 +207,7 @@ class CheckpointManager:
             os.replace(tmp_dir, final)
             self._write_latest(tag)
             self._prune(keep_tag=tag)
-        _barrier()
+        barrier()
         return tag
 
     def _write_latest(self, tag: str) -> None:

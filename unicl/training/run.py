@@ -59,11 +59,6 @@ def check_data_paths(data) -> None:
         )
 
 
-def uses_shapes_world(data) -> bool:
-    """Does any task read the shapes world (a task without its real dataset configured)?"""
-    return not (data.coco_train_ann and data.vg_train_regions)
-
-
 def preflight(cfg, config_dict: dict[str, Any]) -> tuple[int, int]:
     """The cheap checks (module docstring, step 1); returns (rank, world_size)."""
     rank, world = ds_engine.init_distributed()
@@ -77,13 +72,6 @@ def preflight(cfg, config_dict: dict[str, Any]) -> tuple[int, int]:
     return rank, world
 
 
-def _barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.barrier()
-
-
 def build_streams(cfg, vocab, rank: int, progress: bool):
     """Per-task training streams; rank 0 builds the token caches, the others then read them."""
     from unicl.data import build_task_streams
@@ -91,7 +79,7 @@ def build_streams(cfg, vocab, rank: int, progress: bool):
     streams = None
     if rank == 0:
         streams = build_task_streams(cfg, vocab, "train", progress=progress)
-    _barrier()
+    ds_engine.barrier()
     if rank != 0:
         streams = build_task_streams(cfg, vocab, "train", progress=False)
     return streams
@@ -169,6 +157,7 @@ def build_trainer(cfg, progress: bool = True):
     from unicl.model import build_model
     from unicl.plugins import import_plugins
     from unicl.sequence import num_attributes
+    from unicl.tasks.data import ensure_world, uses_shapes_world
     from unicl.training.trainer import Trainer
     from unicl.vocab import Vocabulary
 
@@ -182,11 +171,9 @@ def build_trainer(cfg, progress: bool = True):
     import_plugins(cfg.plugins)
     build_tasks(cfg)  # unknown task names or options fail here, before the world is made
     if uses_shapes_world(cfg.data):
-        from unicl.tasks.data import ensure_world
-
         if rank == 0:
             ensure_world(cfg.data)
-        _barrier()
+        ds_engine.barrier()
     vocab = Vocabulary.from_config(cfg)
     streams = build_streams(cfg, vocab, rank, progress)
     check_fits(streams, cfg.model.max_positions)
