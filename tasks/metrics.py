@@ -29,6 +29,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from unicl.masks import threshold_mask
+
 IOU_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 METEOR_THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25)
 
@@ -38,7 +40,9 @@ def _as_binary(mask, name: str) -> np.ndarray:
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"{name} must be an (H, W) mask, got shape {mask.shape}")
-    return mask > (127 if mask.dtype == np.uint8 else 0.5) if mask.dtype != bool else mask
+    if mask.dtype == bool:
+        return mask
+    return threshold_mask(mask) if mask.dtype == np.uint8 else mask > 0.5  # 0-255 or [0, 1]
 
 
 def _as_soft(mask) -> np.ndarray:

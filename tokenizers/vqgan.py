@@ -3,7 +3,7 @@
 An image becomes the (h*w,) codes of its grid in raster order; a segmentation
 mask is rendered as a 0/255 3-channel image, encoded by the same quantizer (masks
 as images: arXiv 2312.02520), and read back by thresholding the decoded image at
-127.
+127 (unicl/masks.py).
 
 Input rule: images are RGB uint8, given as PIL images (mode "RGB"), (H, W, 3)
 arrays/tensors, lists of those, or (B, H, W, 3) batches. An image whose size is
@@ -35,6 +35,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from unicl.masks import MASK_THRESHOLD, render_mask
 from unicl.tokenizers.base import TOKENIZERS, Tokenizer, uint8_mask
 from unicl.tokenizers.vqgan_model import VQGAN, VQGANConfig, load_model_state
 
@@ -42,8 +43,6 @@ BUILTIN_PREFIX = "builtin:"
 DEFAULT_CHECKPOINT = "builtin:vqgan_shapes_tiny"
 WEIGHTS_FILE = "vqgan.safetensors"
 CONFIG_FILE = "vqgan.json"
-#: masks are rendered 0/255 and thresholded back at this grey level (our choice)
-MASK_THRESHOLD = 127
 
 
 def builtin_dir(name: str) -> Path:
@@ -189,12 +188,6 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return mask
     grey = Image.fromarray(mask.astype(np.float32), mode="F")
     return np.asarray(grey.resize((size[1], size[0]), Image.BILINEAR)) > 0.5
-
-
-def render_mask(mask: np.ndarray) -> np.ndarray:
-    """(H, W) bool -> (H, W, 3) uint8 image: 255 foreground, 0 background (our rendering of the
-    paper's masks-as-images, arXiv 2312.02520)."""
-    return np.repeat((mask.astype(np.uint8) * 255)[:, :, None], 3, axis=2)
 
 
 @TOKENIZERS.register("vqgan")

@@ -34,10 +34,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from unicl.devices import pick_device
-from unicl.model_files import check_finite, safe_torch_load
+from unicl.masks import render_mask, threshold_mask
 from unicl.ownership import claim
+from unicl.safe_load import check_finite, safe_torch_load
 from unicl.tasks.data import DataConfig
-from unicl.tokenizers.vqgan import MASK_THRESHOLD, render_mask, save_export
+from unicl.tokenizers.vqgan import save_export
 from unicl.tokenizers.vqgan_codebook import CodebookEMA, perplexity
 from unicl.tokenizers.vqgan_model import VQGAN, VQGANConfig
 
@@ -125,7 +126,7 @@ def make_crops(
             images.append(crop_and_resize(image, box, size, "bicubic"))
             # bilinear on 0/255 then threshold: smoother mask edges than nearest
             grey = crop_and_resize(mask.astype(np.uint8) * 255, box, size, "bilinear")
-            masks.append(grey > MASK_THRESHOLD)
+            masks.append(threshold_mask(grey))
     return np.stack(images), np.stack(masks)
 
 
@@ -354,13 +355,13 @@ def _log_row(
         r8 = ((result.rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu()
     r8 = r8.numpy()  # (B, s, s, 3) uint8
     n_img = len(batch) - n_masks
-    gt = batch[n_img:, :, :, 0] > MASK_THRESHOLD  # (n_masks, s, s) the masks of this batch
+    gt = threshold_mask(batch[n_img:, :, :, 0])  # (n_masks, s, s) the masks of this batch
     row: dict[str, Any] = {"step": step}
     row.update({name: value.item() for name, value in result.losses.items()})
     row.update({
         "lr": lr,
         "psnr_images": float(psnr(batch[:n_img], r8[:n_img]).mean()) if n_img else None,
-        "mask_iou": float(mask_iou(gt, r8[n_img:].mean(-1) > MASK_THRESHOLD).mean())
+        "mask_iou": float(mask_iou(gt, threshold_mask(r8[n_img:].mean(-1))).mean())
         if n_masks else None,
         "perplexity": perplexity(result.codes, cfg.model.n_embed),
         "dead_codes": int((ema.count < cfg.dead_threshold).sum()),
