@@ -81,6 +81,17 @@ def torch_device(text: str) -> str:
     return text
 
 
+def add_overrides(parser: argparse.ArgumentParser, example: str = "train.steps=200") -> None:
+    """The positional `key=value ...` config overrides (unicl/config.py `apply_overrides`)."""
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        default=[],
+        metavar="key=value",
+        help=f"config overrides, e.g. {example}",
+    )
+
+
 def add_allow_plugins(parser: argparse.ArgumentParser) -> None:
     """`--allow-plugins`: let a model folder's config import the plugin modules it names."""
     parser.add_argument(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from unicl.commands import output_dir, positive_int
+from unicl.commands import add_overrides, output_dir, positive_int
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -46,9 +46,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="evaluation queries per category (default 3)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument(
-        "overrides", nargs="*", default=[], metavar="key=value", help="config overrides"
-    )
+    add_overrides(parser)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from unicl.commands import add_episode_choice, output_dir, positive_int
+from unicl.commands import add_episode_choice, add_overrides, output_dir, positive_int
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="at most this many queries per category (default: every record)",
     )
-    parser.add_argument("overrides", nargs="*", default=[], help="config overrides key=value")
+    add_overrides(parser)
 
 
 def main(args: argparse.Namespace) -> int:

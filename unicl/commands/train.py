@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import argparse
 
+from unicl.commands import add_overrides
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="a YAML config path or a packaged config name")
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        default=[],
-        metavar="key=value",
-        help="config overrides, e.g. train.steps=200 train.lr=3e-4",
-    )
+    add_overrides(parser, "train.steps=200 train.lr=3e-4")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

@@ -10,15 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 
+from unicl.commands import add_overrides
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="YAML file or packaged config name (e.g. vqgan_tiny)")
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        default=[],
-        help="key=value overrides, e.g. steps=500 out=runs/vq",
-    )
+    add_overrides(parser, "steps=500 out=runs/vq")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -139,25 +139,12 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """The optimiser named by `cfg.optimizer` (a TrainConfig) over `model`'s parameters."""
     groups = parameter_groups(model, cfg.weight_decay, cfg.no_decay_1d)
-    betas = (cfg.beta1, cfg.beta2)
+    adam = {"lr": cfg.lr, "betas": (cfg.beta1, cfg.beta2), "eps": cfg.eps}
+    adam["weight_decay"] = cfg.weight_decay
     if cfg.optimizer == "task_balanced_adamw":
-        return TaskBalancedAdamW(
-            groups,
-            lr=cfg.lr,
-            betas=betas,
-            eps=cfg.eps,
-            weight_decay=cfg.weight_decay,
-            partitioned=partitioned,
-        )
+        return TaskBalancedAdamW(groups, partitioned=partitioned, **adam)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(
-            groups,
-            lr=cfg.lr,
-            betas=betas,
-            eps=cfg.eps,
-            weight_decay=cfg.weight_decay,
-            foreach=False,
-        )
+        return torch.optim.AdamW(groups, foreach=False, **adam)
     raise ValueError(f"train.optimizer must be adamw or task_balanced_adamw, got {cfg.optimizer!r}")
 
 
