@@ -50,7 +50,7 @@ def pick_device(device: str | torch.device | None) -> torch.device:
     except RuntimeError as err:
         raise ValueError(f"device: {device!r} is not a device name; {there}") from err
     if parsed.type == "cuda" and not cuda:
-        raise ValueError(f"device: {device!r} needs CUDA, which this machine lacks; {there}")
+        raise ValueError(f"device: {device!r} needs CUDA, but CUDA is not available here; {there}")
     if parsed.type == "cuda" and parsed.index is not None and parsed.index >= cuda:
         raise ValueError(f"device: {device!r} does not exist ({cuda} CUDA devices); {there}")
     if parsed.type == "mps" and not mps:
