@@ -7,6 +7,7 @@ here needs to change for it.
 """
 
 from unicl.tasks import captioning, segmentation  # noqa: F401  (importing registers them)
-from unicl.tasks.base import TASKS, Episode, Segment, Shot, Task, View
+from unicl.tasks.base import TASKS, Task
+from unicl.tasks.prompt import Episode, Segment, Shot, View
 
 __all__ = ["TASKS", "Episode", "Segment", "Shot", "Task", "View"]

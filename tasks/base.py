@@ -1,32 +1,26 @@
-"""The task plugin contract, the `TASKS` registry and the episode data structures.
+"""The task plugin contract: the `TASKS` registry and the `Task` base class.
 
 A task turns dataset records into in-context *episodes* (k demonstrations and
 one query of the same category, as in the class-aware in-context tasks of
-arXiv 2312.02520) and turns generated payloads back into answers. An episode is
-a list of *pairs*; each pair is an ordered list of `Segment`s (a modality, its
-raw payload, and whether it is model input or the output the model must
-produce). The sequence packer (unicl/sequence.py) turns an episode into tokens;
-it never needs to know which task made it.
-
-Every record is seen through a `View`: a square crop box in the record's original
-pixels, an optional horizontal flip and the side length the crop is resized to.
-Training draws random views (augmentation); evaluation uses fixed ones, stored
-in the evaluation episode files so that results are reproducible.
+arXiv 2312.02520), turns a user's images into the same kind of prompt, turns
+generated tokens back into answers and says how answers are scored. The prompt
+data model (`Segment`, `Episode`, `View`, `Shot`) is in tasks/prompt.py.
 """
 
 from __future__ import annotations
 
 import abc
-import dataclasses
 import logging
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from unicl.registry import Registry
-
-Role = Literal["input", "output"]
+from unicl.tasks.prompt import Episode, Segment, Shot, View
+from unicl.tasks.scoring import ExactMatchScorer
+from unicl.tasks.transforms import object_centred_crop_box
+from unicl.tasks.user import user_record
 
 log = logging.getLogger(__name__)
 
@@ -42,174 +36,6 @@ TASKS: Registry[type] = Registry(
     docs/plugins.md.
     """,
 )
-
-
-@dataclasses.dataclass
-class Segment:
-    """One run of tokens of one modality in a prompt.
-
-    `modality` is the name of the tokenizer that encodes `payload` ("gpt2",
-    "vqgan", "bins", or a plugin's name), or "special" when `payload` is the name of
-    a special token/tag. `role` says whether the tokens are given to the model
-    ("input") or must be produced by it ("output", the tokens that carry loss and
-    that generation fills in).
-
-    `kind` selects a payload variant of the tokenizer: the packer calls
-    `tokenizer.encode_<kind>(payload)` instead of `encode` (e.g. kind "mask" for a
-    bool mask given to the VQ-GAN, which renders it as a 0/255 image). `ids`, when
-    set, are the tokenizer's *local* ids of the payload, already computed (the token
-    cache); the packer then uses them and never runs the tokenizer.
-    """
-
-    modality: str
-    payload: Any
-    role: Role = "input"
-    kind: str = ""
-    ids: Any = None
-
-    def __post_init__(self) -> None:
-        if self.role not in ("input", "output"):
-            raise ValueError(f"Segment.role must be 'input' or 'output', got {self.role!r}")
-
-
-@dataclasses.dataclass
-class Episode:
-    """k demonstration pairs followed by one query pair, all of one category.
-
-    `pairs[-1]` is the query; `pairs[:-1]` are the demonstrations (possibly none).
-    `prefix` holds segments that come before the first pair (e.g. the category
-    name as text in the 0-shot setting). `meta` carries what post-processing needs
-    (record ids, crop boxes, original sizes) and is never tokenized.
-
-    `pad_pairs`: pad every pair with [PAD] after its [EOC] to the length of an
-    image pair (`[BOI] n codes [BOI] n codes [EOC]`, n = the pair's first image's
-    token count), as the paper pads captions to the image length.
-    `generate_from`: index into the query pair of the first segment that
-    generation produces (everything before it is the prompt); None = the query's
-    first output segment. `parallel`, `aligned_positions`: see the fields.
-    """
-
-    task: str
-    category: str
-    pairs: list[list[Segment]]
-    prefix: list[Segment] = dataclasses.field(default_factory=list)
-    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
-    pad_pairs: bool = False
-    generate_from: int | None = None
-    #: the query's output grid segment (a mask) is answered in one forward pass: the packer
-    #: puts placeholder tokens in its place and the model predicts every code at once
-    #: (unicl/sequence.py, "Parallel answers")
-    parallel: bool = False
-    #: the tokens of an output grid segment (a mask) take the positions of the pair's input
-    #: image, so mask token (r, c) and image token (r, c) share one position embedding
-    aligned_positions: bool = False
-
-    @property
-    def demos(self) -> list[list[Segment]]:
-        return self.pairs[:-1]
-
-    @property
-    def query(self) -> list[Segment]:
-        return self.pairs[-1]
-
-    @property
-    def shots(self) -> int:
-        return len(self.pairs) - 1
-
-    def generation_start(self) -> int:
-        """Index of the first generated segment of the query pair."""
-        if self.generate_from is not None:
-            if not 0 <= self.generate_from < len(self.query):
-                raise ValueError(
-                    f"Episode.generate_from={self.generate_from} is outside the query pair "
-                    f"({len(self.query)} segments)"
-                )
-            return self.generate_from
-        for index, segment in enumerate(self.query):
-            if segment.role == "output":
-                return index
-        raise ValueError("the query pair has no output segment: nothing to generate")
-
-
-@dataclasses.dataclass(frozen=True)
-class View:
-    """How a record is shown to the model: crop, flip, resize.
-
-    `crop` is a square box (x0, y0, x1, y1) in the record's original integer pixels
-    (it may extend past the image border; the outside is padded with 0); the crop is
-    resized to `size` x `size` and then flipped horizontally when `flip`.
-    Geometry is tasks/transforms.py's; this class applies it and undoes it.
-    """
-
-    crop: tuple[int, int, int, int]
-    flip: bool = False
-    size: int = 256
-
-    def __post_init__(self) -> None:
-        x0, y0, x1, y1 = self.crop
-        if x1 - x0 != y1 - y0 or x1 <= x0:
-            raise ValueError(f"View.crop must be a non-empty square, got {self.crop}")
-        if self.size < 1:
-            raise ValueError(f"View.size must be >= 1, got {self.size}")
-
-    def apply(self, array: np.ndarray) -> np.ndarray:
-        """(H, W[, C]) image or bool mask -> (size, size[, C]) as this view shows it."""
-        from unicl.tasks.transforms import crop_and_resize
-
-        array = np.asarray(array)
-        mode = "nearest" if array.dtype == bool else "bilinear"
-        out = crop_and_resize(array, self.crop, self.size, interpolation=mode)
-        return np.ascontiguousarray(out[:, ::-1]) if self.flip else out
-
-    def unapply_mask(self, mask: np.ndarray, height: int, width: int) -> np.ndarray:
-        """A (s, s) mask in view coordinates -> (height, width) bool in the original image."""
-        from unicl.tasks.transforms import uncrop_mask
-
-        mask = np.asarray(mask, dtype=bool)
-        if self.flip:
-            mask = mask[:, ::-1]
-        return uncrop_mask(np.ascontiguousarray(mask), self.crop, height, width)
-
-    def box_to_view(self, box: Sequence[float]) -> tuple[float, float, float, float]:
-        """A box in original pixels -> normalised [0, 1] coordinates of the view (clipped)."""
-        from unicl.tasks.transforms import box_to_crop
-
-        x0, y0, x1, y1 = (v / self.size for v in box_to_crop(box, self.crop, self.size))
-        if self.flip:
-            x0, x1 = 1.0 - x1, 1.0 - x0
-        return (x0, y0, x1, y1)
-
-    def box_from_view(self, box: Sequence[float]) -> tuple[float, float, float, float]:
-        """Normalised [0, 1] view coordinates -> a box in original pixels."""
-        from unicl.tasks.transforms import box_from_crop
-
-        x0, y0, x1, y1 = (float(v) for v in box)
-        if self.flip:
-            x0, x1 = 1.0 - x1, 1.0 - x0
-        return box_from_crop([v * self.size for v in (x0, y0, x1, y1)], self.crop, self.size)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"crop": [int(c) for c in self.crop], "flip": self.flip, "size": self.size}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> View:
-        crop = tuple(int(c) for c in data["crop"])
-        if len(crop) != 4:
-            raise ValueError(f"View.crop must have 4 numbers, got {data['crop']!r}")
-        return cls(crop, bool(data.get("flip", False)), int(data["size"]))  # type: ignore[arg-type]
-
-
-@dataclasses.dataclass
-class Shot:
-    """A record seen through a view, optionally with its cached token ids.
-
-    `codes` maps a segment name of the task ("image", "mask", ...) to local token
-    ids already computed for exactly this view (see unicl/data.py).
-    """
-
-    record: Any
-    view: View
-    codes: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 class PoolStats(dict):
@@ -368,8 +194,6 @@ class Task(abc.ABC):
 
     def eval_view(self, record: Any, query: bool = False) -> View:
         """The deterministic view used in evaluation: an object-centred crop of `record.box`."""
-        from unicl.tasks.transforms import object_centred_crop_box
-
         crop = object_centred_crop_box(
             record.box, record.height, record.width, context=self.context
         )
@@ -377,8 +201,6 @@ class Task(abc.ABC):
 
     def train_view(self, record: Any, rng: np.random.Generator) -> View:
         """A random view: object-centred crop with scale and centre jitter, maybe flipped."""
-        from unicl.tasks.transforms import object_centred_crop_box
-
         crop = object_centred_crop_box(
             record.box,
             record.height,
@@ -416,6 +238,51 @@ class Task(abc.ABC):
     def aligned_positions(self) -> bool:
         """Whether output grid tokens share their input image's positions (Episode)."""
         return False
+
+    # ---- user prompts and answers -------------------------------------------- #
+
+    #: what a user's demonstration gives, in order (fields of tasks/user.py UserItem:
+    #: "image", "mask", "box", "text"); unicl/inputs.py checks each before the task sees it
+    demo_fields: tuple[str, ...] = ("image", "text")
+    #: what a user's query gives: the demonstration's fields without the answer
+    query_fields: tuple[str, ...] = ("image",)
+
+    def user_record(self, item: Any, image_id: int, category: str) -> Any:
+        """The record a user's demonstration or query (a tasks/user.py UserItem) becomes.
+
+        Default: a `UserRecord` with the item's image, box, mask and text; a query's
+        record has no text and is *unanswered* (its pair's answer segments carry no
+        payload, see `Segment.answered`).
+        """
+        return user_record(item, image_id, category)
+
+    def query_view(self, record: Any) -> View:
+        """The view of a user's query (default: the evaluation view of a query)."""
+        return self.eval_view(record, query=True)
+
+    def postprocess_distribution(self, episode: Episode, probs: Any, vocab: Any) -> Any:
+        """A parallel answer's (n, K) code probabilities per cell -> the answer."""
+        raise NotImplementedError(f"{self.name}: this task has no parallel answers")
+
+    def combine(self, answers: Sequence[Any]) -> Any:
+        """One answer from the answers of several demonstration sets (ensembling).
+
+        Default: the first set's answer (text answers are not averaged).
+        """
+        return answers[0]
+
+    def reference(self, episode: Episode) -> str:
+        """The query's true answer as text: its answer segments' text payloads, joined."""
+        segments = episode.query[episode.generation_start() :]
+        text = [s.payload for s in segments if s.modality != "special"]
+        return "".join(t for t in text if isinstance(t, str)).strip()
+
+    def scorer(self, baselines: bool = True) -> Any:
+        """What `unicl eval` scores this task's answers with (tasks/scoring.py).
+
+        Default: exact match of the answer, as text, with `reference`.
+        """
+        return ExactMatchScorer(self)
 
     # ---- episodes ----------------------------------------------------------- #
 

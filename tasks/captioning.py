@@ -29,7 +29,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from unicl.tasks.base import TASKS, Episode, Segment, Shot, Task
+from unicl.tasks.base import TASKS, Task
+from unicl.tasks.data import caption_pools
+from unicl.tasks.prompt import Episode, Segment, Shot
+from unicl.tasks.scoring import CaptioningScorer
+from unicl.tasks.segmentation import codes_per_image
+from unicl.tasks.user import caption_record
+from unicl.tasks.vg import builtin_synonyms
 
 #: generation start -> index of the first generated segment in a captioning pair
 GENERATE_FROM = {"category": 2, "box": 6, "caption": 10}
@@ -81,37 +87,17 @@ class CaptioningTask(Task):
 
     def __init__(
         self,
-        shots: int = 3,
-        category_text: bool = False,
-        image_size: int = 256,
-        image_tokenizer: str = "vqgan",
-        input_image_weight: float = 0.0,
-        context_min: float = 1.5,
-        context_max: float = 2.5,
-        jitter: float = 0.1,
-        flip_prob: float = 0.5,
-        cache_views: int = 8,
-        cache_dir: str = "",
         generate: Literal["caption", "box", "category"] = "caption",
         pad_to_image_length: bool = True,
         swap_left_right: bool = True,
         text_tokenizer: str = "gpt2",
         box_tokenizer: str = "bins",
         rename_prob: float = 0.0,
+        **common: Any,
     ) -> None:
-        super().__init__(
-            shots,
-            category_text,
-            image_size,
-            image_tokenizer,
-            input_image_weight,
-            context_min,
-            context_max,
-            jitter,
-            flip_prob if swap_left_right else 0.0,
-            cache_views,
-            cache_dir,
-        )
+        if not swap_left_right:  # a flip without swapping the words would mislabel the caption
+            common["flip_prob"] = 0.0
+        super().__init__(**common)
         if generate not in GENERATE_FROM:
             raise ValueError(
                 f"captioning: generate must be one of {list(GENERATE_FROM)}, got {generate!r}"
@@ -129,8 +115,6 @@ class CaptioningTask(Task):
         """Training only: with probability `rename_prob`, rename the category everywhere."""
         if self.rename_prob == 0.0 or rng.random() >= self.rename_prob:
             return episode
-        from unicl.tasks.vg import builtin_synonyms
-
         names = (episode.category, *builtin_synonyms([episode.category])[episode.category])
         word = made_up_word(rng)
         pattern = re.compile(
@@ -152,8 +136,6 @@ class CaptioningTask(Task):
     # ---- records ----------------------------------------------------------- #
 
     def load_pools(self, data_cfg: Any, split: str) -> dict[str, list[Any]]:
-        from unicl.tasks.data import caption_pools
-
         return caption_pools(data_cfg, split)
 
     def skip_reason(self, record: Any) -> str | None:
@@ -172,8 +154,6 @@ class CaptioningTask(Task):
 
     def text_budget(self) -> int:
         """Tokens the text part ([BOT] ... [EOC]) may take in a padded pair: n + 2."""
-        from unicl.tasks.segmentation import codes_per_image
-
         return codes_per_image(self.vocab.tokenizers[self.image_tokenizer]) + 2
 
     def text_length(self, record: Any) -> int:
@@ -195,6 +175,8 @@ class CaptioningTask(Task):
         caption = record.phrase.strip()
         if view.flip:
             caption = swap_left_right(caption)
+        # a user's query has no caption: its caption segment is unanswered (Segment.answered)
+        caption_text = f" {caption}" if getattr(record, "answered", True) else None
         box = [round(v, 3) for v in view.box_to_view(record.box)]
         out = "output"
         return [
@@ -208,7 +190,7 @@ class CaptioningTask(Task):
             Segment(self.box_tokenizer, box, out),
             Segment("special", "<b_ed>", out),
             Segment(self.text_tokenizer, ". Caption:", out),
-            Segment(self.text_tokenizer, f" {caption}", out),
+            Segment(self.text_tokenizer, caption_text, out),
         ]
 
     def pad_pairs(self) -> bool:
@@ -217,7 +199,16 @@ class CaptioningTask(Task):
     def generate_from(self) -> int | None:
         return GENERATE_FROM[self.generate]
 
-    # ---- answers ------------------------------------------------------------- #
+    # ---- user prompts and answers ---------------------------------------------- #
+
+    demo_fields = ("image", "box", "text")
+    query_fields = ("image", "box")
+
+    def user_record(self, item: Any, image_id: int, category: str) -> Any:
+        return caption_record(item, image_id, category)
+
+    def scorer(self, baselines: bool = True) -> Any:
+        return CaptioningScorer()
 
     def postprocess(self, episode: Episode, generated: Sequence[int], vocab: Any) -> CaptionAnswer:
         """Generated global ids (from the generation start to [EOC]) -> CaptionAnswer.

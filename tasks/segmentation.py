@@ -15,12 +15,19 @@ to the query's original resolution by undoing the view (flip, resize, crop).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 
-from unicl.tasks.base import TASKS, Episode, Segment, Shot, Task, View
+from unicl.masks import threshold_mask
+from unicl.tasks.base import TASKS, Task
+from unicl.tasks.data import segmentation_pools
+from unicl.tasks.prompt import Episode, Segment, Shot, View
+from unicl.tasks.scoring import SegmentationScorer
+from unicl.tasks.transforms import full_square_crop_box
+from unicl.tasks.user import segmentation_record
 
 #: how the query's mask is produced (see SegmentationTask)
 MASK_DECODING = ("autoregressive", "parallel")
@@ -51,36 +58,14 @@ class SegmentationTask(Task):
 
     def __init__(
         self,
-        shots: int = 3,
-        category_text: bool = False,
-        image_size: int = 256,
-        image_tokenizer: str = "vqgan",
-        input_image_weight: float = 0.0,
-        context_min: float = 1.5,
-        context_max: float = 2.5,
-        jitter: float = 0.1,
-        flip_prob: float = 0.5,
-        cache_views: int = 8,
-        cache_dir: str = "",
         query_crop: Literal["object", "full"] = "object",
         mask_tokenizer: str = "",
         mask_decoding: Literal["autoregressive", "parallel"] = "autoregressive",
         aligned_positions: bool = False,
         mask_readout: Literal["soft", "argmax"] = "soft",
+        **common: Any,
     ) -> None:
-        super().__init__(
-            shots,
-            category_text,
-            image_size,
-            image_tokenizer,
-            input_image_weight,
-            context_min,
-            context_max,
-            jitter,
-            flip_prob,
-            cache_views,
-            cache_dir,
-        )
+        super().__init__(**common)
         if query_crop not in ("object", "full"):
             raise ValueError(
                 f"segmentation: query_crop must be 'object' or 'full', got {query_crop!r}"
@@ -94,7 +79,7 @@ class SegmentationTask(Task):
             raise ValueError(
                 f"segmentation: aligned_positions must be true or false, got {aligned_positions!r}"
             )
-        self.mask_tokenizer = mask_tokenizer or image_tokenizer
+        self.mask_tokenizer = mask_tokenizer or self.image_tokenizer
         self.mask_decoding = mask_decoding
         self.aligned = aligned_positions
         if mask_readout not in ("soft", "argmax"):
@@ -138,8 +123,6 @@ class SegmentationTask(Task):
     # ---- records ----------------------------------------------------------- #
 
     def load_pools(self, data_cfg: Any, split: str) -> dict[str, list[Any]]:
-        from unicl.tasks.data import segmentation_pools
-
         return segmentation_pools(data_cfg, split)
 
     def skip_reason(self, record: Any) -> str | None:
@@ -157,9 +140,7 @@ class SegmentationTask(Task):
 
     def eval_view(self, record: Any, query: bool = False) -> View:
         if query and self.query_crop == "full":
-            from unicl.tasks.transforms import full_square_crop_box
-
-            return View(full_square_crop_box(record.height, record.width), False, self.image_size)
+            return self.query_view(record)
         return super().eval_view(record, query)
 
     def view_arrays(self, shot: Shot) -> tuple[np.ndarray, np.ndarray]:
@@ -172,19 +153,31 @@ class SegmentationTask(Task):
 
     def pair(self, shot: Shot, query: bool = False) -> list[Segment]:
         codes = shot.codes
-        if "image" in codes and "mask" in codes:
-            image = mask = None  # cached codes: the pixels are never loaded
-        else:
-            image, mask = self.view_arrays(shot)
+        image_ids, mask_ids = codes.get("image"), codes.get("mask")
+        image = None if image_ids is not None else shot.view.apply(shot.record.load_image())
+        mask = None
+        if mask_ids is None and getattr(shot.record, "answered", True):
+            mask = shot.view.apply(shot.record.load_mask())
+        # a user's query has no mask: its answer segment is unanswered (Segment.answered)
         return [
-            Segment(self.image_tokenizer, image, "input", ids=codes.get("image")),
-            Segment(self.mask_tokenizer, mask, "output", kind="mask", ids=codes.get("mask")),
+            Segment(self.image_tokenizer, image, "input", ids=image_ids),
+            Segment(self.mask_tokenizer, mask, "output", kind="mask", ids=mask_ids),
         ]
 
-    # ---- answers ------------------------------------------------------------- #
+    # ---- user prompts and answers ---------------------------------------------- #
 
-    def postprocess(self, episode: Episode, generated: Sequence[int], vocab: Any) -> np.ndarray:
-        """Generated global ids (mask codes, then [EOC]) -> (H, W) bool at the query's size."""
+    demo_fields = ("image", "mask")
+    query_fields = ("image",)
+
+    def user_record(self, item: Any, image_id: int, category: str) -> Any:
+        return segmentation_record(item, image_id, category)
+
+    def query_view(self, record: Any) -> View:
+        """A user's query has no mask to centre on: the whole image, padded to a square."""
+        return View(full_square_crop_box(record.height, record.width), False, self.image_size)
+
+    def postprocess(self, episode: Episode, generated: Sequence[int], vocab: Any) -> MaskAnswer:
+        """Generated global ids (mask codes, then [EOC]) -> the mask at the query's size."""
         tok = vocab.tokenizers[self.mask_tokenizer]
         span = vocab.ranges[self.mask_tokenizer]
         codes = [int(i) for i in generated if int(i) in span]
@@ -193,9 +186,56 @@ class SegmentationTask(Task):
             raise ValueError(
                 f"segmentation: expected {n} mask codes from the generator, got {len(codes)}"
             )
-        mask = np.asarray(tok.decode_mask(vocab.to_local(self.mask_tokenizer, codes)), bool)
+        local = np.asarray(vocab.to_local(self.mask_tokenizer, codes), np.int64)  # (n,)
+        return self._mask_answer(episode, _grey(tok, local))
+
+    def postprocess_distribution(self, episode: Episode, probs: Any, vocab: Any) -> MaskAnswer:
+        """(n, K) code probabilities per cell -> the mask (`mask_readout`, docs/model.md).
+
+        "soft" thresholds the expected foreground of each cell under the distribution (the
+        tokenizer's `decode_soft`); "argmax" decodes the most likely code of each cell.
+        """
+        tok = vocab.tokenizers[self.mask_tokenizer]
+        if self.mask_readout == "soft" and hasattr(tok, "decode_soft"):
+            return self._mask_answer(episode, 255.0 * tok.decode_soft(probs))
+        return self._mask_answer(episode, _grey(tok, probs.argmax(-1)))
+
+    def _mask_answer(self, episode: Episode, grey: Any) -> MaskAnswer:
+        """A (s, s) grey map in the query's view -> the answer at the query's resolution."""
         height, width = episode.meta["query_size"]
-        return episode.meta["query_view"].unapply_mask(mask, height, width)  # (H, W)
+        grey = np.asarray(grey, np.float32)
+        full = episode.meta["query_view"].unapply_map(grey, height, width)  # (H, W)
+        return MaskAnswer(mask=threshold_mask(full), mask_image=full)
+
+    def combine(self, answers: Sequence[MaskAnswer]) -> MaskAnswer:
+        """Ensembling: the mean of the grey maps, thresholded once."""
+        if len(answers) == 1:
+            return answers[0]
+        grey = np.mean([a.mask_image for a in answers], axis=0).astype(np.float32)
+        return MaskAnswer(mask=threshold_mask(grey), mask_image=grey)
+
+    def scorer(self, baselines: bool = True) -> Any:
+        return SegmentationScorer(baselines)
+
+
+def _grey(tokenizer: Any, codes: Any) -> np.ndarray:
+    """Mask codes -> the grey map (0-255) they decode to, in the query's view.
+
+    A tokenizer with `decode_soft` (mask bits) gives its exact map; another (the VQ-GAN)
+    decodes an image whose mean over its colour channels is the map.
+    """
+    if hasattr(tokenizer, "decode_soft"):
+        return 255.0 * tokenizer.decode_soft(tokenizer.one_hot(codes))  # (s, s)
+    image = np.asarray(tokenizer.decode(codes), np.float32)  # (s, s, 3) or (s, s)
+    return image.mean(axis=-1) if image.ndim == 3 else image
+
+
+@dataclasses.dataclass
+class MaskAnswer:
+    """A segmentation answer at the query's resolution: `mask == (mask_image > threshold)`."""
+
+    mask: np.ndarray  # (H, W) bool
+    mask_image: np.ndarray  # (H, W) float32 grey level 0-255 (the expected foreground x 255)
 
 
 def codes_per_image(tokenizer: Any) -> int:

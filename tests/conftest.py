@@ -16,7 +16,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="module")
 def one_cpu_thread():
     """Generation is many tiny matmuls: one thread is much faster on a busy CPU (restored after)."""
-    from unicl.inference import cpu_threads
+    from unicl.devices import cpu_threads
 
     with cpu_threads(1):
         yield
@@ -34,8 +34,8 @@ def make_tiny_export():
 
     def make(out, image_size: int = 16, overrides=()):
         from unicl.config import load_config
-        from unicl.inference import save_model
         from unicl.model import build_model
+        from unicl.model_files import save_model
         from unicl.sequence import num_attributes
         from unicl.vocab import Vocabulary
 

@@ -151,7 +151,7 @@ def bench_config(args, t, e, k, kind, deepspeed_moe) -> list[dict]:
             aplan = build_attribute_plan(attr[0].to(dev), attr[1])
             table = attr[2].to(dev)
             cases["triton + attribute plan"] = lambda: kernels.triton_expert_ffn(
-                x, ids, gates, w1, b1, w2, b2, plan=aplan.remap(table, e)
+                x, ids, gates, w1, b1, w2, b2, plan=kernels.remap(aplan, table, e)
             )
     if dev == "cuda" and dt == torch.bfloat16 and grouped_mm_available(dev):
         cases["grouped GEMM (torch._grouped_mm)"] = lambda: grouped_expert_ffn(
@@ -205,7 +205,7 @@ def bandwidth_rows(args, base, x, ids, gates, attr, e) -> list[dict]:
     if attr is not None:
         aplan = build_attribute_plan(attr[0].to(dev), attr[1])
         table = attr[2].to(dev)
-        timed("attribute plan: remap per layer", lambda: aplan.remap(table, e))
+        timed("attribute plan: remap per layer", lambda: kernels.remap(aplan, table, e))
         attrs_dev = attr[0].to(dev)
         timed("attribute plan: build per batch", lambda: build_attribute_plan(attrs_dev, attr[1]))
     if dev == "cuda" and kernels.available():

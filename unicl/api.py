@@ -11,11 +11,16 @@ pair, the packer turns the episode into tokens, the decoder generates the query'
 answer under the task's constraints, and the task maps the generated tokens back to
 a mask at the query's own resolution or to a caption string.
 
+Any task the model was trained for, a plugin task included, answers through `predict`
+(the task says what a demonstration and a query hold, tasks/base.py `demo_fields`);
+`segment` and `caption` are its two built-in forms with their own arguments.
+
 Batching: a list of queries with one demonstration set is one batch whose shared
 prompt (category text + demonstrations) is prefilled once; every query then
-continues from the same key/value cache (unicl/generate.py). Ensembling: several
-demonstration sets for one query average their decoded mask images (grey levels
-before the 127 threshold) and threshold the mean, as SegGPT users do.
+continues from the same key/value cache (unicl/generate.py), and the
+demonstrations' codes are computed once. Ensembling: several demonstration sets for
+one query are combined by the task (`Task.combine`; segmentation averages the grey
+mask maps before the 127 threshold, as SegGPT users do).
 """
 
 from __future__ import annotations
@@ -29,9 +34,9 @@ import numpy as np
 import torch
 
 from unicl import inputs
-from unicl.inference import Engine, GeneratedAnswer
-from unicl.inputs import ImageItem
 from unicl.model_files import EXPORT_FILES, read_model
+from unicl.predictor import Prediction, Predictor
+from unicl.tasks.user import UserItem
 
 
 @dataclasses.dataclass
@@ -62,26 +67,75 @@ class InContextModel:
     `seed` (int), and `max_tokens` (int >= 1, a cap on the length of a generated caption).
     """
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
 
     # ---- properties -------------------------------------------------------- #
 
     @property
     def device(self) -> torch.device:
-        return self.engine.device
+        return self.predictor.device
 
     @property
     def config(self):
         """The model's UniclConfig."""
-        return self.engine.cfg
+        return self.predictor.cfg
 
     @property
     def tasks(self) -> list[str]:
-        return sorted(self.engine.tasks)
+        return sorted(self.predictor.tasks)
 
     def __repr__(self) -> str:
-        return f"InContextModel({self.engine.describe()})"
+        return f"InContextModel({self.predictor.describe()})"
+
+    # ---- any task ------------------------------------------------------------ #
+
+    def predict(
+        self,
+        task: str,
+        query: Any,
+        demos: Sequence[Any] | None = None,
+        category: str | None = None,
+        *,
+        return_details: bool = False,
+        **sampling: Any,
+    ):
+        """Answer `query` for `task` from its demonstrations: the form of every task.
+
+        Args:
+            task: a task this model was trained for (`model.tasks`), a plugin's included.
+            query: the query: one image when the task's query is an image alone, else a
+                tuple of the task's `query_fields` (captioning: (image, box)); or a list
+                of queries that share `demos`.
+            demos: tuples of the task's `demo_fields` (segmentation: (image, mask);
+                captioning: (image, box, caption); a plugin's own, e.g. (image, text)).
+            category: the category name as text (optional with demos).
+            return_details: return `Prediction`s (answer, generated ids, probabilities).
+            **sampling: temperature, top_k, top_p, seed, max_tokens.
+
+        Returns:
+            The task's answer (tasks/segmentation.py MaskAnswer, tasks/captioning.py
+            CaptionAnswer, or what a plugin task's `postprocess` returns), a list for a list
+            of queries.
+        """
+        the_task = self.predictor.require_task(task)
+        _check_flag(return_details, "return_details")
+        category = inputs.to_category(category)
+        fields = the_task.query_fields
+        single = inputs.is_image_like(query) if len(fields) == 1 else _is_one_query(query)
+        queries = [query] if single else _queries(query)[0]
+        items = []
+        for i, q in enumerate(queries):
+            name = "query" if single else f"query[{i}]"
+            values = [q] if len(fields) == 1 else inputs.query_values(q, fields, name)
+            items.append(inputs.user_item(dict(zip(fields, values)), _names(name, fields)))
+        demo_set = inputs.demo_items(demos, the_task.demo_fields, "demos")
+        inputs.require_prompt(demo_set, category, "demos")
+        options = self.predictor.sampling(sampling)
+        episodes = self.predictor.prompts(task, items, demo_set, category)
+        results = self.predictor.answer(episodes, options)
+        out = results if return_details else [r.value for r in results]
+        return out[0] if single else out
 
     # ---- segmentation ------------------------------------------------------ #
 
@@ -114,39 +168,32 @@ class InContextModel:
             An (H, W) bool mask at the query's own resolution (a list for a list of
             queries), or SegmentationResult(s) with `return_details=True`.
         """
-        self.engine.require_task("segmentation")
+        task = self.predictor.require_task("segmentation")
         _check_flag(return_details, "return_details")
         category = inputs.to_category(category)
         queries, single = _queries(query)
-        images = [
-            inputs.to_image(q, "query" if single else f"query[{i}]") for i, q in enumerate(queries)
+        items = [
+            UserItem(inputs.to_image(q, "query" if single else f"query[{i}]"))
+            for i, q in enumerate(queries)
         ]
         demo_sets = [inputs.segmentation_demos(demos, "demos")]
         for j, extra in enumerate(_ensemble(ensemble)):
             demo_sets.append(inputs.segmentation_demos(extra, f"ensemble[{j}]"))
         for j, demo_set in enumerate(demo_sets):
             inputs.require_prompt(demo_set, category, "demos" if j == 0 else f"ensemble[{j - 1}]")
-        options = self.engine.sampling(sampling)
-        per_set: list[list[GeneratedAnswer]] = []
+        options = self.predictor.sampling(sampling)
+        per_set: list[list[Prediction]] = []
         for demo_set in demo_sets:
-            per_set.append(
-                self.engine.segment_batch(
-                    [ImageItem(image) for image in images],
-                    [ImageItem(d.image, mask=d.mask) for d in demo_set],
-                    category,
-                    options,
-                )
-            )
+            episodes = self.predictor.prompts("segmentation", items, demo_set, category)
+            per_set.append(self.predictor.answer(episodes, options))
         results = []
-        for i in range(len(images)):
+        for i in range(len(items)):
             answers = [answers_of_set[i] for answers_of_set in per_set]
-            grey = np.mean([a.mask_image for a in answers], axis=0).astype(np.float32)  # (H, W)
-            # one prompt: the task's own post-processing; several: threshold the mean image
-            mask = answers[0].mask if len(answers) == 1 else self.engine.threshold_mask(grey)
+            combined = task.combine([a.value for a in answers])
             results.append(
                 SegmentationResult(
-                    mask=mask,
-                    mask_image=grey,
+                    mask=combined.mask,
+                    mask_image=combined.mask_image,
                     tokens=[a.tokens for a in answers],
                     probs=[a.probs for a in answers],
                 )
@@ -180,7 +227,7 @@ class InContextModel:
         Returns:
             The caption (a list for a list of queries), or CaptionResult(s).
         """
-        self.engine.require_task("captioning")
+        self.predictor.require_task("captioning")
         _check_flag(return_details, "return_details")
         category = inputs.to_category(category)
         queries, single = _queries(query)
@@ -188,19 +235,14 @@ class InContextModel:
         items = []
         for i, (q, b) in enumerate(zip(queries, boxes)):
             name = "query" if single else f"query[{i}]"
-            image = inputs.to_image(q, name)
-            items.append(
-                ImageItem(
-                    image, box=inputs.to_box(b, "box" if single else f"box[{i}]", *image.shape[:2])
-                )
-            )
+            names = [name, "box" if single else f"box[{i}]"]
+            items.append(inputs.user_item({"image": q, "box": b}, names))
         demo_set = inputs.caption_demos(demos, "demos")
         inputs.require_prompt(demo_set, category, "demos")
-        options = self.engine.sampling(sampling)
-        answers = self.engine.caption_batch(
-            items, [ImageItem(d.image, box=d.box, text=d.text) for d in demo_set], category, options
-        )
-        results = [CaptionResult(text=a.text, tokens=a.tokens, probs=a.probs) for a in answers]
+        options = self.predictor.sampling(sampling)
+        episodes = self.predictor.prompts("captioning", items, demo_set, category)
+        answers = self.predictor.answer(episodes, options)
+        results = [CaptionResult(a.value.text, a.tokens, a.probs) for a in answers]
         out = results if return_details else [r.text for r in results]
         return out[0] if single else out
 
@@ -240,6 +282,16 @@ def _ensemble(ensemble: Any) -> list[Any]:
     return list(ensemble)
 
 
+def _is_one_query(query: Any) -> bool:
+    """A query of several fields is a tuple; a list of queries is a list."""
+    return isinstance(query, tuple)
+
+
+def _names(name: str, fields: Sequence[str]) -> list[str]:
+    """Message names of a query's values: `query` alone, else `query[j]` per field."""
+    return [name] if len(fields) == 1 else [f"{name}[{j}]" for j in range(len(fields))]
+
+
 def _check_flag(value: Any, name: str) -> None:
     if not isinstance(value, bool):
         raise TypeError(f"{name}: expected True or False, got {value!r}")
@@ -272,8 +324,15 @@ def load(
     """
     files = read_model(path)
     return InContextModel(
-        Engine.from_files(files, device=device, dtype=dtype, allow_plugins=allow_plugins)
+        Predictor.from_files(files, device=device, dtype=dtype, allow_plugins=allow_plugins)
     )
 
 
-__all__ = ["EXPORT_FILES", "CaptionResult", "InContextModel", "SegmentationResult", "load"]
+__all__ = [
+    "EXPORT_FILES",
+    "CaptionResult",
+    "InContextModel",
+    "Prediction",
+    "SegmentationResult",
+    "load",
+]

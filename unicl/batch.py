@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from unicl.tasks.base import Role
+from unicl.tasks.prompt import Role
 from unicl.vocab import Vocabulary
 
 
@@ -62,6 +62,17 @@ class PackedSequence:
 
     def __len__(self) -> int:
         return int(self.input_ids.numel())
+
+    def truncated(self, end: int) -> PackedSequence:
+        """The first `end` tokens as an input-only sequence (no targets), e.g. a prompt."""
+        return dataclasses.replace(
+            self,
+            input_ids=self.input_ids[:end],
+            attributes=self.attributes[:end],
+            positions=self.positions[:end],
+            loss_weights=self.loss_weights[:end],
+            targets=None,
+        )
 
     @property
     def prompt_ids(self) -> torch.Tensor:

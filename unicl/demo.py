@@ -28,7 +28,23 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from unicl.config import load_config
+from unicl.devices import cpu_threads
+from unicl.evaluate import (
+    EvalOptions,
+    ensure_episode_files,
+    episode_dir,
+    evaluate,
+    load_table,
+    options_dict,
+)
+from unicl.model_files import builtin_models
 from unicl.ownership import claim, clear_own, require_own
+from unicl.tasks.data import ensure_world
+from unicl.tasks.episodes import load_episodes
+from unicl.tasks.metrics import binary_iou
+from unicl.training.logs import METRICS, plot_curves, read_metrics
+from unicl.training.run import run_dir_of, train
 
 #: side of one grid cell in pixels
 CELL = 112
@@ -131,7 +147,7 @@ class DemoOptions:
     shots: Sequence[int] = (0, 1, 2, 3)
     queries_per_category: int = 3
     max_tokens: int | None = None  # cap on generated caption tokens (None: the layout's)
-    #: torch threads while evaluating on CPU (see unicl.inference.cpu_threads); None: unchanged
+    #: torch threads while evaluating on CPU (see unicl.devices.cpu_threads); None: unchanged
     eval_threads: int | None = 1
     progress: bool = True
 
@@ -157,10 +173,6 @@ def _clear_run(run_dir: Path) -> None:
 def run_demo(opts: DemoOptions | None = None) -> Path:
     """Everything `unicl demo` does (see the module docstring); returns the results folder."""
     import torch
-
-    from unicl.config import load_config
-    from unicl.tasks.data import ensure_world
-    from unicl.training.run import run_dir_of, train
 
     opts = opts or DemoOptions()
     overrides = list(opts.overrides)
@@ -190,7 +202,6 @@ def run_demo(opts: DemoOptions | None = None) -> Path:
         train(cfg, progress=opts.progress)
 
     import unicl
-    from unicl.inference import cpu_threads
 
     model = unicl.load(run_dir)
     _say("3/4 evaluating on the fixed evaluation episodes")
@@ -201,8 +212,6 @@ def run_demo(opts: DemoOptions | None = None) -> Path:
 def shipped_model(name: str, opts: DemoOptions) -> str | None:
     """`builtin:<name>` when this install ships a trained model for the config `name` and the
     user asked for the plain demo (no --retrain, no --run, no overrides but data.*)."""
-    from unicl.model_files import builtin_models
-
     builtin = name.replace("-", "_")
     # overrides of data.* only move or resize the world the model is evaluated on
     other = [o for o in opts.overrides if not str(o).startswith("data.")]
@@ -213,14 +222,13 @@ def shipped_model(name: str, opts: DemoOptions) -> str | None:
 def _evaluate_shipped(shipped: str, out: Path, name: str, opts, started: float) -> Path:
     """Steps 2-4 for the shipped model: its evaluation files live in the results folder."""
     import unicl
-    from unicl.inference import cpu_threads
 
     _say(f"2/4 using the shipped model {shipped} (`unicl demo --retrain` trains one)")
     model = unicl.load(shipped)
     claim(out, "results", "--out")
     _say("3/4 evaluating on the fixed evaluation episodes")
     with cpu_threads(opts.eval_threads if model.device.type == "cpu" else None):
-        return _evaluate_and_write(model, out, out, name, opts, started, model.engine.model_dir)
+        return _evaluate_and_write(model, out, out, name, opts, started, model.predictor.model_dir)
 
 
 def _evaluate_and_write(
@@ -231,7 +239,7 @@ def _evaluate_and_write(
     tables = {
         task: evaluate_or_reuse(model, run_dir, task, opts)
         for task in ("segmentation", "captioning")
-        if task in model.engine.tasks
+        if task in model.predictor.tasks
     }
     _say(f"4/4 writing {out}")
     claim(out, "results", "--out")
@@ -252,8 +260,6 @@ def _evaluate_and_write(
 
 
 def _eval_options(opts: DemoOptions):
-    from unicl.evaluate import EvalOptions
-
     return EvalOptions(
         shots=list(opts.shots),
         queries_per_category=opts.queries_per_category,
@@ -262,31 +268,22 @@ def _eval_options(opts: DemoOptions):
 
 
 def _episodes_dir(run_dir: Path, opts: DemoOptions) -> Path:
-    from unicl.evaluate import episode_dir
-
     return episode_dir(run_dir / "episodes", _eval_options(opts))
 
 
 def evaluate_or_reuse(model: Any, run_dir: Path, task: str, opts: DemoOptions):
     """The run's evaluation table for `task`: read back if made with these options from the
     same checkpoint (export), else made again."""
-    from unicl.evaluate import (
-        ensure_episode_files,
-        evaluate,
-        load_table,
-        options_dict,
-    )
-
     eval_opts = _eval_options(opts)
     path = run_dir / "eval" / f"eval_{task}.json"
     if path.is_file():
         table = load_table(path)
-        weights = model.engine.model_id
+        weights = model.predictor.model_id
         same_model = weights is not None and table.meta.get("weights") == weights
         if same_model and table.meta.get("options") == options_dict(eval_opts):
             _say(f"    reusing {path}")
             return table
-    episodes = ensure_episode_files(model.engine, _episodes_dir(run_dir, opts), eval_opts)
+    episodes = ensure_episode_files(model.predictor, _episodes_dir(run_dir, opts), eval_opts)
     table = evaluate(model, task, episodes, eval_opts, run=str(run_dir), progress=opts.progress)
     table.save(run_dir / "eval")
     return table
@@ -322,22 +319,18 @@ def _pick(episodes: list, groups: dict[str, int]) -> list:
 
 
 def _load_group_episodes(model: Any, episodes_dir: Path, task: str, shots: int) -> list:
-    from unicl.tasks.episodes import load_episodes
-
-    engine = model.engine
+    predictor = model.predictor
     out = []
     for path in sorted(episodes_dir.glob(f"{task}_*.json")):
-        out.extend(load_episodes(path, engine.tasks[task], engine.cfg.data, shots))
+        out.extend(load_episodes(path, predictor.tasks[task], predictor.cfg.data, shots))
     return out
 
 
 def grid_rows(model: Any, episodes_dir: Path, shots: int) -> list[GridRow]:
     """Predictions for one episode of several seen and unseen categories."""
-    from unicl.tasks.metrics import binary_iou
-
     episodes = _load_group_episodes(model, episodes_dir, "segmentation", shots)
     chosen = _pick(episodes, {"seen": GRID_SEEN, "unseen": GRID_UNSEEN})
-    answers = model.engine.answer_segmentation(chosen, model.engine.sampling({}))
+    answers = model.predictor.answer(chosen, model.predictor.sampling({}))
     rows = []
     for episode, answer in zip(chosen, answers):
         record = episode.meta["query_record"]
@@ -352,9 +345,9 @@ def grid_rows(model: Any, episodes_dir: Path, shots: int) -> list[GridRow]:
                 unseen=episode.meta.get("group") == "unseen",
                 demos=demos,
                 query=record.load_image(),
-                prediction=answer.mask,
+                prediction=answer.value.mask,
                 truth=truth,
-                iou=binary_iou(answer.mask, truth),
+                iou=binary_iou(answer.value.mask, truth),
             )
         )
     return rows
@@ -367,8 +360,8 @@ def write_captions(
     episodes = _load_group_episodes(model, episodes_dir, "captioning", shots)
     per_group = CAPTION_SAMPLES // 2
     chosen = _pick(episodes, {"seen": per_group, "unseen": CAPTION_SAMPLES - per_group})
-    options = model.engine.sampling({"max_tokens": max_tokens})
-    answers = model.engine.answer_captioning(chosen, options)
+    options = model.predictor.sampling({"max_tokens": max_tokens})
+    answers = model.predictor.answer(chosen, options)
     lines = [
         f"# Region captions ({shots}-shot, one query per category)\n",
         "| category | split | box (x0, y0, x1, y1) | reference | generated |",
@@ -377,7 +370,8 @@ def write_captions(
     for episode, answer in zip(chosen, answers):
         record = episode.meta["query_record"]
         box = ", ".join(f"{v:.0f}" for v in record.box)
-        cells = [episode.category, episode.meta.get("group", ""), box, record.phrase, answer.text]
+        group = episode.meta.get("group", "")
+        cells = [episode.category, group, box, record.phrase, answer.value.text]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     path = out / "captions.md"
     path.write_text("\n".join(lines) + "\n")
@@ -386,8 +380,6 @@ def write_captions(
 
 def write_loss_curves(run_dir: Path, path: Path) -> Path | None:
     """The run's loss curves (from its metrics.jsonl) as a PNG."""
-    from unicl.training.logs import METRICS, plot_curves, read_metrics
-
     records = read_metrics(run_dir / METRICS)
     if not records:
         return None

@@ -25,7 +25,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from tqdm import tqdm
+
+from unicl.predictor import Prediction
+from unicl.tasks.episodes import (
+    GROUPS,
+    episode_file_name,
+    load_episodes,
+    read_episode_file,
+    write_episode_files,
+)
+from unicl.tasks.scoring import BASELINE_BACKGROUND, BASELINE_COPY, MODEL
 
 #: metric key -> (column title, format, higher is better)
 METRICS: dict[str, tuple[str, str, bool]] = {
@@ -37,15 +47,9 @@ METRICS: dict[str, tuple[str, str, bool]] = {
     "map": ("mAP", "{:.2f}", True),
     "shape_acc": ("shape %", "{:.1f}", True),
     "colour_acc": ("colour %", "{:.1f}", True),
-}
-TASK_METRICS = {
-    "segmentation": ("miou", "mae"),
-    "captioning": ("bleu4", "meteor", "cider", "map", "shape_acc", "colour_acc"),
+    "accuracy": ("accuracy %", "{:.1f}", True),
 }
 SPLITS = ("seen", "unseen")
-MODEL = "model"
-BASELINE_BACKGROUND = "all background"
-BASELINE_COPY = "copy demo mask"
 
 
 @dataclasses.dataclass
@@ -89,7 +93,7 @@ class EvalTable:
 
     def to_markdown(self) -> str:
         """A Markdown table: one line per (method, shots), seen and unseen side by side."""
-        keys = TASK_METRICS.get(self.task) or sorted({k for r in self.rows for k in r.metrics})
+        keys = sorted({k for r in self.rows for k in r.metrics}, key=_metric_order)
         head = ["method", "shots"]
         for split in SPLITS:
             head += [f"{split} {METRICS.get(k, (k,))[0]}" for k in keys] + [f"{split} n"]
@@ -164,8 +168,6 @@ def episode_dir(root: str | Path, opts: EvalOptions) -> Path:
 
 def ensure_episode_files(engine: Any, directory: Path, opts: EvalOptions, max_shots: int = 3):
     """The episode files (made once with tasks/episodes.py, then reused)."""
-    from unicl.tasks.episodes import write_episode_files
-
     check_shots(opts.shots, max_shots)  # before the (slow) world and episode files
     if not any(directory.glob("*.json")):
         write_episode_files(
@@ -181,8 +183,6 @@ def ensure_episode_files(engine: Any, directory: Path, opts: EvalOptions, max_sh
 
 
 def _episode_files(directory: Path, task: str, opts: EvalOptions) -> dict[str, Path]:
-    from unicl.tasks.episodes import GROUPS, episode_file_name
-
     files = {}
     for group in GROUPS:
         path = directory / episode_file_name(task, opts.split, group, opts.seed)
@@ -219,16 +219,14 @@ def evaluate(
     progress: bool = True,
 ) -> EvalTable:
     """Score `model` (an InContextModel) on the episode files in `episodes` (see module doc)."""
-    from unicl.tasks.episodes import load_episodes, read_episode_file
-
     opts = opts or EvalOptions()
     shots = check_shots(opts.shots)
-    engine = model.engine
-    the_task = engine.require_task(task)
+    predictor = model.predictor
+    the_task = predictor.require_task(task)
     files = _episode_files(Path(episodes), task, opts)
     records = {
         the_task.record_id(r): r
-        for pool in the_task.load_pools(engine.cfg.data, opts.split).values()
+        for pool in the_task.load_pools(predictor.cfg.data, opts.split).values()
         for r in pool
     }
     plan = []  # (group, shots, [episode sets])
@@ -236,9 +234,9 @@ def evaluate(
         max_shots = read_episode_file(path)["max_shots"]
         if shots[-1] > max_shots:
             raise ValueError(f"{path} holds episodes of up to {max_shots} shots, not {shots[-1]}")
-        full = list(load_episodes(path, the_task, engine.cfg.data, max_shots, records))
+        full = list(load_episodes(path, the_task, predictor.cfg.data, max_shots, records))
         for k in shots:
-            plain = list(load_episodes(path, the_task, engine.cfg.data, k, records))
+            plain = list(load_episodes(path, the_task, predictor.cfg.data, k, records))
             plan.append(
                 (group, k, [rotations(e, f, k, opts.ensemble) for e, f in zip(plain, full)])
             )
@@ -248,22 +246,29 @@ def evaluate(
         meta={
             "options": options_dict(opts),
             "files": _names(files),
-            "model": str(engine.model_dir) if engine.model_dir else None,
-            "weights": engine.model_id,
+            "model": str(predictor.model_dir) if predictor.model_dir else None,
+            "weights": predictor.model_id,
         },
     )
     total = sum(len(sets) for _, _, sets in plan)
-    scorer = _Scorer(task)
-    from tqdm import tqdm
-
-    with tqdm(total=total, desc=f"eval {task}", unit="query", disable=not progress) as bar:
-        for group, k, sets in plan:
-            rows = scorer.run(engine, sets, k, opts, bar)
-            for method, (n, metrics) in rows.items():
-                table.rows.append(Row(method, k, group, n, metrics))
-    scorer.close()
+    scorer = the_task.scorer(opts.baselines)
+    try:
+        with tqdm(total=total, desc=f"eval {task}", unit="query", disable=not progress) as bar:
+            for group, k, sets in plan:
+                answers = answer_groups(predictor, the_task, sets, opts, bar)
+                rows = scorer.score([s[0] for s in sets], answers, k)
+                for method, (n, metrics) in rows.items():
+                    table.rows.append(Row(method, k, group, n, metrics))
+    finally:
+        scorer.close()
     table.rows.sort(key=lambda r: (_method_rank(r.method), r.shots, SPLITS.index(r.split)))
     return table
+
+
+def _metric_order(key: str) -> tuple[int, str]:
+    """Metrics in the order of METRICS (the built-in tasks' columns), others after, by name."""
+    order = list(METRICS)
+    return (order.index(key) if key in order else len(order), key)
 
 
 def _method_rank(method: str) -> int:
@@ -281,124 +286,28 @@ def _names(files: dict[str, Path]) -> dict[str, str]:
     return {group: path.name for group, path in files.items()}
 
 
-class _Scorer:
-    """Generates the answers of a group of episodes and scores them (one task)."""
+def answer_groups(predictor: Any, task: Any, sets, opts: EvalOptions, bar) -> list[Any]:
+    """The model's answer to every query of a group, combined over its demonstration sets.
 
-    def __init__(self, task: str) -> None:
-        self.task = task
-        self._captions = None
-
-    def close(self) -> None:
-        if self._captions is not None:
-            self._captions.close()
-
-    def run(self, engine, sets, k: int, opts: EvalOptions, bar) -> dict[str, tuple[int, dict]]:
-        options = engine.sampling({"max_tokens": opts.max_tokens})
-        n_sets = max(len(s) for s in sets)
-        # answers[j][i]: query i's answer from its j-th demonstration set
-        answers = [[None] * len(sets) for _ in range(n_sets)]
-        for j in range(n_sets):
-            order = [i for i, s in enumerate(sets) if len(s) > j]
-            for start in range(0, len(order), opts.batch_size):
-                chunk = order[start : start + opts.batch_size]
-                episodes = [sets[i][j] for i in chunk]
-                if self.task == "segmentation":
-                    got = engine.answer_segmentation(episodes, options)
-                else:
-                    got = engine.answer_captioning(episodes, options)
-                for i, answer in zip(chunk, got):
-                    answers[j][i] = answer
-                if j == 0:
-                    bar.update(len(chunk))
-        if self.task == "segmentation":
-            return self._segmentation(engine, sets, answers, k, opts)
-        return self._captioning(sets, answers)
-
-    def _segmentation(self, engine, sets, answers, k, opts) -> dict[str, tuple[int, dict]]:
-        from unicl.tasks.metrics import SegmentationMeter
-
-        meters = {MODEL: SegmentationMeter()}
-        if opts.baselines:
-            meters[BASELINE_BACKGROUND] = SegmentationMeter()
-            if k > 0:
-                meters[BASELINE_COPY] = SegmentationMeter()
-        for i, episode_sets in enumerate(sets):
-            episode = episode_sets[0]
-            truth = episode.meta["query_record"].load_mask()  # (H, W) bool
-            mine = [answers[j][i] for j in range(len(episode_sets))]
-            if len(mine) == 1:
-                pred = mine[0].mask
-            else:
-                pred = engine.threshold_mask(np.mean([a.mask_image for a in mine], axis=0))
-            meters[MODEL].update(pred, truth, episode.category)
-            if BASELINE_BACKGROUND in meters:
-                meters[BASELINE_BACKGROUND].update(np.zeros_like(truth), truth, episode.category)
-            if BASELINE_COPY in meters:
-                meters[BASELINE_COPY].update(copy_demo_mask(episode), truth, episode.category)
-        return {
-            name: (len(m), {"miou": 100.0 * m.class_miou, "mae": m.mae})
-            for name, m in meters.items()
-        }
-
-    def _captioning(self, sets, answers) -> dict[str, tuple[int, dict]]:
-        from unicl.tasks.metrics import CaptionScorer, densecap_map
-
-        if self._captions is None:
-            self._captions = CaptionScorer()
-        preds, refs, dets, truth = [], [], {}, {}
-        for i, episode_sets in enumerate(sets):
-            episode = episode_sets[0]
-            record = episode.meta["query_record"]
-            answer = answers[0][i]
-            preds.append(answer.text)
-            refs.append([record.phrase])
-            # region captioning: the box is given; a caption's score is its mean log-probability
-            score = (
-                float(np.log(np.clip(answer.probs, 1e-12, 1.0)).mean())
-                if len(answer.probs)
-                else 0.0
-            )
-            key = episode.meta["query_id"]
-            dets[key] = [(record.box, answer.text, score)]
-            truth[key] = [(record.box, record.phrase)]
-        scores = self._captions.score(preds, refs)
-        grounding = caption_grounding(
-            preds,
-            [s[0].meta["query_record"].category for s in sets],
-            [r[0] for r in refs],
-        )
-        mean_ap = densecap_map(dets, truth, scorer=self._captions.meteor_scores)
-        metrics = {
-            "bleu4": 100.0 * scores["bleu4"],
-            "meteor": None if scores["meteor"] is None else 100.0 * scores["meteor"],
-            "cider": 100.0 * scores["cider"],
-            "map": None if mean_ap is None else 100.0 * mean_ap,
-            **{k: None if v is None else 100.0 * v for k, v in grounding.items()},
-        }
-        return {MODEL: (len(preds), metrics)}
-
-
-def caption_grounding(predictions, categories, references) -> dict[str, float | None]:
-    """Shape- and colour-word accuracy (tasks/metrics.py `grounding_accuracy`).
-
-    Candidate nouns: the evaluated categories, and all shapes-world categories when every
-    evaluated one is a world category (so that naming any other shape counts as wrong);
-    colour words: the world's palette names, which are the basic colour terms.
+    `sets[i]` are query i's episodes, one per demonstration set (`rotations`); the sets are
+    answered in batches of `opts.batch_size` and combined by the task (`Task.combine`).
     """
-    from unicl.tasks.metrics import grounding_accuracy
-    from unicl.tasks.world_shapes import CATEGORY_BY_NAME, COLOURS
-
-    names = set(categories)
-    if names <= set(CATEGORY_BY_NAME):
-        names |= set(CATEGORY_BY_NAME)
-    return grounding_accuracy(predictions, categories, references, sorted(names), list(COLOURS))
-
-
-def copy_demo_mask(episode: Any) -> np.ndarray:
-    """The "copy demo mask" baseline: demo 1's mask in its view, pasted through the query's view."""
-    demo_mask = np.asarray(episode.pairs[0][1].payload, bool)  # (S, S) in demo 1's view
-    height, width = episode.meta["query_size"]
-    view = episode.meta["query_view"]
-    if demo_mask.shape != (view.size, view.size):
-        raise ValueError(f"demo mask of shape {demo_mask.shape} is not in a {view.size} px view")
-    return view.unapply_mask(demo_mask, height, width)
+    options = predictor.sampling({"max_tokens": opts.max_tokens})
+    n_sets = max(len(s) for s in sets)
+    # answers[j][i]: query i's answer from its j-th demonstration set
+    answers = [[None] * len(sets) for _ in range(n_sets)]
+    for j in range(n_sets):
+        order = [i for i, s in enumerate(sets) if len(s) > j]
+        for start in range(0, len(order), opts.batch_size):
+            chunk = order[start : start + opts.batch_size]
+            got = predictor.answer([sets[i][j] for i in chunk], options)
+            for i, answer in zip(chunk, got):
+                answers[j][i] = answer
+            if j == 0:
+                bar.update(len(chunk))
+    combined = []
+    for i, episode_sets in enumerate(sets):
+        mine = [answers[j][i] for j in range(len(episode_sets))]
+        value = task.combine([a.value for a in mine])
+        combined.append(Prediction(value, mine[0].tokens, mine[0].probs))
+    return combined

@@ -95,7 +95,7 @@ def _is_number(value: object, integer: bool) -> bool:
 def sampling_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """Sampling keyword arguments checked and completed with SAMPLING_DEFAULTS.
 
-    The one check of sampling options, for the public API (Engine.sampling) and
+    The one check of sampling options, for the public API (Predictor.sampling) and
     `Sampling`. temperature: a finite number >= 0 (0 = greedy); top_k: an int >= 1
     or None; top_p: a number in (0, 1] or None; seed: an int (None = the default);
     max_tokens: an int >= 1 or None (caps free-length answers, the stop tag included).
@@ -282,16 +282,40 @@ def generate(
     prompts = [
         _as_prompt(q, f"queries[{i}]") for i, q in enumerate([queries] if single else queries)
     ]
+    device = model.wte.weight.device
+    table = _check_request(model, prompts, segments, attribute_table).to(device)
+    q_ids, q_attrs, q_pos, q_mask = _left_padded(prompts, device)
+    b, total = len(prompts), sum(seg.steps for seg in segments)
+    was_training = model.training
+    model.eval()
+    try:
+        runner = _start(model, prefix, b, q_ids.shape[1] + total, use_cache, device)
+        state = _DecodeState(runner.feed(q_ids, q_attrs, q_pos, q_mask), q_pos[:, -1] + 1)
+        out_ids: list[list[torch.Tensor]] = [[] for _ in range(b)]
+        out_probs: list[list[torch.Tensor]] = [[] for _ in range(b)]
+        for s, seg in enumerate(segments):
+            last = s == len(segments) - 1
+            ids_t, probs_t, act_t = _decode_segment(
+                model, runner, state, seg, table, sampling, generator, last
+            )
+            for i in range(b):
+                out_ids[i].append(ids_t[i][act_t[i]])
+                out_probs[i].append(probs_t[i][act_t[i]])
+    finally:
+        model.train(was_training)
+    return GenerationOutput(out_ids, out_probs)
+
+
+def _check_request(model, prompts, segments, attribute_table) -> torch.Tensor:
+    """Check the queries, segments and attribute table against the model; the table as int64."""
     if not prompts:
         raise ValueError("queries is empty")
     if not segments:
         raise ValueError("segments is empty: nothing to generate")
     v = model.vocab_size
-    device = model.wte.weight.device
     table = torch.as_tensor(attribute_table, dtype=torch.long)
     if table.shape != (v,):
         raise ValueError(f"attribute_table must be (V={v},), got {tuple(table.shape)}")
-    table = table.to(device)
     for i, seg in enumerate(segments):
         if seg.allowed.shape != (v,):
             raise ValueError(
@@ -300,71 +324,72 @@ def generate(
         bad = [s for s in seg.stop_ids if not 0 <= s < v]
         if bad:
             raise ValueError(f"segments[{i}].stop_ids must lie in [0, {v}), got {bad}")
-    b = len(prompts)
-    q_len = max(p.input_ids.numel() for p in prompts)
-    # left-pad the queries so that every row's last prompt token is the last column
+    return table
+
+
+def _left_padded(prompts: Sequence[Prompt], device) -> tuple[torch.Tensor, ...]:
+    """(ids, attributes, positions, mask), each (B, Q): every row's last prompt token is the
+    last column (padding keys are masked out)."""
+    b, q_len = len(prompts), max(p.input_ids.numel() for p in prompts)
     q = torch.zeros(4, b, q_len, dtype=torch.long)  # ids, attributes, positions, mask
     for i, p in enumerate(prompts):
         n = p.input_ids.numel()
         q[0, i, q_len - n :], q[1, i, q_len - n :], q[2, i, q_len - n :] = p
         q[3, i, q_len - n :] = 1
     q = q.to(device)
-    q_ids, q_attrs, q_pos, q_mask = q[0], q[1], q[2], q[3].bool()
-    total = sum(seg.steps for seg in segments)
+    return q[0], q[1], q[2], q[3].bool()
 
-    was_training = model.training
-    model.eval()
-    try:
-        runner = _start(model, prefix, b, q_len + total, use_cache, device)
-        hidden = runner.feed(q_ids, q_attrs, q_pos, q_mask)  # (B, D)
-        next_pos = q_pos[:, -1] + 1  # (B,)
-        out_ids = [[None] * len(segments) for _ in range(b)]
-        out_probs = [[None] * len(segments) for _ in range(b)]
-        for s, seg in enumerate(segments):
-            allowed = seg.allowed.to(device).clone()
-            stops = torch.tensor(list(seg.stop_ids), dtype=torch.long, device=device)
-            allowed[stops] = True
-            # only the allowed rows of the head are computed: a softmax over them equals the
-            # full softmax with every other id masked to -inf, at a fraction of the head's cost
-            allowed_ids = allowed.nonzero()[:, 0]  # (V_s,)
-            head = model.head_weight.index_select(0, allowed_ids)  # (V_s, D)
-            active = torch.ones(b, dtype=torch.bool, device=device)
-            ids_steps, prob_steps, act_steps = [], [], []
-            last_segment = s == len(segments) - 1
-            for step in range(seg.steps):
-                logits = torch.nn.functional.linear(hidden, head)  # (B, V_s)
-                pick, prob = choose(logits, sampling, generator)  # (B,), (B,)
-                tok = allowed_ids[pick]  # (B,) global ids
-                ids_steps.append(tok)
-                prob_steps.append(prob)
-                act_steps.append(active.clone())
-                # a row whose stop id was just emitted still feeds it, then idles
-                fed = active.clone()
-                if stops.numel():
-                    active = active & ~torch.isin(tok, stops)
-                more = step + 1 < seg.steps and bool(active.any())
-                if last_segment and not more:
-                    break
-                h = runner.feed(
-                    torch.where(fed, tok, 0)[:, None],
-                    torch.where(fed, table[tok], 0)[:, None],
-                    torch.where(fed, next_pos, 0)[:, None],
-                    fed[:, None],
-                )
-                # rows that only fed filler keep their hidden state
-                hidden = torch.where(fed[:, None], h, hidden)
-                next_pos = next_pos + fed.long()
-                if not more:
-                    break
-            ids_t = torch.stack(ids_steps, 1).cpu()  # (B, G_s)
-            probs_t = torch.stack(prob_steps, 1).cpu()
-            act_t = torch.stack(act_steps, 1).cpu()
-            for i in range(b):
-                out_ids[i][s] = ids_t[i][act_t[i]]
-                out_probs[i][s] = probs_t[i][act_t[i]]
-    finally:
-        model.train(was_training)
-    return GenerationOutput(out_ids, out_probs)
+
+@dataclasses.dataclass
+class _DecodeState:
+    """Where decoding stands: the last hidden state of every row and its next position."""
+
+    hidden: torch.Tensor  # (B, D)
+    next_pos: torch.Tensor  # (B,)
+
+
+def _decode_segment(model, runner, state, seg, table, sampling, generator, last: bool):
+    """Decode one segment for every row: (ids, probabilities, active), each (B, G_s) on CPU.
+
+    A row whose stop id was just emitted still feeds it, then idles (feeds masked filler)
+    until the segment ends for all rows; the last segment stops without feeding its last
+    token.
+    """
+    device = state.hidden.device
+    allowed = seg.allowed.to(device).clone()
+    stops = torch.tensor(list(seg.stop_ids), dtype=torch.long, device=device)
+    allowed[stops] = True
+    # only the allowed rows of the head are computed: a softmax over them equals the
+    # full softmax with every other id masked to -inf, at a fraction of the head's cost
+    allowed_ids = allowed.nonzero()[:, 0]  # (V_s,)
+    head = model.head_weight.index_select(0, allowed_ids)  # (V_s, D)
+    active = torch.ones(state.hidden.shape[0], dtype=torch.bool, device=device)
+    ids_steps, prob_steps, act_steps = [], [], []
+    for step in range(seg.steps):
+        logits = torch.nn.functional.linear(state.hidden, head)  # (B, V_s)
+        pick, prob = choose(logits, sampling, generator)  # (B,), (B,)
+        tok = allowed_ids[pick]  # (B,) global ids
+        ids_steps.append(tok)
+        prob_steps.append(prob)
+        act_steps.append(active.clone())
+        fed = active.clone()
+        if stops.numel():
+            active = active & ~torch.isin(tok, stops)
+        more = step + 1 < seg.steps and bool(active.any())
+        if last and not more:
+            break
+        h = runner.feed(
+            torch.where(fed, tok, 0)[:, None],
+            torch.where(fed, table[tok], 0)[:, None],
+            torch.where(fed, state.next_pos, 0)[:, None],
+            fed[:, None],
+        )
+        # rows that only fed filler keep their hidden state
+        state.hidden = torch.where(fed[:, None], h, state.hidden)
+        state.next_pos = state.next_pos + fed.long()
+        if not more:
+            break
+    return tuple(torch.stack(z, 1).cpu() for z in (ids_steps, prob_steps, act_steps))
 
 
 def _start(model, prefix, batch: int, more: int, use_cache: bool, device) -> _Runner:

@@ -19,7 +19,6 @@ plausible but wrong answer:
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from collections.abc import Sequence
@@ -30,16 +29,14 @@ import numpy as np
 from PIL import Image
 
 from unicl.tasks.records import (
-    CaptionRecord,
-    SegmentationRecord,
+    Box,
     check_unit_floats,
     drop_alpha,
     image_pixels,
     read_image,
     rgb_pixels,
 )
-
-Box = tuple[float, float, float, float]  # (x0, y0, x1, y1) in pixels
+from unicl.tasks.user import USER_FIELDS, UserItem
 
 #: What an image argument may be, for error messages.
 IMAGE_KINDS = (
@@ -51,23 +48,6 @@ MASK_KINDS = (
 )
 #: integer mask values read as binary (background, foreground)
 MASK_LEVELS = ((0, 1), (0, 255), (0, 65535))
-
-
-@dataclasses.dataclass(frozen=True)
-class SegmentationDemo:
-    """One checked (image, mask) demonstration."""
-
-    image: np.ndarray  # (H, W, 3) uint8
-    mask: np.ndarray  # (H, W) bool
-
-
-@dataclasses.dataclass(frozen=True)
-class CaptionDemo:
-    """One checked (image, box, caption) demonstration."""
-
-    image: np.ndarray  # (H, W, 3) uint8
-    box: Box
-    text: str
 
 
 def _pixels(value: Any, name: str, kinds: str) -> tuple[np.ndarray, str]:
@@ -207,34 +187,74 @@ def _demo_items(demos: Any, name: str, arity: int, form: str) -> list[Sequence[A
     return items
 
 
-def segmentation_demos(demos: Any, name: str = "demos") -> list[SegmentationDemo]:
-    """Check a list of (image, mask) demonstrations.
+def demo_items(
+    demos: Any, fields: Sequence[str], name: str = "demos", labels: Sequence[str] | None = None
+) -> list[UserItem]:
+    """Check a list of demonstrations, each a tuple of `fields` (tasks/user.py USER_FIELDS).
 
-    A demonstration shows the object: an all-background mask is an error (the
-    model is trained on demonstrations that contain their category; a blank mask
-    is almost always a mask read wrongly).
+    `labels` name the fields in messages (default: the field names). A demonstration's
+    mask must show the object (at least one foreground pixel): the model is trained on
+    demonstrations that contain their category, and a blank mask is almost always a mask
+    read wrongly.
     """
+    labels = list(labels or fields)
+    form = f"({', '.join(labels)})"
     out = []
-    for i, (image, mask) in enumerate(_demo_items(demos, name, 2, "(image, mask)")):
-        image = to_image(image, f"{name}[{i}][0]")
-        mask = to_mask(mask, f"{name}[{i}][1]", size=image.shape[:2])
-        if not mask.any():
+    for i, values in enumerate(_demo_items(demos, name, len(fields), form)):
+        names = [f"{name}[{i}][{j}]" for j in range(len(fields))]
+        item = user_item(dict(zip(fields, values)), names)
+        if item.mask is not None and not item.mask.any():
             raise ValueError(
-                f"{name}[{i}][1]: mask has no foreground pixel; a demonstration must show "
-                "the object (use category= alone for a prompt without demonstrations)"
+                f"{names[list(fields).index('mask')]}: mask has no foreground pixel; a "
+                "demonstration must show the object (use category= alone for a prompt without "
+                "demonstrations)"
             )
-        out.append(SegmentationDemo(image, mask))
+        out.append(item)
     return out
 
 
-def caption_demos(demos: Any, name: str = "demos") -> list[CaptionDemo]:
+def query_values(query: Any, fields: Sequence[str], name: str = "query") -> list[Any]:
+    """A query of several fields (e.g. (image, box)) as its list of values, checked for arity."""
+    form = f"({', '.join(fields)})"
+    if isinstance(query, (str, bytes, np.ndarray)) or not isinstance(query, Sequence):
+        raise TypeError(f"{name}: expected a {form} tuple, got {type(query).__name__}")
+    if len(query) != len(fields):
+        raise ValueError(
+            f"{name}: expected a {form} tuple of {len(fields)} items, got {len(query)}"
+        )
+    return list(query)
+
+
+def user_item(values: dict[str, Any], names: Sequence[str]) -> UserItem:
+    """One checked UserItem from {field: value}; `names` name the values in messages, in order.
+
+    The image comes first: a mask must have its size and a box must lie inside it.
+    """
+    if set(values) - set(USER_FIELDS) or "image" not in values:
+        raise ValueError(
+            f"a user item has the fields {USER_FIELDS}, an image among them; got {sorted(values)}"
+        )
+    label = dict(zip(values, names))
+    image = to_image(values["image"], label["image"])
+    h, w = image.shape[:2]
+    item = UserItem(image)
+    if "mask" in values:
+        item.mask = to_mask(values["mask"], label["mask"], size=(h, w))
+    if "box" in values:
+        item.box = to_box(values["box"], label["box"], h, w)
+    if "text" in values:
+        item.text = to_text(values["text"], label["text"])
+    return item
+
+
+def segmentation_demos(demos: Any, name: str = "demos") -> list[UserItem]:
+    """Check a list of (image, mask) demonstrations."""
+    return demo_items(demos, ("image", "mask"), name)
+
+
+def caption_demos(demos: Any, name: str = "demos") -> list[UserItem]:
     """Check a list of (image, box, caption) demonstrations."""
-    out = []
-    for i, (image, box, text) in enumerate(_demo_items(demos, name, 3, "(image, box, caption)")):
-        image = to_image(image, f"{name}[{i}][0]")
-        box = to_box(box, f"{name}[{i}][1]", *image.shape[:2])
-        out.append(CaptionDemo(image, box, to_text(text, f"{name}[{i}][2]")))
-    return out
+    return demo_items(demos, ("image", "box", "text"), name, ("image", "box", "caption"))
 
 
 def require_prompt(demos: Sequence[Any], category: str | None, name: str = "demos") -> None:
@@ -249,85 +269,3 @@ def require_prompt(demos: Sequence[Any], category: str | None, name: str = "demo
 def is_image_like(value: Any) -> bool:
     """True for one image (not a list of images): PIL, ndarray or a path."""
     return isinstance(value, (Image.Image, np.ndarray, str, os.PathLike))
-
-
-# --------------------------------------------------------------------------- #
-# user images as task records (the task plugins lay them out like dataset records)
-# --------------------------------------------------------------------------- #
-
-
-@dataclasses.dataclass
-class ImageItem:
-    """One checked user image with what belongs to it (mask, box, caption)."""
-
-    image: np.ndarray  # (H, W, 3) uint8
-    mask: np.ndarray | None = None  # (H, W) bool
-    box: tuple[float, float, float, float] | None = None
-    text: str | None = None
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ArraySegmentationRecord(SegmentationRecord):
-    """A SegmentationRecord whose pixels live in memory (a user's image and mask)."""
-
-    image: np.ndarray | None = None
-    mask: np.ndarray | None = None
-
-    def load_image(self) -> np.ndarray:
-        return self.image
-
-    def load_mask(self) -> np.ndarray:
-        if self.mask is None:
-            return np.zeros((self.height, self.width), bool)
-        return self.mask
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class ArrayCaptionRecord(CaptionRecord):
-    """A CaptionRecord whose pixels live in memory."""
-
-    image: np.ndarray | None = None
-
-    def load_image(self) -> np.ndarray:
-        return self.image
-
-
-def mask_box(mask: np.ndarray) -> tuple[float, float, float, float]:
-    """Tight (x0, y0, x1, y1) box of a mask's foreground (the whole image if empty)."""
-    ys, xs = np.nonzero(mask)
-    if not len(xs):
-        return (0.0, 0.0, float(mask.shape[1]), float(mask.shape[0]))
-    return (float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1))
-
-
-def segmentation_record(item: ImageItem, image_id: int, category: str) -> ArraySegmentationRecord:
-    h, w = item.image.shape[:2]
-    mask = item.mask
-    return ArraySegmentationRecord(
-        image_id=image_id,
-        image_path=Path(f"<memory:{image_id}>"),
-        category=category,
-        category_id=0,
-        height=h,
-        width=w,
-        box=mask_box(mask) if mask is not None else (0.0, 0.0, float(w), float(h)),
-        area=float(mask.sum()) if mask is not None else float(h * w),
-        segmentations=(),
-        image=item.image,
-        mask=mask,
-    )
-
-
-def caption_record(item: ImageItem, image_id: int, category: str) -> ArrayCaptionRecord:
-    h, w = item.image.shape[:2]
-    return ArrayCaptionRecord(
-        region_id=image_id,
-        image_id=image_id,
-        image_path=Path(f"<memory:{image_id}>"),
-        category=category,
-        phrase=item.text or "",
-        box=item.box,
-        height=h,
-        width=w,
-        image=item.image,
-    )

@@ -27,7 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from unicl.batch import collate
+from unicl.config import deep_merge, load_config
+from unicl.demo import run_finished
+from unicl.evaluate import EvalOptions, ensure_episode_files, evaluate
+from unicl.tasks.episodes import GROUPS, episode_file_name, load_episodes
 from unicl.tasks.metrics import binary_iou
+from unicl.tasks.prompt import Segment
+from unicl.training.run import train
 
 #: the paper's choices on the tiny model (what configs/shapes_tiny.yaml held before the levers):
 #: masks coded by the shared VQ-GAN and generated code by code, sequence positions, no extra
@@ -76,8 +83,6 @@ _LR3 = {"train": {"lr": 3.0e-3}}
 
 
 def _merge(*parts: dict) -> dict:
-    from unicl.config import deep_merge
-
     out: dict = {}
     for part in parts:
         out = deep_merge(out, part)
@@ -153,15 +158,13 @@ def _patch_classes(mask: np.ndarray, grid: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def diagnostics(engine: Any, episodes: Sequence[Any]) -> dict[str, float]:
+def diagnostics(predictor: Any, episodes: Sequence[Any]) -> dict[str, float]:
     """Ceiling, teacher-forced IoU, CE split by patch class and image dependence (view space).
 
     `episodes`: segmentation episodes whose query pair holds the true mask (evaluation files).
     """
-    from unicl.batch import collate
-
-    task = engine.tasks["segmentation"]
-    vocab, model = engine.vocab, engine.model
+    task = predictor.tasks["segmentation"]
+    vocab, model = predictor.vocab, predictor.model
     tok = vocab.tokenizers[task.mask_tokenizer]
     span = vocab.ranges[task.mask_tokenizer]
     head = model.head_weight[span.start : span.stop]  # (K, D)
@@ -171,8 +174,8 @@ def diagnostics(engine: Any, episodes: Sequence[Any]) -> dict[str, float]:
         truth = np.asarray(episode.query[1].payload, bool)  # (S, S) the query's mask in its view
         codes = torch.as_tensor(tok.encode_mask(truth)).reshape(-1)
         ceiling.append(binary_iou(np.asarray(tok.decode_mask(codes), bool), truth))
-        packed = engine.packer.pack(episode)
-        batch = collate([packed]).to(engine.device)
+        packed = predictor.packer.pack(episode)
+        batch = collate([packed]).to(predictor.device)
         hidden = model(
             batch.input_ids, batch.attributes, batch.positions, return_hidden=True
         ).hidden
@@ -188,8 +191,8 @@ def diagnostics(engine: Any, episodes: Sequence[Any]) -> dict[str, float]:
         forced.append(binary_iou(np.asarray(tok.decode_mask(pred), bool), truth))
     image_tok = vocab.tokenizers[task.image_tokenizer]
     shuffled = [_shuffle_query_image(e, image_tok, seed=i) for i, e in enumerate(episodes)]
-    plain = engine.answer_segmentation(list(episodes), engine.sampling({}))
-    mixed = engine.answer_segmentation(shuffled, engine.sampling({}))
+    plain = [a.value for a in predictor.answer(list(episodes), predictor.sampling({}))]
+    mixed = [a.value for a in predictor.answer(shuffled, predictor.sampling({}))]
     truths = [e.meta["query_record"].load_mask() for e in episodes]
     return {
         "ceiling_iou": 100 * float(np.mean(ceiling)),
@@ -208,8 +211,6 @@ def diagnostics(engine: Any, episodes: Sequence[Any]) -> dict[str, float]:
 
 def _shuffle_query_image(episode: Any, tokenizer: Any, seed: int) -> Any:
     """The episode with its query image's codes in a random order (same codes, no layout)."""
-    from unicl.tasks.base import Segment
-
     query = list(episode.query)
     image = query[0]
     codes = image.ids if image.ids is not None else tokenizer.encode(image.payload).numpy()
@@ -253,11 +254,6 @@ def _rows(table: Any) -> list[dict[str, Any]]:
 def run_variant(name: str, opts: BenchOptions) -> dict[str, Any]:
     """Train variant `name` from scratch (reusing a finished run), evaluate it, diagnose it."""
     import unicl
-    from unicl.config import load_config
-    from unicl.demo import run_finished
-    from unicl.evaluate import EvalOptions, ensure_episode_files, evaluate
-    from unicl.tasks.episodes import GROUPS, episode_file_name, load_episodes
-    from unicl.training.run import train
 
     torch.set_flush_denormal(True)
     out = Path(opts.out)
@@ -279,14 +275,14 @@ def run_variant(name: str, opts: BenchOptions) -> dict[str, Any]:
         train(cfg, progress=opts.progress)
     train_minutes = (time.perf_counter() - started) / 60
     model = unicl.load(run_dir, device=opts.device)
-    engine = model.engine
+    predictor = model.predictor
     result: dict[str, Any] = {
         "variant": label,
         "description": VARIANTS[name][0]
         + (f" ({', '.join(opts.overrides)})" if opts.overrides else ""),
         "overrides": overrides,
         "train_minutes": train_minutes,
-        "device": str(engine.device),
+        "device": str(predictor.device),
     }
     eval_opts = EvalOptions(
         shots=list(opts.shots),
@@ -297,12 +293,12 @@ def run_variant(name: str, opts: BenchOptions) -> dict[str, Any]:
     episodes_root = out / f"world{opts.world_seed}" / "episodes"
     crops = {"object": episodes_root / f"object_seed{opts.episode_seed}"}
     crops["full"] = episodes_root / f"full_seed{opts.episode_seed}"
-    seg = engine.tasks["segmentation"]
-    ensure_episode_files(engine, crops["object"], eval_opts)
+    seg = predictor.tasks["segmentation"]
+    ensure_episode_files(predictor, crops["object"], eval_opts)
     result["segmentation"] = _rows(
         evaluate(model, "segmentation", crops["object"], eval_opts, progress=opts.progress)
     )
-    if "captioning" in engine.tasks:
+    if "captioning" in predictor.tasks:
         cap_opts = dataclasses.replace(eval_opts, shots=[k for k in opts.shots if k <= 1])
         result["captioning"] = _rows(
             evaluate(model, "captioning", crops["object"], cap_opts, progress=opts.progress)
@@ -312,7 +308,7 @@ def run_variant(name: str, opts: BenchOptions) -> dict[str, Any]:
     seg.query_crop = "full"
     try:
         full_opts = dataclasses.replace(eval_opts, shots=[1])
-        ensure_episode_files(engine, crops["full"], full_opts)
+        ensure_episode_files(predictor, crops["full"], full_opts)
         result["whole_image"] = _rows(
             evaluate(model, "segmentation", crops["full"], full_opts, progress=opts.progress)
         )
@@ -322,8 +318,8 @@ def run_variant(name: str, opts: BenchOptions) -> dict[str, Any]:
     for group in GROUPS:
         path = crops["object"] / episode_file_name("segmentation", "val", group, opts.episode_seed)
         if path.is_file():
-            episodes = list(load_episodes(path, seg, engine.cfg.data, 1))
-            diag[group] = diagnostics(engine, episodes)
+            episodes = list(load_episodes(path, seg, predictor.cfg.data, 1))
+            diag[group] = diagnostics(predictor, episodes)
     result["diagnostics"] = diag
     return result
 

@@ -63,7 +63,7 @@ class ModelConfig:
     aux_loss_weight: float = 0.02
     moe_backend: str = "auto"
     #: attribute routing: group tokens by attribute once per forward and let every MoE layer
-    #: reuse that grouping (moe/kernels/plan.py) instead of sorting its assignments again
+    #: reuse that grouping (moe/plan.py) instead of sorting its assignments again
     attribute_plan: bool = True
     #: FFN nonlinearity (GPT-2 uses the tanh approximation of GELU)
     activation: str = "gelu_tanh"

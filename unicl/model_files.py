@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ import torch
 import yaml
 
 from unicl.ownership import claim, replace_dir, require_own, temporary_sibling
+from unicl.safe_load import check_finite, safe_torch_load
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
@@ -75,16 +75,6 @@ def check_model_dir(path: Path) -> dict[str, Any]:
     return config
 
 
-def check_finite(state: dict[str, torch.Tensor], source: Path) -> None:
-    """ValueError naming the first weights in `state` that hold NaN or infinity."""
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise ValueError(
-            f"{source}: weights {bad[:3]} hold NaN or infinite values (a diverged run?); "
-            "they cannot make a working model"
-        )
-
-
 def is_run_dir(path: Path) -> bool:
     """Does `path` look like a training run directory (rather than an export)?"""
     return (path / "checkpoints").is_dir() or (path / "run.json").is_file()
@@ -100,33 +90,6 @@ def _read_yaml(path: Path) -> dict[str, Any]:
             f"{path}: expected a mapping of config sections, got {type(data).__name__}"
         )
     return data
-
-
-def _deepspeed_state_types() -> list[Any]:
-    """The plain-data classes DeepSpeed's ZeRO optimiser files hold (loss scaler state,
-    the stage enum, fragment addresses): allowed by name, nothing else is."""
-    try:
-        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
-        from deepspeed.runtime.zero.config import ZeroStageEnum
-        from deepspeed.utils.tensor_fragment import fragment_address
-    except ImportError:
-        return []
-    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
-
-
-def safe_torch_load(path: Path, map_location: Any = "cpu") -> Any:
-    """`torch.load` of one of unicl's own checkpoint files, refusing anything but tensors and
-    plain containers (a pickle can run arbitrary code when loaded)."""
-    try:
-        with torch.serialization.safe_globals(_deepspeed_state_types()):
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"{path}: refusing to load it: it holds Python objects other than tensors and "
-            f"plain containers, and loading those could run code ({str(err).splitlines()[0]})"
-        ) from err
-    except (RuntimeError, EOFError) as err:
-        raise ValueError(f"{path}: not a readable checkpoint file (truncated?): {err}") from err
 
 
 # --------------------------------------------------------------------------- #
@@ -294,3 +257,16 @@ def write_export(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_model(cfg: Any, model: torch.nn.Module, vocab: Any, out_dir: str | Path) -> Path:
+    """Write an in-memory model as an exported directory that `unicl.load` reads.
+
+    The same format as `unicl export` (unicl/model_files.py), for models that never went
+    through a training run: a model trained in a notebook, or a randomly initialised one
+    for speed tests.
+    """
+    from unicl.config import to_dict
+
+    files = ModelFiles(Path(out_dir), to_dict(cfg), model.state_dict(), None)
+    return write_export(files, dict(vocab.tokenizers), out_dir)

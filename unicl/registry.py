@@ -77,14 +77,8 @@ class Registry(Generic[T]):
         except (TypeError, ValueError):  # builtins without a signature
             signature = None
         if signature is not None:
-            params = signature.parameters
-            takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+            accepted, takes_any = _options_of(factory)
             if not takes_any:
-                accepted = [
-                    n
-                    for n, p in params.items()
-                    if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-                ]
                 unknown = sorted(set(kwargs) - set(accepted))
                 if unknown:
                     raise TypeError(
@@ -123,14 +117,46 @@ def _fits(value: Any, tp: type) -> bool:
     return isinstance(value, tp)
 
 
+def _initialisers(factory: Any) -> list[Any]:
+    """The callables whose keyword arguments are the factory's options: a function itself; for
+    a class, its `__init__` and, while that passes `**kwargs` on, the base classes' too."""
+    if not inspect.isclass(factory):
+        return [factory]
+    out = []
+    for klass in factory.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        out.append(init)
+        params = inspect.signature(init).parameters.values()
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return out
+
+
+def _options_of(factory: Any) -> tuple[list[str], bool]:
+    """(the option names a factory accepts, whether it accepts any keyword at all)."""
+    names: list[str] = []
+    inits = _initialisers(factory)
+    for init in inits:
+        for n, p in inspect.signature(init).parameters.items():
+            keyword = p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            if keyword and n != "self" and n not in names:
+                names.append(n)
+    last = inspect.signature(inits[-1]).parameters.values() if inits else []
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in last)
+    return names, takes_any
+
+
 def _check_option_types(factory: Any, options: dict[str, Any], where: str) -> None:
     """TypeError/ValueError for an option whose value does not fit the plain annotation of
     its parameter (bool, int, float, str, or one of them or None): a string where a number
     belongs, 2.5 shots, a bool counted as a number, NaN or infinity. Richer annotations are
     left to the plugin's own checks."""
-    target = factory.__init__ if inspect.isclass(factory) else factory
+    hints: dict[str, Any] = {}
     try:
-        hints = typing.get_type_hints(target)
+        for init in reversed(_initialisers(factory)):  # a subclass's annotation wins
+            hints.update(typing.get_type_hints(init))
     except Exception:  # unresolvable annotations: the plugin checks its own options
         return
     for key, value in options.items():

@@ -60,7 +60,7 @@ import numpy as np
 import torch
 
 from unicl.batch import GenerationStep, PackedSequence
-from unicl.tasks.base import Episode, Role, Segment
+from unicl.tasks.prompt import Episode, Role, Segment
 from unicl.vocab import SPECIAL_SPAN, Vocabulary
 
 ROLES: dict[str, int] = {"input": 0, "output": 1}
@@ -135,6 +135,24 @@ class _Run:
     span: int
     role: Role
     weight: float
+
+
+@dataclasses.dataclass
+class _Layout:
+    """An episode's runs while packing (see `Packer._layout`)."""
+
+    runs: list[_Run]
+    pair_starts: list[int]
+    #: per pair with a grid answer: (input image run, answer run, given mask run, is query)
+    grids: list[tuple[int, int, int | None, bool]]
+    gen_run: int  # the first run of the query's answer
+    query_lengths: list[int]  # tokens of each query segment as packed
+    budget: int  # free text tokens generation may produce (the stop token included)
+
+
+def answer_segment(content: list[int], run: int) -> int:
+    """The segment whose own run is `run` (`content` maps segments to runs)."""
+    return content.index(run)
 
 
 class Packer:
@@ -227,13 +245,18 @@ class Packer:
             self._text_ids[text_key] = ids
         return ids
 
+    def local_ids(self, segment: Segment) -> np.ndarray:
+        """(n,) the tokenizer's own ids of `segment` (what `Segment.ids` holds)."""
+        return self._encode(segment) - self.vocab.ranges[segment.modality].start
+
     def _tag(self, name: str, role: Role) -> _Run:
         # tags opening or closing an output segment are predicted (and weighted) like it
         weight = 1.0 if role == "output" else 0.0
         return _Run(np.array([self.vocab[name]], np.int64), self._special_span, role, weight)
 
     def _segment_run(self, segment: Segment, task: str) -> _Run:
-        ids = self._encode(segment)
+        # an unanswered segment (a user's query's answer) has no tokens to give
+        ids = self._encode(segment) if segment.answered else np.zeros(0, np.int64)
         span = (
             self._special_span
             if segment.modality == SPECIAL_SPAN
@@ -263,67 +286,125 @@ class Packer:
         return runs, content
 
     def pack(self, episode: Episode) -> PackedSequence:
-        """Lay out `episode` as one token sequence (see the module docstring)."""
+        """Lay out `episode` as one token sequence (see the module docstring).
+
+        A query whose answer is unanswered (a user's query, `Segment.answered`) is packed up to
+        its generation start only: the prompt, plus the placeholders of a parallel answer.
+        """
         task = episode.task
         self.table.task_index(task)  # unknown task -> error naming the configured ones
         if not episode.pairs:
             raise ValueError(f"{task} episode has no pairs (a query pair is required)")
-        runs: list[_Run] = []
-        if episode.prefix:
-            runs += self._pair_runs(episode.prefix, task)[0]
-        pair_starts: list[int] = []
-        gen_run = 0
-        query_lengths: list[int] = []
-        # per pair with a grid answer: (input image run, answer run, given mask run, is query)
-        grids: list[tuple[int, int, int | None, bool]] = []
-        for index, pair in enumerate(episode.pairs):
-            if not pair:
-                raise ValueError(f"{task} episode: pair {index} has no segments")
-            pair_starts.append(sum(len(r.ids) for r in runs))
-            pair_runs, content = self._pair_runs(pair, task)
-            grid = self._grid_runs(pair, content)
-            given = None
-            if grid is not None and episode.parallel:
-                given = self._insert_placeholders(pair_runs, *grid, task)
-                content = [c + 2 if c > grid[1] else c for c in content]
-            pair_runs.append(self._tag(EOC, pair[-1].role))
-            if episode.pad_pairs:
-                pair_runs += self._padding(pair_runs, task, index)
-            if grid is not None:
-                is_query = index == len(episode.pairs) - 1
-                offset = len(runs)
-                grids.append(
-                    (
-                        offset + grid[0],
-                        offset + grid[1],
-                        None if given is None else offset + given,
-                        is_query,
-                    )
-                )
-            if index == len(episode.pairs) - 1:
-                # the prompt ends right before the first generated segment's own tokens:
-                # the [BOI]/[BOT] that opens it is part of the prompt
-                gen_run = len(runs) + content[episode.generation_start()]
-                query_lengths = [len(pair_runs[i].ids) for i in content]
-            runs += pair_runs
-        if episode.parallel and not any(g[3] for g in grids):
-            raise ValueError(
-                f"{task} episode: a parallel answer needs an output grid segment (a mask) of "
-                f"as many tokens as the query's input image"
-            )
+        layout = self._layout(episode)
+        runs = layout.runs
         lengths = np.array([len(r.ids) for r in runs])
         total = int(lengths.sum())
+        grids = layout.grids
         positions = self._positions(runs, grids if episode.aligned_positions else [])  # (T,)
         if self.max_positions is not None and int(positions.max()) >= self.max_positions:
-            self._check_budget(episode, total, pair_starts)
+            self._check_budget(episode, total, layout.pair_starts)
         input_ids = torch.from_numpy(np.concatenate([r.ids for r in runs]))  # (T,)
         span = np.repeat([r.span for r in runs], lengths)  # (T,)
         role = np.repeat([ROLES[r.role] for r in runs], lengths)  # (T,)
         weights = np.repeat(np.array([r.weight for r in runs], np.float32), lengths)  # (T,)
         weights[0] = 0.0  # nothing predicts the first token
         base = self.table.task_index(task) * len(self.table.spans)
-        attributes = torch.from_numpy((base + span) * 2 + role)  # (T,)
-        prefix_length = int(lengths[:gen_run].sum())
+        prefix_length = int(lengths[: layout.gen_run].sum())
+        targets, parallel_span = self._parallel_targets(input_ids, weights, lengths, grids)
+        query_end = total
+        while query_end > prefix_length and int(input_ids[query_end - 1]) == self.vocab.pad_id:
+            query_end -= 1
+        return PackedSequence(
+            task=task,
+            category=episode.category,
+            input_ids=input_ids,
+            attributes=torch.from_numpy((base + span) * 2 + role),  # (T,)
+            positions=positions,
+            loss_weights=torch.from_numpy(weights),
+            pair_starts=layout.pair_starts,
+            query_end=query_end,
+            prefix_length=prefix_length,
+            generation=self._generation_steps(
+                episode, layout.query_lengths, prefix_length, layout.budget
+            ),
+            pad_id=self.vocab.pad_id,
+            pad_attribute=(base + self._special_span) * 2,
+            meta=episode.meta,
+            targets=targets,
+            parallel_span=parallel_span,
+        )
+
+    def _layout(self, episode: Episode) -> _Layout:
+        """The runs of every pair, where each pair starts and where generation starts."""
+        task = episode.task
+        layout = _Layout([], [], [], 0, [], 0)
+        if episode.prefix:
+            layout.runs += self._pair_runs(episode.prefix, task)[0]
+        last = len(episode.pairs) - 1
+        for index, pair in enumerate(episode.pairs):
+            if not pair:
+                raise ValueError(f"{task} episode: pair {index} has no segments")
+            layout.pair_starts.append(sum(len(r.ids) for r in layout.runs))
+            start = episode.generation_start() if index == last else None
+            pair_runs, content, grid = self._pair_layout(episode, pair, index, start)
+            offset = len(layout.runs)
+            if grid is not None:
+                image, answer, given = grid
+                shifted = None if given is None else offset + given
+                layout.grids.append((offset + image, offset + answer, shifted, index == last))
+            if index == last:
+                # the prompt ends right before the first generated segment's own tokens:
+                # the [BOI]/[BOT] that opens it is part of the prompt
+                layout.gen_run = offset + content[start]
+                layout.query_lengths = [len(pair_runs[i].ids) for i in content]
+                layout.budget = self._budget(episode, pair_runs, content[start])
+                if not all(s.answered for s in pair[start:]):
+                    keep = content[start] + (1 if episode.parallel and grid else 0)
+                    pair_runs = pair_runs[:keep]
+            layout.runs += pair_runs
+        if episode.parallel and not any(g[3] for g in layout.grids):
+            raise ValueError(
+                f"{task} episode: a parallel answer needs an output grid segment (a mask) of "
+                f"as many tokens as the query's input image"
+            )
+        return layout
+
+    def _pair_layout(
+        self, episode: Episode, pair: Sequence[Segment], index: int, start: int | None
+    ) -> tuple[list[_Run], list[int], tuple[int, int, int | None] | None]:
+        """One pair's runs ([EOC] and padding included), the run of each of its segments, and
+        (input image run, answer run, given-mask run) when it has a grid answer."""
+        task = episode.task
+        pair_runs, content = self._pair_runs(pair, task)
+        grid = self._grid_runs(pair, content)
+        if grid is not None:
+            image, answer = grid
+            if not pair[answer_segment(content, answer)].answered:
+                # a user's query: its unknown mask has one code per image code
+                pair_runs[answer].ids = np.zeros(len(pair_runs[image].ids), np.int64)
+        given = None
+        if grid is not None and episode.parallel:
+            given = self._insert_placeholders(pair_runs, *grid, task)
+            content = [c + 2 if c > grid[1] else c for c in content]
+        pair_runs.append(self._tag(EOC, pair[-1].role))
+        if episode.pad_pairs:
+            pair_runs += self._padding(pair_runs, task, index)
+        return pair_runs, content, None if grid is None else (*grid, given)
+
+    def _budget(self, episode: Episode, pair_runs: list[_Run], gen_run: int) -> int:
+        """Tokens a free text step may generate: the padded pair's rest, else max_text_tokens."""
+        if not episode.pad_pairs:
+            return self.max_text_tokens
+        images = [r for r in pair_runs if r.span in self._image_span_ids]
+        target = 2 * (len(images[0].ids) + 1) + 1 if images else 0
+        return max(1, target - sum(len(r.ids) for r in pair_runs[:gen_run]))
+
+    @staticmethod
+    def _parallel_targets(
+        input_ids: torch.Tensor, weights: np.ndarray, lengths: np.ndarray, grids: list
+    ) -> tuple[torch.Tensor | None, tuple[int, int] | None]:
+        """The shifted targets of parallel answers (weights are set in place) and the query's
+        placeholder span."""
         targets, parallel_span = None, None
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
         for _, answer_run, given_run, is_query in grids:
@@ -332,36 +413,17 @@ class Packer:
             # the hidden state at placeholder i predicts mask code i: in the next-token frame
             # of `weights`, code i is the target at b + 1 + i (the [BOI] after the
             # placeholders takes the last code); the [BOI] before them predicts nothing
-            b, n, g = int(starts[answer_run]), int(lengths[answer_run]), int(starts[given_run])
+            b, n = int(starts[answer_run]), int(lengths[answer_run])
+            if is_query:
+                parallel_span = (b, n)
+            if given_run >= len(lengths):  # a prompt: the query's mask is not there
+                continue
+            g = int(starts[given_run])
             targets = input_ids.clone() if targets is None else targets
             targets[b + 1 : b + n + 1] = input_ids[g : g + n]
             weights[b + 1 : b + n + 1] = 1.0
             weights[b] = 0.0
-            if is_query:
-                parallel_span = (b, n)
-        pad_id = self.vocab.pad_id
-        query_end = total
-        while query_end > prefix_length and int(input_ids[query_end - 1]) == pad_id:
-            query_end -= 1
-        return PackedSequence(
-            task=task,
-            category=episode.category,
-            input_ids=input_ids,
-            attributes=attributes,
-            positions=positions,
-            loss_weights=torch.from_numpy(weights),
-            pair_starts=pair_starts,
-            query_end=query_end,
-            prefix_length=prefix_length,
-            generation=self._generation_steps(
-                episode, query_lengths, prefix_length, total - prefix_length
-            ),
-            pad_id=pad_id,
-            pad_attribute=(base + self._special_span) * 2,
-            meta=episode.meta,
-            targets=targets,
-            parallel_span=parallel_span,
-        )
+        return targets, parallel_span
 
     def _grid_runs(self, pair: Sequence[Segment], content: list[int]) -> tuple[int, int] | None:
         """(run of the pair's input image, run of its output grid segment) when both exist."""
@@ -449,7 +511,7 @@ class Packer:
         )
 
     def _generation_steps(
-        self, episode: Episode, lengths: list[int], prefix_length: int, remaining: int
+        self, episode: Episode, lengths: list[int], prefix_length: int, budget: int
     ) -> list[GenerationStep]:
         """How to generate the query's answer from its generation start.
 
@@ -461,7 +523,6 @@ class Packer:
         """
         start = episode.generation_start()
         segments = episode.query[start:]
-        budget = remaining if episode.pad_pairs else self.max_text_tokens
         if self.max_positions is not None:
             budget = min(budget, max(1, self.max_positions - prefix_length))
         steps: list[GenerationStep] = []

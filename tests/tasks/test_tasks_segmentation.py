@@ -177,7 +177,7 @@ def test_postprocess_maps_mask_to_original_resolution(data_cfg, vocab):
         ep = task.episode(Shot(query, view), [Shot(demo, task.eval_view(demo))], query.category)
         packed = Packer(vocab, ["segmentation"]).pack(ep)
         assert packed.target_ids[-1] == vocab["[EOC]"]
-        mask = task.postprocess(ep, packed.target_ids.tolist(), vocab)
+        mask = task.postprocess(ep, packed.target_ids.tolist(), vocab).mask
         assert mask.shape == (query.height, query.width) and mask.dtype == bool
         assert iou(mask, query.load_mask()) > 0.6  # 16 x 16 cells of a 64 px crop
     with pytest.raises(ValueError, match="expected 256 mask codes"):

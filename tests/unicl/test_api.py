@@ -12,7 +12,7 @@ from PIL import Image
 
 import unicl
 from unicl.batch import collate
-from unicl.inputs import ImageItem
+from unicl.tasks.user import UserItem
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
@@ -228,21 +228,24 @@ def test_parallel_mask_is_the_thresholded_soft_map(parallel_model):
 
 
 def test_parallel_inference_reads_the_distribution_training_scores(parallel_model):
-    engine = parallel_model.engine
-    demos = [ImageItem(_image(40, 52, 1), _mask(40, 52))]
-    queries = [
-        ImageItem(_image(45, 61, 3)),
-        ImageItem(_image(20, 33, 4)),
-    ]
-    episodes = engine.segmentation_episodes(queries, demos, "star")
-    probs = engine.mask_code_probs(episodes)
-    span = engine.vocab.ranges["maskbits"]
-    for episode, p in zip(episodes, probs):
-        packed = engine.packer.pack(episode)
+    predictor = parallel_model.predictor
+    demos = [UserItem(_image(40, 52, 1), _mask(40, 52))]
+    images = [_image(45, 61, 3), _image(20, 33, 4)]
+    episodes = predictor.prompts("segmentation", [UserItem(i) for i in images], demos, "star")
+    probs = predictor.parallel_probs(episodes)
+    # the same queries with a mask: packed whole, as a training sequence
+    answered = predictor.prompts(
+        "segmentation", [UserItem(i, _mask(*i.shape[:2])) for i in images], demos, "star"
+    )
+    span = predictor.vocab.ranges["maskbits"]
+    for episode, full, p in zip(episodes, answered, probs):
+        prompt = predictor.packer.pack(episode)
+        packed = predictor.packer.pack(full)
         start, n = packed.parallel_span
+        assert prompt.parallel_span == (start, n) and len(prompt) == start + n  # no answer packed
         batch = collate([packed])
         with torch.no_grad():
-            logits = engine.model(batch.input_ids, batch.attributes, batch.positions).logits[0]
+            logits = predictor.model(batch.input_ids, batch.attributes, batch.positions).logits[0]
         # the training forward over the whole sequence scores code i at placeholder i
         expected = logits[start : start + n, span.start : span.stop].softmax(-1)
         torch.testing.assert_close(p, expected, atol=1e-5, rtol=1e-4)
@@ -255,7 +258,7 @@ def test_autoregressive_maskbits_answers_through_the_api(tmp_path, make_tiny_exp
     model = unicl.load(out, device="cpu")
     demos = [(_image(40, 52, 1), _mask(40, 52))]
     details = model.segment(_image(45, 61, 3), demos, category="star", return_details=True)
-    codes = model.engine.vocab.ranges["maskbits"]
+    codes = model.predictor.vocab.ranges["maskbits"]
     assert details.mask.shape == (45, 61)
     assert sum(int(t) in codes for t in details.tokens[0]) == 16  # one code per image code
     # the mask decodes the generated codes; the grey map is the same codes' soft decoding

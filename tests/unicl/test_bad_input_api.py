@@ -19,8 +19,8 @@ from PIL import Image
 
 import unicl
 from unicl import inputs
+from unicl.devices import pick_device, pick_dtype
 from unicl.generate import Sampling
-from unicl.inference import pick_device, pick_dtype
 from unicl.registry import Registry, RegistryError
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")

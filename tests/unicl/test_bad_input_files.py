@@ -88,12 +88,12 @@ def test_interrupted_export_keeps_the_previous_export_loadable(export_dir, tmp_p
 
 def test_save_model_refuses_a_user_folder(export_dir, tmp_path):
     import unicl
-    from unicl.inference import save_model
+    from unicl.model_files import save_model
 
-    engine = unicl.load(export_dir, device="cpu").engine
+    predictor = unicl.load(export_dir, device="cpu").predictor
     mine = user_folder(tmp_path / "mine")
     with pytest.raises(ValueError, match="never deletes or overwrites"):
-        save_model(engine.cfg, engine.model, engine.vocab, mine)
+        save_model(predictor.cfg, predictor.model, predictor.vocab, mine)
     assert intact(mine)
 
 

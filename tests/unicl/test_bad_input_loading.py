@@ -320,7 +320,7 @@ def test_a_bf16_export_is_half_the_size_and_loads(export_dir, tmp_path):
     assert 0.45 < ratio < 0.55
     a, b = unicl.load(full, device="cpu"), unicl.load(half, device="cpu")
     for (name, p), q in zip(
-        a.engine.model.state_dict().items(), b.engine.model.state_dict().values()
+        a.predictor.model.state_dict().items(), b.predictor.model.state_dict().values()
     ):
         assert torch.allclose(p.float(), q.float(), rtol=1e-2, atol=1e-2), name
 

@@ -75,16 +75,16 @@ def test_evaluate_segmentation_with_baselines(tiny_run):
     from unicl.evaluate import (
         BASELINE_COPY,
         EvalOptions,
-        copy_demo_mask,
         ensure_episode_files,
         episode_dir,
         evaluate,
     )
     from unicl.tasks.episodes import load_episodes
+    from unicl.tasks.scoring import copy_demo_mask
 
     model = unicl.load(tiny_run, device="cpu")
     opts = EvalOptions(shots=[0, 1], queries_per_category=1, batch_size=4)
-    files = ensure_episode_files(model.engine, episode_dir(tiny_run / "episodes", opts), opts)
+    files = ensure_episode_files(model.predictor, episode_dir(tiny_run / "episodes", opts), opts)
     table = evaluate(model, "segmentation", files, opts, run="tiny", progress=False)
     for split in ("seen", "unseen"):
         row = table.get(MODEL, 1, split)
@@ -92,9 +92,9 @@ def test_evaluate_segmentation_with_baselines(tiny_run):
         assert 0 <= row.metrics["mae"] <= 1
         assert table.get(BASELINE_COPY, 0, split) is None  # nothing to copy at 0 shots
     # the all-background baseline: IoU 0, MAE = mean foreground fraction of the queries
-    task = model.engine.tasks["segmentation"]
+    task = model.predictor.tasks["segmentation"]
     path = next(files.glob("segmentation_val_seen_*.json"))
-    episodes = list(load_episodes(path, task, model.engine.cfg.data, 1))
+    episodes = list(load_episodes(path, task, model.predictor.cfg.data, 1))
     truths = [e.meta["query_record"].load_mask() for e in episodes]
     background = table.get(BASELINE_BACKGROUND, 1, "seen")
     assert background.metrics["miou"] == 0.0

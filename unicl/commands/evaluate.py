@@ -26,7 +26,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("run", metavar="RUN", help="a run directory or an exported model")
     parser.add_argument(
-        "--task", choices=("segmentation", "captioning"), default="segmentation", help="task"
+        "--task",
+        default="segmentation",
+        help="a task of the model: segmentation (default), captioning, or a plugin's task",
     )
     parser.add_argument(
         "--shots",
@@ -82,9 +84,15 @@ def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import unicl
+    from unicl.devices import cpu_threads
     from unicl.evaluate import EvalOptions, ensure_episode_files, episode_dir, evaluate
-    from unicl.inference import cpu_threads
+    from unicl.tasks import TASKS
 
+    if args.task not in TASKS and not args.allow_plugins:
+        raise ValueError(
+            f"--task: {args.task!r} is not a built-in task ({', '.join(sorted(TASKS))}); "
+            "a plugin's task needs --allow-plugins"
+        )
     opts = EvalOptions(
         shots=args.shots,
         split=args.split,
@@ -102,7 +110,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         # episode files go beside the results (never into an exported model's folder)
         base = Path(args.out) if args.out else run
-        episodes = ensure_episode_files(model.engine, episode_dir(base / "episodes", opts), opts)
+        episodes = ensure_episode_files(model.predictor, episode_dir(base / "episodes", opts), opts)
     with cpu_threads(args.threads):
         table = evaluate(
             model, args.task, episodes, opts, run=str(run), progress=not args.no_progress

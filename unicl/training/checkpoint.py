@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import yaml
 
-from unicl.model_files import safe_torch_load
+from unicl.safe_load import safe_torch_load
 from unicl.training.engine import barrier
 
 LATEST = "latest"

@@ -1,0 +1,88 @@
+"""The task-generic predictor (unicl/predictor.py): prompts without answers, one mask path,
+demonstrations encoded once."""
+
+import numpy as np
+import pytest
+import torch
+
+import unicl
+from unicl.masks import MASK_THRESHOLD
+from unicl.tasks.user import UserItem
+
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
+
+AUTOREGRESSIVE = [
+    "tasks.segmentation.mask_decoding=autoregressive",
+    "tasks.segmentation.aligned_positions=false",
+]
+
+
+def _image(h, w, seed):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _mask(h, w):
+    mask = np.zeros((h, w), bool)
+    mask[h // 4 : h // 2, w // 3 : w // 2 + 2] = True
+    return mask
+
+
+@pytest.fixture(scope="module")
+def ar_model(tmp_path_factory, make_tiny_export):
+    out = make_tiny_export(tmp_path_factory.mktemp("ar") / "tiny", overrides=AUTOREGRESSIVE)
+    return unicl.load(out, device="cpu")
+
+
+@pytest.mark.parametrize("task", ["segmentation", "captioning"])
+def test_a_prompt_answers_as_the_answered_sequence_cut_at_its_prompt(ar_model, task):
+    """Packing the prompt alone generates what packing a (stand-in) answer and cutting it did."""
+    predictor = ar_model.predictor
+    demo = UserItem(_image(40, 52, 1), _mask(40, 52), (3.0, 4.0, 30.0, 20.0), "a red star")
+    images = [_image(45, 61, 3), _image(20, 33, 4)]
+    if task == "segmentation":
+        demo.box = demo.text = None
+        asked = [UserItem(i) for i in images]
+        answered = [UserItem(i, np.zeros(i.shape[:2], bool)) for i in images]
+    else:
+        demo.mask = None
+        asked = [UserItem(i, box=(2.0, 2.0, 15.0, 12.0)) for i in images]
+        answered = [UserItem(i, box=(2.0, 2.0, 15.0, 12.0), text="?") for i in images]
+    prompts = predictor.prompts(task, asked, [demo], "star")
+    full = predictor.prompts(task, answered, [demo], "star")
+    for prompt, whole in zip(prompts, full):
+        a, b = predictor.packer.pack(prompt), predictor.packer.pack(whole)
+        assert len(a) == a.prefix_length == b.prefix_length < len(b)
+        assert torch.equal(a.input_ids, b.input_ids[: b.prefix_length])
+        assert a.generation == b.generation
+    options = predictor.sampling({"max_tokens": 6})
+    for (t1, p1), (t2, p2) in zip(
+        predictor.generate(prompts, options), predictor.generate(full, options)
+    ):
+        np.testing.assert_array_equal(t1, t2)
+        np.testing.assert_array_equal(p1, p2)
+
+
+@pytest.mark.parametrize("which", ["parallel", "autoregressive"])
+def test_the_mask_is_its_map_thresholded_everywhere(model, ar_model, which):
+    m = model if which == "parallel" else ar_model
+    demos = [(_image(40, 52, 1), _mask(40, 52)), (_image(36, 30, 2), _mask(36, 30))]
+    query = _image(45, 61, 3)
+    one = m.segment(query, demos, category="star", return_details=True)
+    both = m.segment(query, demos, category="star", ensemble=[demos[::-1]], return_details=True)
+    answer = m.predict("segmentation", query, demos, category="star")
+    for r in (one, both, answer):
+        assert r.mask.shape == r.mask_image.shape == (45, 61)
+        np.testing.assert_array_equal(r.mask, r.mask_image > MASK_THRESHOLD)
+    np.testing.assert_array_equal(answer.mask, one.mask)  # predict and segment: one path
+    assert len(both.tokens) == 2
+
+
+def test_demonstrations_are_encoded_once_per_call(model, monkeypatch):
+    """Three queries and two demonstrations: each image is VQ-encoded once."""
+    vqgan = model.predictor.vocab.tokenizers["vqgan"]
+    calls = []
+    encode = vqgan.encode
+    monkeypatch.setattr(vqgan, "encode", lambda image: calls.append(1) or encode(image))
+    demos = [(_image(40, 52, 1), _mask(40, 52)), (_image(36, 30, 2), _mask(36, 30))]
+    model.segment([_image(45, 61, s) for s in (3, 4, 5)], demos, category="star")
+    assert len(calls) == 2 + 3
