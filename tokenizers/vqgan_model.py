@@ -27,7 +27,7 @@ from taming.modules.diffusionmodules.model import Decoder, Encoder
 from taming.modules.vqvae.quantize import VectorQuantizer2
 from torch import nn
 
-from unicl.model_files import check_finite
+from unicl.safe_load import check_finite
 
 #: state-dict prefixes of the network (taming's VQModel also stores `loss.*`)
 MODEL_PREFIXES = ("encoder.", "decoder.", "quantize.", "quant_conv.", "post_quant_conv.")
