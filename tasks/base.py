@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -331,32 +331,6 @@ class Task(abc.ABC):
             parallel=self.parallel_answer(),
             aligned_positions=self.aligned_positions(),
         )
-
-    def episodes(
-        self,
-        pools: Mapping[str, Sequence[Any]],
-        rng: np.random.Generator,
-        shots: int | None = None,
-        train: bool = True,
-    ) -> Iterator[Episode]:
-        """Episodes over `pools`: every record once as the query, in random order.
-
-        Demonstrations are drawn from the query's category (other images); views are
-        random training views, or the fixed evaluation views with `train=False`.
-        Training uses unicl/data.py's TaskStream (cached tokens, resumable), and
-        evaluation the fixed episode files; this is the plain form of both.
-        """
-        k = self.shots if shots is None else shots
-        items = [(c, r) for c, pool in sorted(pools.items()) for r in pool]
-        for index in rng.permutation(len(items)):
-            category, query = items[int(index)]
-            demos = self.sample_demos(pools[category], query, k, rng)
-            if train:
-                shots_ = [Shot(r, self.train_view(r, rng)) for r in (query, *demos)]
-            else:
-                shots_ = [Shot(query, self.eval_view(query, query=True))]
-                shots_ += [Shot(r, self.eval_view(r)) for r in demos]
-            yield self.episode(shots_[0], shots_[1:], category)
 
     def sample_demos(
         self,

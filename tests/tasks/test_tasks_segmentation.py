@@ -16,6 +16,8 @@ from unicl.tokenizers.bins import BinsTokenizer
 from unicl.tokenizers.gpt2 import GPT2Tokenizer
 from unicl.vocab import Vocabulary
 
+from .episode_oracle import plain_episodes
+
 
 @pytest.fixture(scope="module")
 def data_cfg(tmp_path_factory):
@@ -197,11 +199,11 @@ def test_episodes_cover_every_record_once(data_cfg):
     task = SegmentationTask(shots=2, image_size=64)
     pools = task.pools(data_cfg, "train")
     for train in (True, False):
-        episodes = list(task.episodes(pools, np.random.default_rng(0), train=train))
+        episodes = list(plain_episodes(task, pools, np.random.default_rng(0), train=train))
         assert sorted(e.meta["query_id"] for e in episodes) == sorted(
             task.record_id(r) for pool in pools.values() for r in pool
         )
         assert all(e.shots == 2 for e in episodes)
         assert all(not e.meta["query_view"].flip for e in episodes) or train
-    again = list(task.episodes(pools, np.random.default_rng(0), train=False))
+    again = list(plain_episodes(task, pools, np.random.default_rng(0), train=False))
     assert [e.meta["demo_ids"] for e in again] == [e.meta["demo_ids"] for e in episodes]

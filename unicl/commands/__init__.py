@@ -110,3 +110,53 @@ def add_episode_choice(parser: argparse.ArgumentParser) -> None:
         "--split", choices=SPLITS, default="val", help="dataset split (default val)"
     )
     parser.add_argument("--seed", type=non_negative_int, default=0, help="episode seed (default 0)")
+
+
+# ---- options of the prompting commands (segment, caption) ---------------------------- #
+
+DEFAULT_MODEL = "runs/shapes-tiny"
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by `unicl segment` and `unicl caption`."""
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        metavar="RUN",
+        help=f"a run directory or an exported model directory (default {DEFAULT_MODEL})",
+    )
+    parser.add_argument(
+        "--device", type=torch_device, default=None, help="torch device (default: cuda if present)"
+    )
+    add_allow_plugins(parser)
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="sampling temperature (default 0 = greedy decoding)",
+    )
+    parser.add_argument(
+        "--top-k", type=positive_int, default=None, help="sample from the k likeliest ids"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed for sampling")
+    parser.add_argument(
+        "--max-tokens",
+        type=positive_int,
+        default=None,
+        help="cap on the generated caption's tokens",
+    )
+
+
+def sampling_options(args: argparse.Namespace) -> dict:
+    return {
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "seed": args.seed,
+        "max_tokens": args.max_tokens,
+    }
+
+
+def load_model(args: argparse.Namespace):
+    import unicl
+
+    return unicl.load(args.model, device=args.device, allow_plugins=args.allow_plugins)

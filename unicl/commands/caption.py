@@ -11,54 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from unicl.commands import add_allow_plugins, positive_int, torch_device
-
-DEFAULT_MODEL = "runs/shapes-tiny"
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options shared by `unicl segment` and `unicl caption`."""
-    parser.add_argument(
-        "--model",
-        default=DEFAULT_MODEL,
-        metavar="RUN",
-        help=f"a run directory or an exported model directory (default {DEFAULT_MODEL})",
-    )
-    parser.add_argument(
-        "--device", type=torch_device, default=None, help="torch device (default: cuda if present)"
-    )
-    add_allow_plugins(parser)
-    parser.add_argument(
-        "--temperature",
-        type=float,
-        default=0.0,
-        help="sampling temperature (default 0 = greedy decoding)",
-    )
-    parser.add_argument(
-        "--top-k", type=positive_int, default=None, help="sample from the k likeliest ids"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random seed for sampling")
-    parser.add_argument(
-        "--max-tokens",
-        type=positive_int,
-        default=None,
-        help="cap on the generated caption's tokens",
-    )
-
-
-def sampling_options(args: argparse.Namespace) -> dict:
-    return {
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "seed": args.seed,
-        "max_tokens": args.max_tokens,
-    }
-
-
-def load_model(args: argparse.Namespace):
-    import unicl
-
-    return unicl.load(args.model, device=args.device, allow_plugins=args.allow_plugins)
+from unicl.commands import add_model_arguments, load_model, sampling_options
 
 
 def _box(values: list[str], what: str) -> tuple[float, float, float, float]:

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from unicl.commands import output_file
-from unicl.commands.caption import add_model_arguments, load_model, sampling_options
+from unicl.commands import add_model_arguments, load_model, output_file, sampling_options
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
