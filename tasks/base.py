@@ -63,7 +63,7 @@ class Task(abc.ABC):
     - `jitter`: training moves the crop centre by up to this fraction of its side;
     - `flip_prob`: probability of a horizontal flip in training;
     - `cache_views`: augmented views per training record whose tokens are computed
-      once and cached on disk (unicl/data.py); 0 = tokenize every step;
+      once and cached on disk (unicl/streams.py); 0 = tokenize every step;
     - `cache_dir`: where the token cache lives ("" = unicl's cache directory).
     """
 
@@ -141,7 +141,7 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def load_pools(self, data_cfg: Any, split: str) -> dict[str, list[Any]]:
-        """Raw per-category record pools of a split (from tasks/data.py)."""
+        """Raw per-category record pools of a split (from tasks/sources.py)."""
 
     @abc.abstractmethod
     def skip_reason(self, record: Any) -> str | None:

@@ -30,10 +30,10 @@ from typing import Any, Literal
 import numpy as np
 
 from unicl.tasks.base import TASKS, Task
-from unicl.tasks.data import caption_pools
 from unicl.tasks.prompt import Episode, Segment, Shot
 from unicl.tasks.scoring import CaptioningScorer
 from unicl.tasks.segmentation import codes_per_image
+from unicl.tasks.sources import caption_pools
 from unicl.tasks.user import caption_record
 from unicl.tasks.vg import builtin_synonyms
 

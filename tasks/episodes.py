@@ -113,7 +113,7 @@ def write_episode_files(
     """Write one file per task and category group (seen / unseen) into `out_dir`."""
     from tqdm import tqdm
 
-    from unicl.tasks.data import category_split
+    from unicl.tasks.sources import category_split
 
     out = claim(out_dir, "episodes", "episode folder")  # never writes over a user's files
     groups = category_split(data_cfg)

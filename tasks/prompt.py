@@ -208,7 +208,7 @@ class Shot:
     """A record seen through a view, optionally with its cached token ids.
 
     `codes` maps a segment name of the task ("image", "mask", ...) to local token
-    ids already computed for exactly this view (see unicl/data.py).
+    ids already computed for exactly this view (see unicl/streams.py).
     """
 
     record: Any

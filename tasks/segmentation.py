@@ -23,9 +23,9 @@ import numpy as np
 
 from unicl.masks import threshold_mask
 from unicl.tasks.base import TASKS, Task
-from unicl.tasks.data import segmentation_pools
 from unicl.tasks.prompt import Episode, Segment, Shot, View
 from unicl.tasks.scoring import SegmentationScorer
+from unicl.tasks.sources import segmentation_pools
 from unicl.tasks.transforms import full_square_crop_box
 from unicl.tasks.user import segmentation_record
 

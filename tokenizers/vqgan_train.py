@@ -37,7 +37,7 @@ from unicl.devices import pick_device
 from unicl.masks import render_mask, threshold_mask
 from unicl.ownership import claim
 from unicl.safe_load import check_finite, safe_torch_load
-from unicl.tasks.data import DataConfig
+from unicl.tasks.sources import DataConfig
 from unicl.tokenizers.vqgan import save_export
 from unicl.tokenizers.vqgan_codebook import CodebookEMA, perplexity
 from unicl.tokenizers.vqgan_model import VQGAN, VQGANConfig
@@ -131,7 +131,7 @@ def make_crops(
 
 
 def _records(cfg: VQGANTrainConfig, split: str, limit: int, rng: np.random.Generator) -> list:
-    from unicl.tasks.data import segmentation_pools
+    from unicl.tasks.sources import segmentation_pools
 
     pools = segmentation_pools(cfg.data, split)
     records = [r for name in sorted(pools) for r in pools[name]]

@@ -44,8 +44,8 @@ def main() -> None:
     torch.set_flush_denormal(True)
     torch.manual_seed(0)
     from unicl.config import UniclConfig
-    from unicl.data import build_task_streams
-    from unicl.tasks.data import DataConfig
+    from unicl.streams import build_task_streams
+    from unicl.tasks.sources import DataConfig
     from unicl.tokenizers.bins import BinsTokenizer
     from unicl.tokenizers.gpt2 import GPT2Tokenizer
     from unicl.tokenizers.vqgan import VQGANTokenizer

@@ -26,8 +26,8 @@ def digest(directory: Path) -> str:
 
 def main() -> None:
     from unicl.config import load_config
-    from unicl.data import TokenCache, build_tasks
-    from unicl.tasks.data import ensure_world
+    from unicl.streams import TokenCache, build_tasks
+    from unicl.tasks.sources import ensure_world
     from unicl.vocab import Vocabulary
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -17,7 +17,7 @@ import json
 import numpy as np
 import torch
 
-from unicl.tasks.data import DataConfig, segmentation_pools
+from unicl.tasks.sources import DataConfig, segmentation_pools
 from unicl.tokenizers.vqgan import VQGANTokenizer
 from unicl.tokenizers.vqgan_train import evaluate, make_crops
 

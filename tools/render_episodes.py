@@ -128,8 +128,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from unicl.config import UniclConfig
-    from unicl.data import build_task_streams
-    from unicl.tasks.data import DataConfig
+    from unicl.streams import build_task_streams
+    from unicl.tasks.sources import DataConfig
 
     options = {"image_size": args.image_size, "cache_views": 0}
     cfg = UniclConfig(

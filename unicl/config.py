@@ -35,7 +35,7 @@ import yaml
 
 if TYPE_CHECKING:  # imported lazily at run time, see _sections()
     from unicl.model import ModelConfig
-    from unicl.tasks.data import DataConfig
+    from unicl.tasks.sources import DataConfig
     from unicl.training.config import TrainConfig
     from unicl.vocab import VocabConfig
 
@@ -63,7 +63,7 @@ def _sections() -> dict[str, type]:
     # Imported here, not at module top: the section modules may import heavy
     # dependencies (torch) and must be free to import this module's helpers.
     from unicl.model import ModelConfig
-    from unicl.tasks.data import DataConfig
+    from unicl.tasks.sources import DataConfig
     from unicl.training.config import TrainConfig
     from unicl.vocab import VocabConfig
 

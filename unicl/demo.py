@@ -40,9 +40,9 @@ from unicl.evaluate import (
 )
 from unicl.model_files import builtin_models
 from unicl.ownership import claim, clear_own, require_own
-from unicl.tasks.data import ensure_world
 from unicl.tasks.episodes import load_episodes
 from unicl.tasks.metrics import binary_iou
+from unicl.tasks.sources import ensure_world
 from unicl.training.logs import METRICS, plot_curves, read_metrics
 from unicl.training.run import run_dir_of, train
 

@@ -30,13 +30,13 @@ import torch
 
 from unicl.batch import collate
 from unicl.config import UniclConfig, from_dict
-from unicl.data import build_packer, build_tasks
 from unicl.devices import pick_device, pick_dtype
 from unicl.generate import Prompt, Sampling, SegmentSpec, generate, sampling_options
 from unicl.model import build_model
 from unicl.model_files import ModelFiles
 from unicl.plugins import import_plugins
 from unicl.sequence import num_attributes
+from unicl.streams import build_packer, build_tasks
 from unicl.tasks.prompt import Episode, Segment, Shot
 from unicl.tasks.user import UserItem
 from unicl.tokenizers.base import TOKENIZER_FILE, build_tokenizer, load_tokenizer

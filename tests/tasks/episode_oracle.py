@@ -1,5 +1,5 @@
 """Test oracle of the tasks: episodes drawn straight from record pools, every record once as the
-query (training uses unicl/data.py's cached, resumable streams and evaluation the fixed episode
+query (training uses unicl/streams.py's cached, resumable streams and evaluation the fixed episode
 files; this is the plain form of both)."""
 
 from collections.abc import Iterator, Mapping, Sequence

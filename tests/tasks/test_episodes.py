@@ -11,7 +11,6 @@ import torch
 
 from unicl.cli import main as cli_main
 from unicl.tasks.captioning import CaptioningTask
-from unicl.tasks.data import DataConfig, category_split
 from unicl.tasks.episodes import (
     build_episode_file,
     load_episodes,
@@ -19,6 +18,7 @@ from unicl.tasks.episodes import (
     write_episode_files,
 )
 from unicl.tasks.segmentation import SegmentationTask
+from unicl.tasks.sources import DataConfig, category_split
 from unicl.tasks.world import WorldSpec, make_world
 from unicl.tokenizers import TOKENIZERS, Tokenizer
 

@@ -10,7 +10,7 @@ import pytest
 from unicl.sequence import Packer
 from unicl.tasks import Shot
 from unicl.tasks.captioning import CaptioningTask, swap_left_right
-from unicl.tasks.data import DataConfig
+from unicl.tasks.sources import DataConfig
 from unicl.tasks.world import WorldSpec, make_world
 from unicl.tokenizers.bins import BinsTokenizer
 from unicl.tokenizers.gpt2 import GPT2Tokenizer

@@ -9,8 +9,8 @@ import pytest
 
 from unicl.sequence import Packer
 from unicl.tasks import TASKS, Shot
-from unicl.tasks.data import DataConfig
 from unicl.tasks.segmentation import SegmentationTask
+from unicl.tasks.sources import DataConfig
 from unicl.tasks.world import WorldSpec, make_world
 from unicl.tokenizers.bins import BinsTokenizer
 from unicl.tokenizers.gpt2 import GPT2Tokenizer

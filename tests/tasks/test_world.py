@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unicl.tasks.data import DataConfig, ensure_world
 from unicl.tasks.records import decode_segmentation
+from unicl.tasks.sources import DataConfig, ensure_world
 from unicl.tasks.vg import VisualGenomeRegions
 from unicl.tasks.world import SPLITS, WorldSpec, make_world, read_manifest, render
 from unicl.tasks.world_phrases import position_phrase, size_word
@@ -196,7 +196,7 @@ def test_make_world_command(tmp_path):
 
 
 def test_data_pools_from_the_world(world):
-    from unicl.tasks.data import caption_pools, category_split, segmentation_pools
+    from unicl.tasks.sources import caption_pools, category_split, segmentation_pools
 
     cfg = DataConfig(root=str(world), seed=3, images=40, val_images=24, min_descriptions=2)
     split = category_split(cfg)
@@ -220,7 +220,7 @@ def test_data_pools_from_real_files():
     from pathlib import Path
 
     import unicl.tasks
-    from unicl.tasks.data import caption_pools, category_split, segmentation_pools
+    from unicl.tasks.sources import caption_pools, category_split, segmentation_pools
 
     fx = Path(unicl.tasks.__file__).parent / "fixtures"
     cfg = DataConfig(

@@ -188,7 +188,7 @@ def test_make_world_rewrites_its_own_world_even_after_an_interruption(tmp_path):
 
 def test_training_data_root_on_a_user_folder_is_refused(tmp_path):
     from unicl.config import load_config
-    from unicl.tasks.data import ensure_world
+    from unicl.tasks.sources import ensure_world
 
     mine = user_folder(tmp_path / "data")
     cfg = load_config("shapes_tiny", [f"data.root={mine}"])

@@ -298,7 +298,7 @@ def test_a_missing_config_path_never_falls_back_to_a_packaged_config(tmp_path):
 def test_the_token_cache_key_follows_the_annotations(tmp_path):
     import dataclasses
 
-    from unicl.data import _records_identity
+    from unicl.streams import _records_identity
     from unicl.tasks.records import CaptionRecord
 
     record = CaptionRecord(1, 1, tmp_path / "a.png", "circle", "a red circle", (0, 0, 8, 8), 16, 16)
@@ -402,7 +402,7 @@ def test_the_weights_identity_follows_the_checkpoint(export_dir, tmp_path):
 )
 def test_task_options_are_typed_and_finite(override, error):
     from unicl.config import load_config
-    from unicl.data import build_tasks
+    from unicl.streams import build_tasks
 
     with pytest.raises(error, match="option"):
         build_tasks(load_config("shapes_tiny", [override]))

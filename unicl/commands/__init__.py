@@ -104,7 +104,7 @@ def add_allow_plugins(parser: argparse.ArgumentParser) -> None:
 
 def add_episode_choice(parser: argparse.ArgumentParser) -> None:
     """`--split` and `--seed`: which fixed evaluation episodes (make-episodes, eval)."""
-    from unicl.tasks.data import SPLITS
+    from unicl.tasks.sources import SPLITS
 
     parser.add_argument(
         "--split", choices=SPLITS, default="val", help="dataset split (default val)"

@@ -42,8 +42,8 @@ def main(args: argparse.Namespace) -> int:
     # the config first: a bad one is reported before the slow imports (torch)
     cfg = load_config(args.config, args.overrides)
 
-    from unicl.data import build_tasks
     from unicl.plugins import import_plugins
+    from unicl.streams import build_tasks
     from unicl.tasks.episodes import write_episode_files
     from unicl.vocab import Vocabulary
 

@@ -74,7 +74,7 @@ def preflight(cfg, config_dict: dict[str, Any]) -> tuple[int, int]:
 
 def build_streams(cfg, vocab, rank: int, progress: bool):
     """Per-task training streams; rank 0 builds the token caches, the others then read them."""
-    from unicl.data import build_task_streams
+    from unicl.streams import build_task_streams
 
     streams = None
     if rank == 0:
@@ -153,11 +153,11 @@ def build_trainer(cfg, progress: bool = True):
     """Steps 1-4 of the module docstring for `cfg` (a UniclConfig): a Trainer ready to run."""
     from unicl.batch import collate
     from unicl.config import to_dict
-    from unicl.data import build_tasks
     from unicl.model import build_model
     from unicl.plugins import import_plugins
     from unicl.sequence import num_attributes
-    from unicl.tasks.data import ensure_world, uses_shapes_world
+    from unicl.streams import build_tasks
+    from unicl.tasks.sources import ensure_world, uses_shapes_world
     from unicl.training.trainer import Trainer
     from unicl.vocab import Vocabulary
 

@@ -21,17 +21,11 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-
-class TaskStream(Protocol):
-    """What the sampler needs from a task's training data (unicl/data.py)."""
-
-    size: int
-
-    def examples(self, start: int, count: int) -> list[Any]: ...
+from unicl.streams import TaskStream
 
 
 def task_probabilities(sizes: Mapping[str, int], mode: str = "sqrt") -> dict[str, float]:
