@@ -35,8 +35,20 @@ def memory_path(image_id: int) -> Path:
     return Path(f"<memory:{image_id}>")
 
 
+class _InMemory:
+    """Pixels held by the record (`image`, `mask` fields) instead of files."""
+
+    def load_image(self) -> np.ndarray:
+        return self.image
+
+    def load_mask(self) -> np.ndarray:
+        if self.mask is None:
+            raise ValueError(f"image {self.image_id} was given without a mask")
+        return self.mask
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
-class ArraySegmentationRecord(SegmentationRecord):
+class ArraySegmentationRecord(_InMemory, SegmentationRecord):
     """A SegmentationRecord whose pixels live in memory; without a mask it is unanswered."""
 
     image: np.ndarray | None = None
@@ -46,28 +58,18 @@ class ArraySegmentationRecord(SegmentationRecord):
     def answered(self) -> bool:
         return self.mask is not None
 
-    def load_image(self) -> np.ndarray:
-        return self.image
-
-    def load_mask(self) -> np.ndarray:
-        if self.mask is None:
-            raise ValueError(f"image {self.image_id} is a query: it has no mask")
-        return self.mask
-
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class ArrayCaptionRecord(CaptionRecord):
+class ArrayCaptionRecord(_InMemory, CaptionRecord):
     """A CaptionRecord whose pixels live in memory; without a caption it is unanswered."""
 
     image: np.ndarray | None = None
+    mask: np.ndarray | None = None
     answered: bool = True
-
-    def load_image(self) -> np.ndarray:
-        return self.image
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class UserRecord:
+class UserRecord(_InMemory):
     """A user's image for a task without its own record type (a plugin task's default).
 
     `box` is the item's box (the whole image when it has none); `text` is the item's text,
@@ -96,14 +98,6 @@ class UserRecord:
     @property
     def answered(self) -> bool:
         return self.text is not None
-
-    def load_image(self) -> np.ndarray:
-        return self.image
-
-    def load_mask(self) -> np.ndarray:
-        if self.mask is None:
-            raise ValueError(f"image {self.image_id} was given without a mask")
-        return self.mask
 
 
 def whole_image_box(height: int, width: int) -> Box:

@@ -33,10 +33,10 @@ def make_tiny_export():
     """
 
     def make(out, image_size: int = 16, overrides=()):
+        from unicl.attributes import num_attributes
         from unicl.config import load_config
         from unicl.model import build_model
         from unicl.model_files import save_model
-        from unicl.sequence import num_attributes
         from unicl.vocab import Vocabulary
 
         model_overrides = ["model.n_layer=1", "model.n_head=2", "model.d_model=32", "model.d_ff=64"]

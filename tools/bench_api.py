@@ -29,10 +29,10 @@ PAPER_QPS = {0: 2.8, 1: 2.4, 2: 1.9, 3: 1.4}
 
 def build(paper: bool, out: Path, device: str, dtype: str | None):
     import unicl
+    from unicl.attributes import num_attributes
     from unicl.config import load_config
     from unicl.model import build_model
     from unicl.model_files import save_model
-    from unicl.sequence import num_attributes
     from unicl.tokenizers.vqgan_model import VQGANConfig
     from unicl.vocab import Vocabulary
 

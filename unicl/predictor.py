@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from unicl.attributes import num_attributes
 from unicl.batch import collate
 from unicl.config import UniclConfig, from_dict
 from unicl.devices import pick_device, pick_dtype
@@ -35,7 +36,6 @@ from unicl.generate import Prompt, Sampling, SegmentSpec, generate, sampling_opt
 from unicl.model import build_model
 from unicl.model_files import ModelFiles
 from unicl.plugins import import_plugins
-from unicl.sequence import num_attributes
 from unicl.streams import build_packer, build_tasks
 from unicl.tasks.prompt import Episode, Segment, Shot
 from unicl.tasks.user import UserItem

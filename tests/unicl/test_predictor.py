@@ -9,22 +9,15 @@ import unicl
 from unicl.masks import MASK_THRESHOLD
 from unicl.tasks.user import UserItem
 
+from .images import box_mask as _mask
+from .images import rgb as _image
+
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 AUTOREGRESSIVE = [
     "tasks.segmentation.mask_decoding=autoregressive",
     "tasks.segmentation.aligned_positions=false",
 ]
-
-
-def _image(h, w, seed):
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-def _mask(h, w):
-    mask = np.zeros((h, w), bool)
-    mask[h // 4 : h // 2, w // 3 : w // 2 + 2] = True
-    return mask
 
 
 @pytest.fixture(scope="module")

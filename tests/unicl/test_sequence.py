@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from unicl.attributes import num_attributes
 from unicl.batch import collate
-from unicl.sequence import Packer, num_attributes
+from unicl.sequence import Packer
 from unicl.tasks.prompt import Episode, Segment
 from unicl.tokenizers import TOKENIZERS, Tokenizer
 from unicl.tokenizers.bins import BinsTokenizer

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from unicl.attributes import num_attributes
 from unicl.config import UniclConfig
-from unicl.sequence import num_attributes
 from unicl.streams import TokenCache, build_task_streams, build_tasks, collate
 from unicl.tasks.sources import DataConfig
 from unicl.tasks.world import WorldSpec, make_world

@@ -151,11 +151,11 @@ def retain_freed_memory() -> bool:
 
 def build_trainer(cfg, progress: bool = True):
     """Steps 1-4 of the module docstring for `cfg` (a UniclConfig): a Trainer ready to run."""
+    from unicl.attributes import num_attributes
     from unicl.batch import collate
     from unicl.config import to_dict
     from unicl.model import build_model
     from unicl.plugins import import_plugins
-    from unicl.sequence import num_attributes
     from unicl.streams import build_tasks
     from unicl.tasks.sources import ensure_world, uses_shapes_world
     from unicl.training.trainer import Trainer
