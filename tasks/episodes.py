@@ -31,6 +31,7 @@ from typing import Any
 from unicl.ownership import claim
 from unicl.seeding import keyed_rng
 from unicl.tasks.base import Episode, Shot, Task, View
+from unicl.tasks.sources import category_split
 
 EPISODE_FORMAT = 1
 GROUPS = ("seen", "unseen")
@@ -112,8 +113,6 @@ def write_episode_files(
 ) -> list[Path]:
     """Write one file per task and category group (seen / unseen) into `out_dir`."""
     from tqdm import tqdm
-
-    from unicl.tasks.sources import category_split
 
     out = claim(out_dir, "episodes", "episode folder")  # never writes over a user's files
     groups = category_split(data_cfg)

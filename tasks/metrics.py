@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from unicl.masks import threshold_mask
+from unicl.tasks.vg import PhraseMatcher, builtin_synonyms
 
 IOU_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 METEOR_THRESHOLDS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25)
@@ -323,8 +324,6 @@ def grounding_accuracy(
     colour word of the caption is the reference's first colour word (the described object's:
     the grammar names it before any neighbour). None when nothing could be scored.
     """
-    from unicl.tasks.vg import PhraseMatcher, builtin_synonyms
-
     if not len(predictions) == len(categories) == len(references):
         raise ValueError(
             "grounding_accuracy: predictions, categories and references differ in length"

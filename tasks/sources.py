@@ -12,6 +12,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from unicl.tasks.coco import CocoSegmentation
+from unicl.tasks.records import read_json, require
+from unicl.tasks.vg import VisualGenomeRegions
+from unicl.tasks.world import WorldSpec, make_world, read_manifest
+from unicl.tasks.world_shapes import DEFAULT_UNSEEN, category_names
+
 SPLITS = ("train", "val")
 
 
@@ -76,9 +82,6 @@ def _need(cfg: DataConfig, field: str) -> str:
 
 def world_spec(cfg: DataConfig):
     """The `WorldSpec` the config asks for."""
-    from unicl.tasks.world import WorldSpec
-    from unicl.tasks.world_shapes import DEFAULT_UNSEEN
-
     unseen = tuple(cfg.unseen) if cfg.unseen else DEFAULT_UNSEEN
     return WorldSpec(cfg.seed, cfg.images, cfg.val_images, cfg.size, unseen)
 
@@ -88,8 +91,6 @@ def ensure_world(cfg: DataConfig) -> Path:
 
     An existing world made with other options is an error (never silently used).
     """
-    from unicl.tasks.world import make_world, read_manifest
-
     root, spec = Path(cfg.root), world_spec(cfg)
     if not (root / "manifest.json").is_file():
         make_world(root, spec, workers=cfg.workers or None)
@@ -121,8 +122,6 @@ def ensure_world(cfg: DataConfig) -> Path:
 
 def segmentation_pools(cfg: DataConfig, split: str):
     """category -> SegmentationRecords of a split (COCO if configured, else the world)."""
-    from unicl.tasks.coco import CocoSegmentation
-
     _check_split(split)
     if uses_world_for_segmentation(cfg):
         root = ensure_world(cfg)
@@ -137,16 +136,12 @@ def segmentation_pools(cfg: DataConfig, split: str):
 
 def _caption_categories(cfg: DataConfig) -> list[str]:
     """Names regions are mapped to: configured, else COCO's classes, else the world's."""
-    from unicl.tasks.records import read_json, require
-
     if cfg.vg_categories:
         return list(cfg.vg_categories)
     ann = cfg.coco_val_ann or cfg.coco_train_ann
     if ann:
         cats = require(read_json(Path(ann), "COCO instances"), "categories", str(ann))
         return [str(require(c, "name", f"{ann} categories[{k}]")) for k, c in enumerate(cats)]
-    from unicl.tasks.world_shapes import category_names
-
     return category_names()
 
 
@@ -158,8 +153,6 @@ def caption_pools(cfg: DataConfig, split: str):
     descriptions), plus the unseen categories, which have none there by
     construction; val pools use that list.
     """
-    from unicl.tasks.vg import VisualGenomeRegions
-
     _check_split(split)
     categories = _caption_categories(cfg)
     if uses_world_for_captions(cfg):

@@ -37,6 +37,7 @@ from unicl.tasks.records import (
     require_list,
     require_number,
 )
+from unicl.tasks.world_shapes import CATEGORY_BY_NAME
 
 #: A few common words for COCO classes (real VG phrases rarely use COCO's exact names).
 COCO_SYNONYMS: dict[str, tuple[str, ...]] = {
@@ -91,8 +92,6 @@ def _plurals(word: str) -> set[str]:
 
 def builtin_synonyms(categories: Iterable[str]) -> dict[str, tuple[str, ...]]:
     """Synonyms known to unicl (shapes world nouns and COCO_SYNONYMS) for these names."""
-    from unicl.tasks.world_shapes import CATEGORY_BY_NAME
-
     out = {}
     for name in categories:
         extra = CATEGORY_BY_NAME[name].synonyms if name in CATEGORY_BY_NAME else ()

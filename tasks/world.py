@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from unicl.ownership import claim
+from unicl.tasks.records import read_json
 from unicl.tasks.world_phrases import InstanceView, describe
 from unicl.tasks.world_shapes import (
     CATEGORIES,
@@ -420,8 +421,6 @@ def _write_split(out: Path, spec: WorldSpec, split: str, results) -> dict:
 
 def read_manifest(root: str | os.PathLike) -> dict:
     """A world's manifest.json (FileNotFoundError / ValueError name the file)."""
-    from unicl.tasks.records import read_json
-
     path = Path(root) / "manifest.json"
     manifest = read_json(path, "shapes world manifest")
     if not isinstance(manifest, dict) or manifest.get("format") != "unicl-shapes-world":

@@ -37,8 +37,9 @@ from unicl.devices import pick_device
 from unicl.masks import render_mask, threshold_mask
 from unicl.ownership import claim
 from unicl.safe_load import check_finite, safe_torch_load
-from unicl.tasks.sources import DataConfig
-from unicl.tokenizers.vqgan import save_export
+from unicl.tasks.sources import DataConfig, segmentation_pools
+from unicl.tasks.transforms import crop_and_resize, object_centred_crop_box
+from unicl.tokenizers.vqgan import VQGANTokenizer, save_export
 from unicl.tokenizers.vqgan_codebook import CodebookEMA, perplexity
 from unicl.tokenizers.vqgan_model import VQGAN, VQGANConfig
 
@@ -115,8 +116,6 @@ def make_crops(
 
     With `rng=None` the crops are deterministic (evaluation), one per record.
     """
-    from unicl.tasks.transforms import crop_and_resize, object_centred_crop_box
-
     images, masks = [], []
     for record in tqdm(records, desc=desc, unit="rec", leave=False):
         image, mask = record.load_image(), record.load_mask()
@@ -131,8 +130,6 @@ def make_crops(
 
 
 def _records(cfg: VQGANTrainConfig, split: str, limit: int, rng: np.random.Generator) -> list:
-    from unicl.tasks.sources import segmentation_pools
-
     pools = segmentation_pools(cfg.data, split)
     records = [r for name in sorted(pools) for r in pools[name]]
     if not records:
@@ -410,8 +407,6 @@ def _train_loop(
 
 def train_vqgan(cfg: VQGANTrainConfig) -> dict[str, Any]:
     """Train (or resume) per `cfg`; export the model to `out/export`; return the val report."""
-    from unicl.tokenizers.vqgan import VQGANTokenizer
-
     device = _setup_torch(cfg)
     out = claim(cfg.out, "vqgan", "out")  # never writes into a folder unicl did not make
     rng = np.random.default_rng(cfg.seed)

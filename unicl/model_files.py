@@ -24,8 +24,10 @@ from typing import Any
 import torch
 import yaml
 
+from unicl.config import to_dict
 from unicl.ownership import claim, replace_dir, require_own, temporary_sibling
 from unicl.safe_load import check_finite, safe_torch_load
+from unicl.training.checkpoint import CheckpointManager
 
 CONFIG_FILE = "config.yaml"
 WEIGHTS_FILE = "model.safetensors"
@@ -120,8 +122,6 @@ def read_export(path: Path) -> ModelFiles:
 
 def checkpoint_dir(run_dir: Path, tag: str | None = None) -> Path:
     """The folder of checkpoint `tag` (default: the latest) of a run."""
-    from unicl.training.checkpoint import CheckpointManager
-
     manager = CheckpointManager(run_dir / "checkpoints")
     latest = manager.latest() if manager.directory.is_dir() else None
     if latest is None:
@@ -266,7 +266,5 @@ def save_model(cfg: Any, model: torch.nn.Module, vocab: Any, out_dir: str | Path
     through a training run: a model trained in a notebook, or a randomly initialised one
     for speed tests.
     """
-    from unicl.config import to_dict
-
     files = ModelFiles(Path(out_dir), to_dict(cfg), model.state_dict(), None)
     return write_export(files, dict(vocab.tokenizers), out_dir)

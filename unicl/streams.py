@@ -37,6 +37,8 @@ import numpy as np
 import torch
 
 from unicl.batch import PackedSequence, collate
+from unicl.paths import cache_dir
+from unicl.plugins import import_plugins
 from unicl.seeding import keyed_rng
 from unicl.sequence import Packer
 from unicl.tasks.base import TASKS, Episode, Shot, Task, View
@@ -61,7 +63,6 @@ __all__ = [
 def build_tasks(cfg: Any, vocab: Any = None) -> dict[str, Task]:
     """The configured task plugins (`cfg.tasks`), bound to `vocab` when given."""
     import unicl.tasks  # noqa: F401  (registers the built-in tasks)
-    from unicl.plugins import import_plugins
 
     import_plugins(cfg.plugins)
     tasks = {}
@@ -427,8 +428,6 @@ class TaskStream:
 
 
 def default_cache_root(task: Task) -> Path:
-    from unicl.paths import cache_dir
-
     return Path(task.cache_dir) if task.cache_dir else cache_dir() / "tokens"
 
 

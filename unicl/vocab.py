@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
+from unicl.plugins import import_plugins
 from unicl.tokenizers.base import Tokenizer, build_tokenizer
 
 #: The 9 special tokens of the base vocabulary. The prompt layout uses [BOI]
@@ -91,8 +92,6 @@ class Vocabulary:
         The modules listed in `cfg.plugins` are imported first, so tokenizers they
         register can be named in `cfg.tokenizers`.
         """
-        from unicl.plugins import import_plugins
-
         import_plugins(cfg.plugins)
         tokenizers = [build_tokenizer(spec) for spec in cfg.tokenizers]
         return cls(tokenizers, cfg.vocab)

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from unicl.safe_load import safe_torch_load
 from unicl.training.config import TrainConfig
 from unicl.training.optim import WarmupCosine, build_optimizer
 
@@ -194,7 +195,6 @@ def _safe_checkpoint_engine(engine: Any) -> Any:
     DeepSpeed's own `load` unpickles anything, so a run directory from elsewhere could run
     code on resume; unicl's checkpoints hold only tensors, numbers, strings and containers.
     """
-    from unicl.safe_load import safe_torch_load
 
     class SafeLoad(type(engine)):
         def load(self, path, map_location=None):

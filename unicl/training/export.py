@@ -12,7 +12,10 @@ from pathlib import Path
 
 import torch
 
+from unicl.config import UniclConfig, from_dict
 from unicl.model_files import read_run, write_export
+from unicl.plugins import import_plugins
+from unicl.tokenizers.base import build_tokenizer
 from unicl.training.logs import METRICS
 
 
@@ -28,10 +31,6 @@ def export(
     `dtype` stores floating weights in that dtype (torch.bfloat16 halves the file);
     `allow_plugins` lets the run's config import the plugin modules it names.
     """
-    from unicl.config import UniclConfig, from_dict
-    from unicl.plugins import import_plugins
-    from unicl.tokenizers.base import build_tokenizer
-
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory not found: {run_dir}")

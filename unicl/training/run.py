@@ -19,9 +19,19 @@ from typing import Any
 
 import torch
 
+from unicl.attributes import num_attributes
+from unicl.batch import collate
+from unicl.config import to_dict
+from unicl.loss import compute_loss
+from unicl.model import build_model
 from unicl.ownership import require_own
+from unicl.plugins import import_plugins
+from unicl.streams import build_task_streams, build_tasks
+from unicl.tasks.sources import ensure_world, uses_shapes_world
 from unicl.training import engine as ds_engine
 from unicl.training.checkpoint import CheckpointManager, check_compatible
+from unicl.training.trainer import Trainer
+from unicl.vocab import Vocabulary
 
 #: data fields that name files or directories (checked before any work)
 _PATH_FIELDS = (
@@ -74,8 +84,6 @@ def preflight(cfg, config_dict: dict[str, Any]) -> tuple[int, int]:
 
 def build_streams(cfg, vocab, rank: int, progress: bool):
     """Per-task training streams; rank 0 builds the token caches, the others then read them."""
-    from unicl.streams import build_task_streams
-
     streams = None
     if rank == 0:
         streams = build_task_streams(cfg, vocab, "train", progress=progress)
@@ -106,8 +114,6 @@ class _Loss:
         self.closed_spans = tuple(closed_spans)  # global id ranges (train.closed_loss_spans)
 
     def __call__(self, model, batch):
-        from unicl.loss import compute_loss
-
         out = compute_loss(model, batch, self.closed_spans)
         load = None
         if out.expert_load:
@@ -151,16 +157,6 @@ def retain_freed_memory() -> bool:
 
 def build_trainer(cfg, progress: bool = True):
     """Steps 1-4 of the module docstring for `cfg` (a UniclConfig): a Trainer ready to run."""
-    from unicl.attributes import num_attributes
-    from unicl.batch import collate
-    from unicl.config import to_dict
-    from unicl.model import build_model
-    from unicl.plugins import import_plugins
-    from unicl.streams import build_tasks
-    from unicl.tasks.sources import ensure_world, uses_shapes_world
-    from unicl.training.trainer import Trainer
-    from unicl.vocab import Vocabulary
-
     if not torch.cuda.is_available():
         # float32 denormals make CPU matmuls ~100x slower once gradients get small
         torch.set_flush_denormal(True)
