@@ -284,7 +284,7 @@ def generate(
     ]
     device = model.wte.weight.device
     table = _check_request(model, prompts, segments, attribute_table).to(device)
-    q_ids, q_attrs, q_pos, q_mask = _left_padded(prompts, device)
+    q_ids, q_attrs, q_pos, q_mask = left_padded(prompts, device)
     b, total = len(prompts), sum(seg.steps for seg in segments)
     was_training = model.training
     model.eval()
@@ -327,7 +327,7 @@ def _check_request(model, prompts, segments, attribute_table) -> torch.Tensor:
     return table
 
 
-def _left_padded(prompts: Sequence[Prompt], device) -> tuple[torch.Tensor, ...]:
+def left_padded(prompts: Sequence[Prompt], device) -> tuple[torch.Tensor, ...]:
     """(ids, attributes, positions, mask), each (B, Q): every row's last prompt token is the
     last column (padding keys are masked out)."""
     b, q_len = len(prompts), max(p.input_ids.numel() for p in prompts)

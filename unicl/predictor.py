@@ -29,10 +29,17 @@ import numpy as np
 import torch
 
 from unicl.attributes import num_attributes
-from unicl.batch import collate
 from unicl.config import UniclConfig, from_dict
 from unicl.devices import pick_device, pick_dtype
-from unicl.generate import Prompt, Sampling, SegmentSpec, generate, sampling_options
+from unicl.generate import (
+    Prompt,
+    Sampling,
+    SegmentSpec,
+    generate,
+    left_padded,
+    prefill_prefix,
+    sampling_options,
+)
 from unicl.model import build_model
 from unicl.model_files import ModelFiles
 from unicl.plugins import import_plugins
@@ -202,12 +209,15 @@ class Predictor:
             for episode, (tokens, probs) in zip(episodes, self.generate(episodes, options))
         ]
 
+    @torch.no_grad()
     def parallel_probs(self, episodes: Sequence[Episode], batch_size: int = 16) -> list:
         """Parallel answers: per episode, (n, K) probabilities of its n answer codes.
 
         One forward pass over the prompt and the placeholder span (unicl/sequence.py,
         "Parallel answers"); the hidden state at placeholder i scores code i against the
-        answer tokenizer's K codes only.
+        answer tokenizer's K codes only. Episodes that share their start (one demonstration
+        set) run it once: its keys and values are computed with batch 1 and every query's
+        own tokens attend to them.
         """
         codes = self.vocab.ranges[_answer_tokenizer(episodes[0])]
         head = self.model.head_weight[codes.start : codes.stop]  # (K, D)
@@ -215,17 +225,29 @@ class Predictor:
         out: list[torch.Tensor] = []
         for i in range(0, len(packed), batch_size):
             chunk = packed[i : i + batch_size]
-            ends = [p.parallel_span[0] + p.parallel_span[1] for p in chunk]
-            batch = collate([p.truncated(e) for p, e in zip(chunk, ends)]).to(self.device)
-            with torch.no_grad():
-                hidden = self.model(
-                    batch.input_ids, batch.attributes, batch.positions, return_hidden=True
-                ).hidden  # (B, T, D)
-                for row, p in enumerate(chunk):
-                    start, n = p.parallel_span
-                    logits = hidden[row, start : start + n] @ head.T  # (n, K)
-                    out.append(logits.float().softmax(-1).cpu())
+            prompts = [
+                Prompt(*(t[: s + n] for t in (p.input_ids, p.attributes, p.positions)))
+                for p, (s, n) in ((p, p.parallel_span) for p in chunk)
+            ]
+            hidden = self._prompt_hidden(prompts)  # (B, T, D), every prompt ending at T
+            for row, p in enumerate(chunk):
+                n = p.parallel_span[1]
+                logits = hidden[row, hidden.shape[1] - n :] @ head.T  # (n, K)
+                out.append(logits.float().softmax(-1).cpu())
         return out
+
+    def _prompt_hidden(self, prompts: Sequence[Prompt]) -> torch.Tensor:
+        """Final hidden states of left-padded prompts (B, T, D), a shared start run once."""
+        shared = _common_prefix(prompts) if len(prompts) > 1 else 0
+        cache = None
+        if shared > 0:
+            prefix = prefill_prefix(self.model, Prompt(*(t[:shared] for t in prompts[0])))
+            prompts = [Prompt(*(t[shared:] for t in p)) for p in prompts]
+        ids, attrs, pos, mask = left_padded(prompts, self.device)
+        if shared > 0:
+            cache = prefix.cache.expand(len(prompts), prefix.cache.length + ids.shape[1])
+        out = self.model(ids, attrs, pos, attention_mask=mask, kv_cache=cache, return_hidden=True)
+        return out.hidden
 
     def generate(
         self, episodes: Sequence[Episode], options: dict[str, Any]
