@@ -63,7 +63,7 @@ class Task(abc.ABC):
     - `jitter`: training moves the crop centre by up to this fraction of its side;
     - `flip_prob`: probability of a horizontal flip in training;
     - `cache_views`: augmented views per training record whose tokens are computed
-      once and cached on disk (unicl/streams.py); 0 = tokenize every step;
+      once and cached on disk (unicl/token_cache.py); 0 = tokenize every step;
     - `cache_dir`: where the token cache lives ("" = unicl's cache directory).
     """
 

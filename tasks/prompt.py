@@ -4,7 +4,7 @@ A task (tasks/base.py) lays a record out as one in-context *pair*: an ordered li
 `Segment`s (a modality, its raw payload, and whether it is model input or the output the
 model must produce). An `Episode` is k demonstration pairs and one query pair of one
 category (the class-aware in-context tasks of arXiv 2312.02520); the sequence packer
-(unicl/sequence.py) turns it into tokens without knowing which task made it.
+(unicl/packer.py) turns it into tokens without knowing which task made it.
 
 Every record is seen through a `View`: a square crop box in the record's original
 pixels, an optional horizontal flip and the side length the crop is resized to.
@@ -57,7 +57,7 @@ class Segment:
     @property
     def answered(self) -> bool:
         """False for the answer of a user's query: an output without payload or ids, which
-        the packer leaves for the model to produce (unicl/sequence.py)."""
+        the packer leaves for the model to produce (unicl/packer.py)."""
         return self.payload is not None or self.ids is not None or self.modality == "special"
 
 
@@ -87,7 +87,7 @@ class Episode:
     generate_from: int | None = None
     #: the query's output grid segment (a mask) is answered in one forward pass: the packer
     #: puts placeholder tokens in its place and the model predicts every code at once
-    #: (unicl/sequence.py, "Parallel answers")
+    #: (unicl/packer.py, "Parallel answers")
     parallel: bool = False
     #: the tokens of an output grid segment (a mask) take the positions of the pair's input
     #: image, so mask token (r, c) and image token (r, c) share one position embedding
@@ -208,7 +208,7 @@ class Shot:
     """A record seen through a view, optionally with its cached token ids.
 
     `codes` maps a segment name of the task ("image", "mask", ...) to local token
-    ids already computed for exactly this view (see unicl/streams.py).
+    ids already computed for exactly this view (see unicl/token_cache.py).
     """
 
     record: Any

@@ -4,7 +4,7 @@ The public API (unicl/api.py) checks what a researcher hands it (unicl/inputs.py
 gives each demonstration and query to the task as a `UserItem`; the task's `user_record`
 turns it into a record its `pair` reads. A query's item carries no answer (no mask, no
 caption): its record is *unanswered*, and the task's query pair then has output segments
-without payload, which the packer leaves for the model to produce (unicl/sequence.py).
+without payload, which the packer leaves for the model to produce (unicl/packer.py).
 """
 
 from __future__ import annotations

@@ -26,8 +26,9 @@ def digest(directory: Path) -> str:
 
 def main() -> None:
     from unicl.config import load_config
-    from unicl.streams import TokenCache, build_tasks
+    from unicl.streams import build_tasks
     from unicl.tasks.sources import ensure_world
+    from unicl.token_cache import TokenCache
     from unicl.vocab import Vocabulary
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -9,7 +9,7 @@ its attribute, task x token span x role:
 `span_index` the token's span in `Vocabulary.spans` (the tokenizers in config order, then
 "special" for specials and tags), `role` 0 for input and 1 for output. With tasks
 (captioning, segmentation) and spans (gpt2, vqgan, bins, special) there are 2 x 4 x 2 = 16
-attributes; docs/prompt.md lists them. The packer (unicl/sequence.py) gives every token
+attributes; docs/prompt.md lists them. The packer (unicl/packer.py) gives every token
 its attribute.
 """
 

@@ -1,4 +1,4 @@
-"""Packed sequences and batches: what the packer (unicl/sequence.py) produces and the decoder eats.
+"""Packed sequences and batches: what the packer (unicl/packer.py) produces and the decoder eats.
 
 A `PackedSequence` is one episode as 1-D token tensors (ids, routing attributes, positions, loss
 weights, and for parallel mask answers the shifted `targets`), with the offsets generation needs;

@@ -458,7 +458,7 @@ def build_model(
     code_features: torch.Tensor | None = None,
 ) -> UniclDecoder:
     """The decoder for a vocabulary of `vocab_size` embedding rows and `num_attributes` routing
-    attribute ids (Vocabulary.embedding_size and unicl.sequence.num_attributes); with
+    attribute ids (Vocabulary.embedding_size and unicl.packer.num_attributes); with
     `cfg.code_features`, `code_features` is Vocabulary.code_features()."""
     if not isinstance(cfg, ModelConfig):
         raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")

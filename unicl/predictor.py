@@ -213,7 +213,7 @@ class Predictor:
     def parallel_probs(self, episodes: Sequence[Episode], batch_size: int = 16) -> list:
         """Parallel answers: per episode, (n, K) probabilities of its n answer codes.
 
-        One forward pass over the prompt and the placeholder span (unicl/sequence.py,
+        One forward pass over the prompt and the placeholder span (unicl/packer.py,
         "Parallel answers"); the hidden state at placeholder i scores code i against the
         answer tokenizer's K codes only. Episodes that share their start (one demonstration
         set) run it once: its keys and values are computed with batch 1 and every query's

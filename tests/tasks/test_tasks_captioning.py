@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from unicl.sequence import Packer
+from unicl.packer import Packer
 from unicl.tasks import Shot
 from unicl.tasks.captioning import CaptioningTask, swap_left_right
 from unicl.tasks.sources import DataConfig

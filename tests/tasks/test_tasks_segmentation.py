@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from unicl.sequence import Packer
+from unicl.packer import Packer
 from unicl.tasks import TASKS, Shot
 from unicl.tasks.segmentation import SegmentationTask
 from unicl.tasks.sources import DataConfig

@@ -1,7 +1,7 @@
 """Test oracle of the packer: `unpack` turns a packed sequence back into its episode, so that
 tests can check that `Packer.pack` loses nothing."""
 
-from unicl.sequence import BOI, BOT, EOC, PAD
+from unicl.packer import BOI, BOT, EOC, PAD
 from unicl.tasks.prompt import Episode, Segment
 from unicl.vocab import SPECIAL_SPAN
 

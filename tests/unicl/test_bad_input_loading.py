@@ -298,8 +298,8 @@ def test_a_missing_config_path_never_falls_back_to_a_packaged_config(tmp_path):
 def test_the_token_cache_key_follows_the_annotations(tmp_path):
     import dataclasses
 
-    from unicl.streams import _records_identity
     from unicl.tasks.records import CaptionRecord
+    from unicl.token_cache import _records_identity
 
     record = CaptionRecord(1, 1, tmp_path / "a.png", "circle", "a red circle", (0, 0, 8, 8), 16, 16)
     renamed = dataclasses.replace(record, phrase="a blue circle")

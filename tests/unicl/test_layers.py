@@ -31,7 +31,10 @@ LAYERS = [
     ),
     ("tokenizers", ["unicl.tokenizers", "unicl.vocab"]),
     ("tasks", ["unicl.tasks"]),
-    ("packing", ["unicl.attributes", "unicl.batch", "unicl.sequence", "unicl.streams"]),
+    (
+        "packing",
+        ["unicl.attributes", "unicl.batch", "unicl.packer", "unicl.token_cache", "unicl.streams"],
+    ),
     ("model", ["unicl.moe", "unicl.model", "unicl.kv_cache", "unicl.loss", "unicl.generate"]),
     ("configuration", ["unicl.training.config", "unicl.config"]),
     ("training and files", ["unicl.training", "unicl.model_files", "unicl.tokenizers.vqgan_train"]),

@@ -12,9 +12,10 @@ import torch
 
 from unicl.attributes import num_attributes
 from unicl.config import UniclConfig
-from unicl.streams import TokenCache, build_task_streams, build_tasks, collate
+from unicl.streams import build_task_streams, build_tasks, collate
 from unicl.tasks.sources import DataConfig
 from unicl.tasks.world import WorldSpec, make_world
+from unicl.token_cache import TokenCache
 from unicl.tokenizers import Tokenizer
 from unicl.tokenizers.bins import BinsTokenizer
 from unicl.tokenizers.gpt2 import GPT2Tokenizer
@@ -157,9 +158,9 @@ def test_build_tasks_reports_bad_options(world, tmp_path):
 def test_cache_workers_write_the_same_bytes_as_one_process(world, tmp_path, monkeypatch):
     import hashlib
 
-    import unicl.streams
+    import unicl.token_cache
 
-    monkeypatch.setattr(unicl.streams, "_MIN_PARALLEL_CHUNKS", 2)  # processes even for 40 images
+    monkeypatch.setattr(unicl.token_cache, "_MIN_PARALLEL_CHUNKS", 2)  # processes even for 40 images
     # the workers unpickle this module's test tokenizer: make it importable there
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))
     vocab = make_vocab()

@@ -10,7 +10,7 @@ import torch
 
 from unicl.attributes import num_attributes
 from unicl.batch import collate
-from unicl.sequence import Packer
+from unicl.packer import Packer
 from unicl.tasks.prompt import Episode, Segment
 from unicl.tokenizers import TOKENIZERS, Tokenizer
 from unicl.tokenizers.bins import BinsTokenizer
