@@ -113,6 +113,11 @@ def check_backend_name(name: str) -> None:
 def select_backend(requested: str, x: torch.Tensor) -> Backend:
     """The backend that runs `requested` (a name of BACKENDS) for input `x`."""
     check_backend_name(requested)
+    if requested == "triton" and not kernels.importable():
+        raise ImportError(
+            "backend='triton' but triton cannot be imported (install the 'kernels' extra: "
+            "pip install 'unicl[kernels]')"
+        )
     if requested != "auto":
         return REGISTRY[requested]
     name = choose_backend(

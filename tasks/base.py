@@ -32,8 +32,12 @@ TASKS: Registry[type] = Registry(
     them by name under `tasks: {name: {...}}`), reads its per-category record pools
     (`pools`), chooses views of records (`train_view`, `eval_view`), lays a record
     out as one in-context pair of Segments (`pair`), and post-processes generated
-    tokens into answers (`postprocess`). The base class assembles episodes. See
-    docs/plugins.md.
+    tokens into answers (`postprocess`; `postprocess_distribution` for parallel answers).
+    For users' prompts it says what a demonstration and a query hold (`demo_fields`,
+    `query_fields`), turns their items into records (`user_record`) and views a query
+    (`query_view`); for evaluation it combines the answers of several demonstration sets
+    (`combine`, with `ensembles`) and scores answers (`reference`, `scorer`). The base
+    class assembles episodes. See docs/plugins.md.
     """,
 )
 
@@ -263,6 +267,10 @@ class Task(abc.ABC):
     def postprocess_distribution(self, episode: Episode, probs: Any, vocab: Any) -> Any:
         """A parallel answer's (n, K) code probabilities per cell -> the answer."""
         raise NotImplementedError(f"{self.name}: this task has no parallel answers")
+
+    #: whether `combine` merges the answers of several demonstration sets (ensembles); when
+    #: False, `unicl eval --ensemble` answers each query once
+    ensembles: bool = False
 
     def combine(self, answers: Sequence[Any]) -> Any:
         """One answer from the answers of several demonstration sets (ensembling).

@@ -95,9 +95,9 @@ class CaptioningTask(Task):
         rename_prob: float = 0.0,
         **common: Any,
     ) -> None:
-        if not swap_left_right:  # a flip without swapping the words would mislabel the caption
-            common["flip_prob"] = 0.0
         super().__init__(**common)
+        if not swap_left_right:  # a flip without swapping the words would mislabel the caption
+            self.flip_prob = 0.0
         if generate not in GENERATE_FROM:
             raise ValueError(
                 f"captioning: generate must be one of {list(GENERATE_FROM)}, got {generate!r}"

@@ -30,7 +30,8 @@ from typing import Any
 
 from unicl.ownership import claim
 from unicl.seeding import keyed_rng
-from unicl.tasks.base import Episode, Shot, Task, View
+from unicl.tasks.base import Task
+from unicl.tasks.prompt import Episode, Shot, View
 from unicl.tasks.sources import category_split
 
 EPISODE_FORMAT = 1

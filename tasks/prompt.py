@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
+from PIL import Image
 
 from unicl.tasks.transforms import box_from_crop, box_to_crop, crop_and_resize, uncrop_mask
 
@@ -162,8 +163,6 @@ class View:
         of several prompts can be averaged before they are thresholded; outside the crop the
         map is 0 (background).
         """
-        from PIL import Image
-
         values = np.asarray(values, np.float32)
         if self.flip:
             values = values[:, ::-1]

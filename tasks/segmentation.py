@@ -207,6 +207,8 @@ class SegmentationTask(Task):
         full = episode.meta["query_view"].unapply_map(grey, height, width)  # (H, W)
         return MaskAnswer(mask=threshold_mask(full), mask_image=full)
 
+    ensembles = True
+
     def combine(self, answers: Sequence[MaskAnswer]) -> MaskAnswer:
         """Ensembling: the mean of the grey maps, thresholded once."""
         if len(answers) == 1:

@@ -13,29 +13,7 @@ from typing import Any
 
 import torch
 
-from unicl.tasks.prompt import Role
-from unicl.vocab import Vocabulary
-
-
-@dataclasses.dataclass
-class GenerationStep:
-    """One stretch of the query's answer that generation produces.
-
-    Either exactly `length` tokens (an image: n codes; a forced tag: 1), or free
-    tokens until `stop` is produced (included) or `max_length` tokens are reached.
-    Allowed ids: the ids of `spans` plus the special tokens/tags in `tokens`.
-    """
-
-    spans: tuple[str, ...]
-    tokens: tuple[str, ...]
-    role: Role
-    length: int | None = None
-    stop: str | None = None
-    max_length: int = 0
-
-    def allowed_mask(self, vocab: Vocabulary) -> torch.Tensor:
-        """(V,) bool over the embedding rows: the ids this step may produce."""
-        return vocab.allowed_mask(self.spans, self.tokens)
+from unicl.generation_steps import GenerationStep
 
 
 @dataclasses.dataclass

@@ -229,6 +229,7 @@ def evaluate(
         for pool in the_task.load_pools(predictor.cfg.data, opts.split).values()
         for r in pool
     }
+    ensemble = opts.ensemble if the_task.ensembles else 1
     plan = []  # (group, shots, [episode sets])
     for group, path in files.items():
         max_shots = read_episode_file(path)["max_shots"]
@@ -238,7 +239,7 @@ def evaluate(
         for k in shots:
             plain = list(load_episodes(path, the_task, predictor.cfg.data, k, records))
             plan.append(
-                (group, k, [rotations(e, f, k, opts.ensemble) for e, f in zip(plain, full)])
+                (group, k, [rotations(e, f, k, ensemble) for e, f in zip(plain, full)])
             )
     table = EvalTable(
         task=task,

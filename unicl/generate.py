@@ -46,6 +46,9 @@ class SegmentSpec:
     max_length: int | None = None
     #: ids that end the segment; the stop id is emitted as the segment's last token
     stop_ids: Sequence[int] = ()
+    #: > 0: token j takes position (next position - rewind + j) and the next position stays
+    #: (a mask whose tokens share its image's positions); 0: positions continue
+    rewind: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.allowed, torch.Tensor) or self.allowed.dtype != torch.bool:
@@ -59,6 +62,8 @@ class SegmentSpec:
             raise ValueError(f"SegmentSpec length/max_length must be >= 1, got {steps}")
         if self.length is not None and self.stop_ids:
             raise ValueError("SegmentSpec: an exact-length segment cannot have stop_ids")
+        if self.rewind < 0 or (self.rewind and self.length is None):
+            raise ValueError("SegmentSpec: rewind must be >= 0, and only for exact lengths")
         if not bool(self.allowed.any()) and not self.stop_ids:
             raise ValueError("SegmentSpec.allowed allows no id at all")
 
@@ -378,15 +383,17 @@ def _decode_segment(model, runner, state, seg, table, sampling, generator, last:
         more = step + 1 < seg.steps and bool(active.any())
         if last and not more:
             break
+        pos = state.next_pos - seg.rewind + step if seg.rewind else state.next_pos
         h = runner.feed(
             torch.where(fed, tok, 0)[:, None],
             torch.where(fed, table[tok], 0)[:, None],
-            torch.where(fed, state.next_pos, 0)[:, None],
+            torch.where(fed, pos, 0)[:, None],
             fed[:, None],
         )
         # rows that only fed filler keep their hidden state
         state.hidden = torch.where(fed[:, None], h, state.hidden)
-        state.next_pos = state.next_pos + fed.long()
+        if not seg.rewind:
+            state.next_pos = state.next_pos + fed.long()
         if not more:
             break
     return tuple(torch.stack(z, 1).cpu() for z in (ids_steps, prob_steps, act_steps))

@@ -45,16 +45,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from unicl.attributes import ROLES, AttributeTable
-from unicl.batch import GenerationStep, PackedSequence
+from unicl.batch import PackedSequence
+from unicl.generation_steps import BOI, BOT, EOC, PAD, plan_generation
 from unicl.tasks.prompt import Episode, Role, Segment
 from unicl.vocab import SPECIAL_SPAN, Vocabulary
 
-BOI, BOT, EOC, PAD = "[BOI]", "[BOT]", "[EOC]", "[PAD]"
 #: tokenizer modalities laid out as a grid of codes opened by [BOI]
 GRID_MODALITIES = ("image", "mask")
 
@@ -74,22 +75,41 @@ class _Run:
     weight: float
 
 
+class _Grid(NamedTuple):
+    """A pair with a grid answer (a mask): where its runs are in the episode's run list."""
+
+    image: int  # the pair's input image run
+    answer: int  # its answer run (the placeholders of a parallel answer)
+    given: int | None  # the given mask run behind the placeholders (parallel answers)
+    is_query: bool
+
+
 @dataclasses.dataclass
 class _Layout:
     """An episode's runs while packing (see `Packer._layout`)."""
 
-    runs: list[_Run]
-    pair_starts: list[int]
-    #: per pair with a grid answer: (input image run, answer run, given mask run, is query)
-    grids: list[tuple[int, int, int | None, bool]]
-    gen_run: int  # the first run of the query's answer
-    query_lengths: list[int]  # tokens of each query segment as packed
-    budget: int  # free text tokens generation may produce (the stop token included)
+    runs: list[_Run] = dataclasses.field(default_factory=list)
+    pair_starts: list[int] = dataclasses.field(default_factory=list)
+    grids: list[_Grid] = dataclasses.field(default_factory=list)
+    gen_run: int = 0  # the first run of the query's answer
+    query_lengths: list[int] = dataclasses.field(default_factory=list)  # tokens per segment
+    budget: int = 0  # free text tokens generation may produce (the stop token included)
 
 
-def answer_segment(content: list[int], run: int) -> int:
-    """The segment whose own run is `run` (`content` maps segments to runs)."""
-    return content.index(run)
+def image_pair_length(image_tokens: int) -> int:
+    """Tokens of an image pair, `[BOI] n codes [BOI] n codes [EOC]`: what padded pairs fill."""
+    return 2 * (image_tokens + 1) + 1
+
+
+def _check_unanswered(task: str, pair: Sequence[Segment], index: int, start: int) -> None:
+    """Only the query's answer (its outputs from the generation start) may be unanswered."""
+    for k, segment in enumerate(pair):
+        if not segment.answered and (k < start or segment.role != "output"):
+            where = "a demonstration" if start == len(pair) else "the query's prompt"
+            raise ValueError(
+                f"{task} episode: pair {index}, segment {k} ({segment.modality}) has no payload "
+                f"and no ids; only the query's answer may be left to the model, not {where}"
+            )
 
 
 class Packer:
@@ -261,9 +281,7 @@ class Packer:
             pair_starts=layout.pair_starts,
             query_end=query_end,
             prefix_length=prefix_length,
-            generation=self._generation_steps(
-                episode, layout.query_lengths, prefix_length, layout.budget
-            ),
+            generation=self._generation_steps(episode, layout, positions, prefix_length),
             pad_id=self.vocab.pad_id,
             pad_attribute=(base + self._special_span) * 2,
             meta=episode.meta,
@@ -274,21 +292,23 @@ class Packer:
     def _layout(self, episode: Episode) -> _Layout:
         """The runs of every pair, where each pair starts and where generation starts."""
         task = episode.task
-        layout = _Layout([], [], [], 0, [], 0)
+        layout = _Layout()
         if episode.prefix:
             layout.runs += self._pair_runs(episode.prefix, task)[0]
         last = len(episode.pairs) - 1
         for index, pair in enumerate(episode.pairs):
             if not pair:
                 raise ValueError(f"{task} episode: pair {index} has no segments")
+            start = episode.generation_start() if index == last else len(pair)
+            _check_unanswered(task, pair, index, start)
             layout.pair_starts.append(sum(len(r.ids) for r in layout.runs))
-            start = episode.generation_start() if index == last else None
-            pair_runs, content, grid = self._pair_layout(episode, pair, index, start)
+            pair_runs, content, grid = self._pair_layout(episode, pair, index)
             offset = len(layout.runs)
             if grid is not None:
-                image, answer, given = grid
-                shifted = None if given is None else offset + given
-                layout.grids.append((offset + image, offset + answer, shifted, index == last))
+                given = None if grid.given is None else offset + grid.given
+                layout.grids.append(
+                    _Grid(offset + grid.image, offset + grid.answer, given, index == last)
+                )
             if index == last:
                 # the prompt ends right before the first generated segment's own tokens:
                 # the [BOI]/[BOT] that opens it is part of the prompt
@@ -299,7 +319,7 @@ class Packer:
                     keep = content[start] + (1 if episode.parallel and grid else 0)
                     pair_runs = pair_runs[:keep]
             layout.runs += pair_runs
-        if episode.parallel and not any(g[3] for g in layout.grids):
+        if episode.parallel and not any(g.is_query for g in layout.grids):
             raise ValueError(
                 f"{task} episode: a parallel answer needs an output grid segment (a mask) of "
                 f"as many tokens as the query's input image"
@@ -307,18 +327,22 @@ class Packer:
         return layout
 
     def _pair_layout(
-        self, episode: Episode, pair: Sequence[Segment], index: int, start: int | None
-    ) -> tuple[list[_Run], list[int], tuple[int, int, int | None] | None]:
+        self, episode: Episode, pair: Sequence[Segment], index: int
+    ) -> tuple[list[_Run], list[int], _Grid | None]:
         """One pair's runs ([EOC] and padding included), the run of each of its segments, and
-        (input image run, answer run, given-mask run) when it has a grid answer."""
+        where its grid answer is, if it has one (`is_query` left False)."""
         task = episode.task
         pair_runs, content = self._pair_runs(pair, task)
         grid = self._grid_runs(pair, content)
         if grid is not None:
             image, answer = grid
-            if not pair[answer_segment(content, answer)].answered:
-                # a user's query: its unknown mask has one code per image code
-                pair_runs[answer].ids = np.zeros(len(pair_runs[image].ids), np.int64)
+            segment = pair[content.index(answer)]
+            if not segment.answered:
+                # a user's query: its unknown mask, as many codes as the mask tokenizer gives
+                tok = self.vocab.tokenizers[segment.modality]
+                n = getattr(tok, "codes_per_image", None) or len(pair_runs[image].ids)
+                first = self.vocab.ranges[segment.modality].start
+                pair_runs[answer].ids = np.full(int(n), first, np.int64)
         given = None
         if grid is not None and episode.parallel:
             given = self._insert_placeholders(pair_runs, *grid, task)
@@ -326,19 +350,19 @@ class Packer:
         pair_runs.append(self._tag(EOC, pair[-1].role))
         if episode.pad_pairs:
             pair_runs += self._padding(pair_runs, task, index)
-        return pair_runs, content, None if grid is None else (*grid, given)
+        return pair_runs, content, None if grid is None else _Grid(*grid, given, False)
 
     def _budget(self, episode: Episode, pair_runs: list[_Run], gen_run: int) -> int:
         """Tokens a free text step may generate: the padded pair's rest, else max_text_tokens."""
         if not episode.pad_pairs:
             return self.max_text_tokens
         images = [r for r in pair_runs if r.span in self._image_span_ids]
-        target = 2 * (len(images[0].ids) + 1) + 1 if images else 0
+        target = image_pair_length(len(images[0].ids)) if images else 0
         return max(1, target - sum(len(r.ids) for r in pair_runs[:gen_run]))
 
     @staticmethod
     def _parallel_targets(
-        input_ids: torch.Tensor, weights: np.ndarray, lengths: np.ndarray, grids: list
+        input_ids: torch.Tensor, weights: np.ndarray, lengths: np.ndarray, grids: list[_Grid]
     ) -> tuple[torch.Tensor | None, tuple[int, int] | None]:
         """The shifted targets of parallel answers (weights are set in place) and the query's
         placeholder span."""
@@ -389,9 +413,7 @@ class Packer:
         return answer + 2
 
     @staticmethod
-    def _positions(
-        runs: list[_Run], grids: list[tuple[int, int, int | None, bool]]
-    ) -> torch.Tensor:
+    def _positions(runs: list[_Run], grids: list[_Grid]) -> torch.Tensor:
         """(T,) positions: in order, except that aligned grid runs reuse their image's positions
         (and take none of their own)."""
         aligned = {}
@@ -419,7 +441,7 @@ class Packer:
         images = [r for r in runs if r.span in self._image_span_ids]
         if not images:
             raise ValueError(f"{task} pair {index}: pad_pairs needs an image in every pair")
-        target = 2 * (len(images[0].ids) + 1) + 1
+        target = image_pair_length(len(images[0].ids))
         length = sum(len(r.ids) for r in runs)
         if length > target:
             raise ValueError(
@@ -448,41 +470,22 @@ class Packer:
         )
 
     def _generation_steps(
-        self, episode: Episode, lengths: list[int], prefix_length: int, budget: int
-    ) -> list[GenerationStep]:
-        """How to generate the query's answer from its generation start.
+        self, episode: Episode, layout: _Layout, positions: torch.Tensor, prefix_length: int
+    ) -> list:
+        """The steps that generate the query's answer (unicl/generation_steps.py).
 
-        Images are exact-length steps (a forced [BOI] opens all but the first); a run
-        of text segments is one free step over their spans and tags that ends with
-        the tag opening what follows ([EOC] at the end of the pair). `max_length`
-        counts the stop token: the padded pair's remaining tokens, else
-        `max_text_tokens` (and never past the model's positions).
+        Free text never runs past the model's positions; the codes of a mask aligned with its
+        image (not a parallel answer) rewind to the image's first position.
         """
         start = episode.generation_start()
-        segments = episode.query[start:]
+        budget = layout.budget
         if self.max_positions is not None:
             budget = min(budget, max(1, self.max_positions - prefix_length))
-        steps: list[GenerationStep] = []
-        index = 0
-        while index < len(segments):
-            segment = segments[index]
-            if self.is_image(segment):
-                if index > 0:
-                    steps.append(GenerationStep((), (BOI,), segment.role, length=1))
-                n = lengths[start + index]  # token count of this segment as packed
-                steps.append(GenerationStep((segment.modality,), (), segment.role, length=n))
-                index += 1
-                continue
-            text = []
-            while index < len(segments) and not self.is_image(segments[index]):
-                text.append(segments[index])
-                index += 1
-            stop = EOC if index == len(segments) else BOI
-            spans = tuple(dict.fromkeys(s.modality for s in text if s.modality != SPECIAL_SPAN))
-            tags = tuple(dict.fromkeys(s.payload for s in text if s.modality == SPECIAL_SPAN))
-            steps.append(
-                GenerationStep(spans, (*tags, stop), text[0].role, stop=stop, max_length=budget)
-            )
-        if steps[-1].stop != EOC:
-            steps.append(GenerationStep((), (EOC,), segments[-1].role, length=1))
-        return steps
+        rewind = 0
+        query = [g for g in layout.grids if g.is_query]
+        if episode.aligned_positions and not episode.parallel and query:
+            image_start = sum(len(r.ids) for r in layout.runs[: query[0].image])
+            rewind = int(positions[prefix_length - 1]) + 1 - int(positions[image_start])
+        return plan_generation(
+            episode.query[start:], layout.query_lengths[start:], self.is_image, budget, rewind
+        )

@@ -11,7 +11,8 @@ answers in-context prompts end to end (arXiv 2312.02520, tasks and sequence layo
 Nothing in it knows a task by name: the task builds its prompts (its evaluation view for
 demonstrations, `query_view` for a user's query), and turns tokens back into answers. A
 user's query is *unanswered*: only its prompt is packed, never a stand-in answer. The
-demonstrations' codes are computed once per demonstration set and reused for every query
+demonstrations' codes (of the arrays a task names in `cache_arrays`: the built-in tasks'
+images and masks) are computed once per demonstration set and reused for every query
 (`Predictor.prompts`). A task with parallel answers (segmentation with
 `mask_decoding: parallel`) skips generation: one forward pass over the prompt and the
 query's placeholders gives the code distribution at every cell (`Predictor.parallel_probs`).
@@ -277,7 +278,7 @@ class Predictor:
         out = generate(
             self.model,
             prompts,
-            self._segment_specs(packed[0], options),
+            self._segment_specs(packed, options),
             self.packer.generation_attribute_table(episodes[0].task),
             prefix=prefix,
             sampling=sampling,
@@ -285,16 +286,20 @@ class Predictor:
         )
         return [(t.numpy(), p.float().numpy()) for t, p in zip(out.tokens, out.probs)]
 
-    def _segment_specs(self, packed: Any, options: dict[str, Any]) -> list[SegmentSpec]:
-        """The generation steps of a packed prompt as generate()'s segment specs."""
+    def _segment_specs(self, packed: Sequence[Any], options: dict[str, Any]) -> list[SegmentSpec]:
+        """The generation steps of a batch of packed prompts as generate()'s segment specs.
+
+        The episodes of a batch share their steps; a free step takes the largest budget among
+        them (padded caption pairs leave each episode its own), capped by `max_tokens`.
+        """
         segments = []
-        for step in packed.generation:
+        for k, step in enumerate(packed[0].generation):
             allowed = step.allowed_mask(self.vocab)
             if step.length is not None:
-                segments.append(SegmentSpec(allowed, length=step.length))
+                segments.append(SegmentSpec(allowed, length=step.length, rewind=step.rewind))
                 continue
             stop = [self.vocab[step.stop]] if step.stop else []
-            limit = step.max_length
+            limit = max(p.generation[k].max_length for p in packed)
             if options.get("max_tokens") is not None:
                 limit = min(limit, options["max_tokens"])
             segments.append(SegmentSpec(allowed, max_length=limit, stop_ids=stop))

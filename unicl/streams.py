@@ -20,7 +20,8 @@ from unicl.batch import PackedSequence, collate
 from unicl.packer import Packer
 from unicl.plugins import import_plugins
 from unicl.seeding import keyed_rng
-from unicl.tasks.base import TASKS, Episode, Shot, Task
+from unicl.tasks.base import TASKS, Task
+from unicl.tasks.prompt import Episode, Shot
 from unicl.token_cache import TokenCache, default_cache_root
 
 log = logging.getLogger(__name__)

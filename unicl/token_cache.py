@@ -32,7 +32,8 @@ import torch
 
 from unicl.paths import cache_dir
 from unicl.seeding import keyed_rng
-from unicl.tasks.base import Shot, Task, View
+from unicl.tasks.base import Task
+from unicl.tasks.prompt import Shot, View
 
 log = logging.getLogger(__name__)
 

@@ -32,6 +32,11 @@ def _triton_importable() -> bool:
     return True
 
 
+def importable() -> bool:
+    """Whether triton imports here (the kernels need it; CUDA is another matter)."""
+    return _triton_importable()
+
+
 def available() -> bool:
     """Whether the Triton path can run here: a CUDA device is present and triton imports."""
     return torch.cuda.is_available() and _triton_importable()
@@ -68,6 +73,7 @@ def remap(plan: AttributePlan, attr_experts: torch.Tensor, num_experts: int) -> 
 
 
 __all__ = [
+    "importable",
     "AttributePlan",
     "DispatchPlan",
     "available",

@@ -368,3 +368,46 @@ def test_parallel_answer_needs_a_grid_answer_of_the_image_length(gpt2):
     ep = Episode("captioning", "star", [cap_pair(40, "a red star")], parallel=True)
     with pytest.raises(ValueError, match="parallel answer needs an output grid segment"):
         Packer(vocab, TASKS).pack(ep)
+
+
+class GridMaskTokenizer(GridImageTokenizer):
+    """A mask tokenizer on its own (coarser) grid: codes_per_image differs from the image's."""
+
+    name: ClassVar[str] = "seqtest_mask"
+
+    @property
+    def codes_per_image(self) -> int:
+        return self.grid**2
+
+
+if "seqtest_mask" not in TOKENIZERS:
+    TOKENIZERS.register("seqtest_mask")(GridMaskTokenizer)
+
+
+def test_an_unanswered_query_mask_is_planned_with_the_mask_tokenizers_codes(gpt2):
+    vocab = Vocabulary([gpt2, GridImageTokenizer(2), BinsTokenizer(), GridMaskTokenizer(1)])
+    packer = Packer(vocab, TASKS)
+    image = np.full((8, 8, 3), 90, np.uint8)
+    demo = [seg_pair(40)[0], Segment("seqtest_mask", seg_pair(40)[1].payload, "output", "mask")]
+    query = [Segment("seqtest_image", image, "input"), Segment("seqtest_mask", None, "output")]
+    p = packer.pack(Episode("segmentation", "star", [demo, query]))
+    assert len(p) == p.prefix_length  # the prompt only: [BOI] image [BOI]
+    assert [s.length for s in p.generation] == [1, 1]  # one mask code, then [EOC]
+    with pytest.raises(ValueError, match="only the query's answer may be left to the model"):
+        packer.pack(Episode("segmentation", "star", [query, query]))
+    blank_image = [Segment("seqtest_image", None, "input"), query[1]]
+    with pytest.raises(ValueError, match="segment 0 .* has no payload"):
+        packer.pack(Episode("segmentation", "star", [demo, blank_image]))
+
+
+def test_aligned_autoregressive_masks_are_generated_at_their_images_positions(gpt2):
+    vocab = make_vocab(gpt2, grid=2)
+    packer = Packer(vocab, TASKS)
+    ep = Episode("segmentation", "star", [seg_pair(40), seg_pair(200)], aligned_positions=True)
+    p = packer.pack(ep)
+    step = p.generation[0]
+    assert step.length == 4 and step.rewind > 0
+    next_pos = int(p.positions[p.prefix_length - 1]) + 1
+    mask = p.positions[p.prefix_length : p.prefix_length + 4].tolist()
+    assert mask == [next_pos - step.rewind + j for j in range(4)]  # what training saw
+    assert int(p.positions[p.prefix_length + 4]) == next_pos  # [EOC] takes the next position

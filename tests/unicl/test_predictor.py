@@ -79,3 +79,33 @@ def test_demonstrations_are_encoded_once_per_call(model, monkeypatch):
     demos = [(_image(40, 52, 1), _mask(40, 52)), (_image(36, 30, 2), _mask(36, 30))]
     model.segment([_image(45, 61, s) for s in (3, 4, 5)], demos, category="star")
     assert len(calls) == 2 + 3
+
+
+def test_aligned_autoregressive_generation_agrees_with_the_training_layout(
+    make_tiny_export, tmp_path
+):
+    """Greedy codes generated with rewound positions are the argmax of the packed sequence that
+    holds them at their image's positions (what training scores)."""
+    import dataclasses
+
+    from unicl.batch import collate
+
+    overrides = ["tasks.segmentation.mask_decoding=autoregressive"]  # aligned stays on
+    model = unicl.load(make_tiny_export(tmp_path / "aligned", overrides=overrides), device="cpu")
+    predictor = model.predictor
+    demo = UserItem(_image(40, 52, 1), _mask(40, 52))
+    episode = predictor.prompts("segmentation", [UserItem(_image(45, 61, 3))], [demo], "star")[0]
+    tokens, probs = predictor.generate([episode], predictor.sampling({}))[0]
+    span = predictor.vocab.ranges["maskbits"]
+    codes = [int(t) - span.start for t in tokens if int(t) in span]
+    query = list(episode.query)
+    query[1] = dataclasses.replace(query[1], ids=np.asarray(codes))
+    packed = predictor.packer.pack(dataclasses.replace(episode, pairs=[*episode.demos, query]))
+    batch = collate([packed])
+    with torch.no_grad():
+        logits = predictor.model(batch.input_ids, batch.attributes, batch.positions).logits[0]
+    start = packed.prefix_length - 1  # the hidden state before code i predicts code i
+    scores = logits[start : start + len(codes), span.start : span.stop].float().softmax(-1)
+    assert scores.argmax(-1).tolist() == codes
+    expected = scores[torch.arange(len(codes)), torch.tensor(codes)].numpy()
+    np.testing.assert_allclose(probs[: len(codes)], expected, rtol=1e-4, atol=1e-6)

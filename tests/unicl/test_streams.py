@@ -160,7 +160,8 @@ def test_cache_workers_write_the_same_bytes_as_one_process(world, tmp_path, monk
 
     import unicl.token_cache
 
-    monkeypatch.setattr(unicl.token_cache, "_MIN_PARALLEL_CHUNKS", 2)  # processes even for 40 images
+    # worker processes even for 40 images
+    monkeypatch.setattr(unicl.token_cache, "_MIN_PARALLEL_CHUNKS", 2)
     # the workers unpickle this module's test tokenizer: make it importable there
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))
     vocab = make_vocab()
