@@ -33,7 +33,14 @@ LAYERS = [
     ("tasks", ["unicl.tasks"]),
     (
         "packing",
-        ["unicl.attributes", "unicl.batch", "unicl.packer", "unicl.token_cache", "unicl.streams"],
+        [
+            "unicl.attributes",
+            "unicl.generation_steps",
+            "unicl.batch",
+            "unicl.packer",
+            "unicl.token_cache",
+            "unicl.streams",
+        ],
     ),
     ("model", ["unicl.moe", "unicl.model", "unicl.kv_cache", "unicl.loss", "unicl.generate"]),
     ("configuration", ["unicl.training.config", "unicl.config"]),
