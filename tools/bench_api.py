@@ -2,6 +2,8 @@
 
     python tools/bench_api.py                      # tiny default (shapes_tiny), CPU
     python tools/bench_api.py --paper --device cuda   # paper config (random weights), GPU
+    python tools/bench_api.py --paper --device cuda --dtype bfloat16 \
+        --override tasks.segmentation.mask_decoding=parallel   # its masks in one pass
 
 The model has random weights (speed does not depend on them) and a freshly
 initialised VQ-GAN of the config's shape; segmentation prompts are timed end to
@@ -27,7 +29,7 @@ import torch
 PAPER_QPS = {0: 2.8, 1: 2.4, 2: 1.9, 3: 1.4}
 
 
-def build(paper: bool, out: Path, device: str, dtype: str | None):
+def build(paper: bool, out: Path, device: str, dtype: str | None, overrides=()):
     import unicl
     from unicl.attributes import num_attributes
     from unicl.config import load_config
@@ -37,10 +39,10 @@ def build(paper: bool, out: Path, device: str, dtype: str | None):
     from unicl.vocab import Vocabulary
 
     if paper:
-        cfg = load_config("m2oegpt_coco")
+        cfg = load_config("m2oegpt_coco", list(overrides))
         vq = VQGANConfig.paper().to_dict()
     else:
-        cfg = load_config("shapes_tiny")
+        cfg = load_config("shapes_tiny", list(overrides))
         vq = VQGANConfig().to_dict()  # the defaults are vqgan_tiny's shape
     cfg.tokenizers = [  # the config's tokenizers, with a fresh VQ-GAN of its shape
         {"name": "vqgan", "checkpoint": None, "config": vq} if s["name"] == "vqgan" else s
@@ -65,6 +67,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="queries of the shared-demo batch")
     parser.add_argument("--batch-shots", type=int, default=1, help="shots of the batch test")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument(
+        "--override", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -72,7 +77,7 @@ def main() -> None:
         torch.set_flush_denormal(True)
 
     with tempfile.TemporaryDirectory() as tmp:
-        model, cfg = build(args.paper, Path(tmp) / "model", args.device, args.dtype)
+        model, cfg = build(args.paper, Path(tmp) / "model", args.device, args.dtype, args.override)
     print(f"model: {model!r}; {torch.get_num_threads()} threads")
     rng = np.random.default_rng(0)
     side = 480 if args.paper else 128  # COCO-like / shapes-world image sizes
@@ -92,10 +97,12 @@ def main() -> None:
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    # the paper's 2060 positions hold exactly 4 image/mask pairs of 515 tokens: no room for the
-    # category text, so the paper-config rows prompt by demonstrations alone
-    category = None if args.paper else "star"
-    model.segment(queries[0], demos[:1], category=category)  # warm-up
+    def category(k: int) -> str | None:
+        # the paper's 2060 positions hold exactly 4 image/mask pairs of 515 tokens: no room for
+        # the category text beside demonstrations, so the paper config names it at 0 shots only
+        return "star" if not args.paper or k == 0 else None
+
+    model.segment(queries[0], demos[:1], category=category(1))  # warm-up
     print("| shots | s/query (median) | queries/s | paper queries/s (GPU) |")
     print("|---|---|---|---|")
     for k in range(4):
@@ -104,7 +111,7 @@ def main() -> None:
             sync()
             t0 = time.perf_counter()
             for q in queries[: args.queries]:
-                model.segment(q, demos[:k], category=category)
+                model.segment(q, demos[:k], category=category(k))
             sync()
             rounds.append((time.perf_counter() - t0) / args.queries)
         med = statistics.median(rounds)
@@ -117,11 +124,11 @@ def main() -> None:
         sync()
         t0 = time.perf_counter()
         for q in batch:
-            model.segment(q, demos[:k], category=category)
+            model.segment(q, demos[:k], category=category(k))
         sync()
         separate.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        model.segment(batch, demos[:k], category=category)
+        model.segment(batch, demos[:k], category=category(k))
         sync()
         shared.append(time.perf_counter() - t0)
     sep, sh = statistics.median(separate), statistics.median(shared)
