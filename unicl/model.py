@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unicl.kv_cache import KVCache
-from unicl.moe.activations import ACTIVATIONS
+from unicl.moe.activations import ACTIVATIONS, get_activation
 from unicl.moe.backends import BACKENDS
 from unicl.moe.layer import MoELayer
 from unicl.moe.plan import build_attribute_plan
@@ -194,14 +194,11 @@ class MLP(nn.Module):
         super().__init__()
         self.fc = nn.Linear(cfg.d_model, cfg.d_ff)
         self.proj = nn.Linear(cfg.d_ff, cfg.d_model)
-        self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
-        self.relu = cfg.activation == "relu"
+        self.act = get_activation(cfg.activation)  # the one table the experts use too
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.fc(x)  # (B, T, F)
-        h = F.relu(h) if self.relu else F.gelu(h, approximate=self.approximate)
-        return self.drop(self.proj(h))
+        return self.drop(self.proj(self.act(self.fc(x))))  # (B, T, D) through (B, T, F)
 
 
 class Block(nn.Module):
