@@ -238,9 +238,7 @@ def evaluate(
         full = list(load_episodes(path, the_task, predictor.cfg.data, max_shots, records))
         for k in shots:
             plain = list(load_episodes(path, the_task, predictor.cfg.data, k, records))
-            plan.append(
-                (group, k, [rotations(e, f, k, ensemble) for e, f in zip(plain, full)])
-            )
+            plan.append((group, k, [rotations(e, f, k, ensemble) for e, f in zip(plain, full)]))
     table = EvalTable(
         task=task,
         run=run,

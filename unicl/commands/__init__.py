@@ -114,7 +114,8 @@ def add_episode_choice(parser: argparse.ArgumentParser) -> None:
 
 # ---- options of the prompting commands (segment, caption) ---------------------------- #
 
-DEFAULT_MODEL = "runs/shapes-tiny"
+#: the model shipped with unicl (docs/training.md "The shipped model")
+DEFAULT_MODEL = "builtin:shapes_tiny"
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -123,7 +124,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         default=DEFAULT_MODEL,
         metavar="RUN",
-        help=f"a run directory or an exported model directory (default {DEFAULT_MODEL})",
+        help=f"a run directory, an exported model directory or builtin:NAME (default "
+        f"{DEFAULT_MODEL})",
     )
     parser.add_argument(
         "--device", type=torch_device, default=None, help="torch device (default: cuda if present)"

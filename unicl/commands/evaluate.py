@@ -24,7 +24,9 @@ from unicl.commands import (
 
 def configure(parser: argparse.ArgumentParser) -> None:
 
-    parser.add_argument("run", metavar="RUN", help="a run directory or an exported model")
+    parser.add_argument(
+        "run", metavar="RUN", help="a run directory, an exported model or builtin:NAME"
+    )
     parser.add_argument(
         "--task",
         default="segmentation",
@@ -45,7 +47,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="episode files (default RUN/episodes/...)",
     )
     parser.add_argument(
-        "--out", type=output_dir, default=None, metavar="DIR", help="output (default RUN/eval)"
+        "--out",
+        type=output_dir,
+        default=None,
+        metavar="DIR",
+        help="output (default RUN/eval; results/NAME for builtin:NAME)",
     )
     add_episode_choice(parser)
     parser.add_argument(
@@ -86,6 +92,7 @@ def main(args: argparse.Namespace) -> int:
     import unicl
     from unicl.devices import cpu_threads
     from unicl.evaluate import EvalOptions, ensure_episode_files, episode_dir, evaluate
+    from unicl.model_files import BUILTIN_PREFIX
     from unicl.tasks import TASKS
 
     if args.task not in TASKS and not args.allow_plugins:
@@ -105,6 +112,9 @@ def main(args: argparse.Namespace) -> int:
     )
     model = unicl.load(args.run, device=args.device, allow_plugins=args.allow_plugins)
     run = Path(args.run)
+    if args.run.startswith(BUILTIN_PREFIX) and args.out is None:
+        # never write into the installed package: a shipped model's results go to results/
+        args.out = str(Path("results") / args.run[len(BUILTIN_PREFIX) :])
     if args.episodes is not None:
         episodes = Path(args.episodes)
     else:
