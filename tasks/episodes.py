@@ -111,6 +111,7 @@ def write_episode_files(
     seed: int = 0,
     max_shots: int = 3,
     queries_per_category: int | None = None,
+    progress: bool = True,
 ) -> list[Path]:
     """Write one file per task and category group (seen / unseen) into `out_dir`."""
     from tqdm import tqdm
@@ -118,7 +119,8 @@ def write_episode_files(
     out = claim(out_dir, "episodes", "episode folder")  # never writes over a user's files
     groups = category_split(data_cfg)
     written = []
-    for name, task in tqdm(sorted(tasks.items()), desc="episode files", unit="task"):
+    bar = tqdm(sorted(tasks.items()), desc="episode files", unit="task", disable=not progress)
+    for name, task in bar:
         pools = task.pools(data_cfg, split, min_shots=max_shots)
         for group in GROUPS:
             if not set(groups[group]) & set(pools):

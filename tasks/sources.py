@@ -86,14 +86,14 @@ def world_spec(cfg: DataConfig):
     return WorldSpec(cfg.seed, cfg.images, cfg.val_images, cfg.size, unseen)
 
 
-def ensure_world(cfg: DataConfig) -> Path:
+def ensure_world(cfg: DataConfig, progress: bool = True) -> Path:
     """Make the shapes world under `cfg.root` if it is missing, else reuse it; returns the root.
 
     An existing world made with other options is an error (never silently used).
     """
     root, spec = Path(cfg.root), world_spec(cfg)
     if not (root / "manifest.json").is_file():
-        make_world(root, spec, workers=cfg.workers or None)
+        make_world(root, spec, workers=cfg.workers or None, progress=progress)
         return root
     manifest = read_manifest(root)
     found = {

@@ -190,7 +190,7 @@ def run_demo(opts: DemoOptions | None = None) -> Path:
 
     require_own(out, "results", "--out")  # before any work, so a wrong --out costs nothing
     _say(f"1/4 shapes world in {cfg.data.root}")
-    ensure_world(cfg.data)
+    ensure_world(cfg.data, progress=opts.progress)
     if shipped is not None:
         return _evaluate_shipped(shipped, out, cfg.name, opts, started)
     if opts.retrain:
@@ -283,7 +283,9 @@ def evaluate_or_reuse(model: Any, run_dir: Path, task: str, opts: DemoOptions):
         if same_model and table.meta.get("options") == options_dict(eval_opts):
             _say(f"    reusing {path}")
             return table
-    episodes = ensure_episode_files(model.predictor, _episodes_dir(run_dir, opts), eval_opts)
+    episodes = ensure_episode_files(
+        model.predictor, _episodes_dir(run_dir, opts), eval_opts, progress=opts.progress
+    )
     table = evaluate(model, task, episodes, eval_opts, run=str(run_dir), progress=opts.progress)
     table.save(run_dir / "eval")
     return table

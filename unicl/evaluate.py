@@ -166,7 +166,9 @@ def episode_dir(root: str | Path, opts: EvalOptions) -> Path:
     return Path(root) / f"{opts.split}_seed{opts.seed}_{limit}"
 
 
-def ensure_episode_files(engine: Any, directory: Path, opts: EvalOptions, max_shots: int = 3):
+def ensure_episode_files(
+    engine: Any, directory: Path, opts: EvalOptions, max_shots: int = 3, progress: bool = True
+):
     """The episode files (made once with tasks/episodes.py, then reused)."""
     check_shots(opts.shots, max_shots)  # before the (slow) world and episode files
     if not any(directory.glob("*.json")):
@@ -178,6 +180,7 @@ def ensure_episode_files(engine: Any, directory: Path, opts: EvalOptions, max_sh
             seed=opts.seed,
             max_shots=max_shots,
             queries_per_category=opts.queries_per_category,
+            progress=progress,
         )
     return directory
 

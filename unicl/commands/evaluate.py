@@ -120,7 +120,12 @@ def main(args: argparse.Namespace) -> int:
     else:
         # episode files go beside the results (never into an exported model's folder)
         base = Path(args.out) if args.out else run
-        episodes = ensure_episode_files(model.predictor, episode_dir(base / "episodes", opts), opts)
+        episodes = ensure_episode_files(
+            model.predictor,
+            episode_dir(base / "episodes", opts),
+            opts,
+            progress=not args.no_progress,
+        )
     with cpu_threads(args.threads):
         table = evaluate(
             model, args.task, episodes, opts, run=str(run), progress=not args.no_progress

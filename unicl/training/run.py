@@ -168,7 +168,7 @@ def build_trainer(cfg, progress: bool = True):
     build_tasks(cfg)  # unknown task names or options fail here, before the world is made
     if uses_shapes_world(cfg.data):
         if rank == 0:
-            ensure_world(cfg.data)
+            ensure_world(cfg.data, progress=progress)
         ds_engine.barrier()
     vocab = Vocabulary.from_config(cfg)
     streams = build_streams(cfg, vocab, rank, progress)
