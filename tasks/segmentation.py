@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from unicl.masks import threshold_mask
+from unicl.masks import check_threshold, mask_level, threshold_mask
 from unicl.tasks.base import TASKS, Task
 from unicl.tasks.prompt import Episode, Segment, Shot, View
 from unicl.tasks.scoring import SegmentationScorer
@@ -51,7 +51,10 @@ class SegmentationTask(Task):
     the query image's code at the same cell; `aligned_positions` gives mask token (r, c)
     the position of image token (r, c) in every pair; `mask_readout` "soft" thresholds the
     expected foreground under the predicted code distribution (parallel answers of a
-    tokenizer with `decode_soft`), "argmax" decodes the most likely code at each cell.
+    tokenizer with `decode_soft`), "argmax" decodes the most likely code at each cell;
+    `mask_threshold` cuts the answer's grey map (its expected foreground): a foreground
+    probability in (0, 1) (0.5 by default), or "expected_iou", the level that maximises
+    each map's expected IoU (unicl/masks.py).
     """
 
     name = "segmentation"
@@ -63,6 +66,7 @@ class SegmentationTask(Task):
         mask_decoding: Literal["autoregressive", "parallel"] = "autoregressive",
         aligned_positions: bool = False,
         mask_readout: Literal["soft", "argmax"] = "soft",
+        mask_threshold: float | str = 0.5,
         **common: Any,
     ) -> None:
         super().__init__(**common)
@@ -87,6 +91,7 @@ class SegmentationTask(Task):
                 f"segmentation: mask_readout must be 'soft' or 'argmax', got {mask_readout!r}"
             )
         self.mask_readout = mask_readout
+        self.mask_threshold = check_threshold(mask_threshold, "segmentation")
 
     def bind(self, vocab: Any) -> None:
         super().bind(vocab)
@@ -205,7 +210,12 @@ class SegmentationTask(Task):
         height, width = episode.meta["query_size"]
         grey = np.asarray(grey, np.float32)
         full = episode.meta["query_view"].unapply_map(grey, height, width)  # (H, W)
-        return MaskAnswer(mask=threshold_mask(full), mask_image=full)
+        return self.cut(full)
+
+    def cut(self, grey: np.ndarray) -> MaskAnswer:
+        """A grey map at the query's resolution -> the answer, cut at `mask_threshold`."""
+        level = mask_level(grey, self.mask_threshold)
+        return MaskAnswer(mask=threshold_mask(grey, level), mask_image=grey, threshold=level)
 
     ensembles = True
 
@@ -213,8 +223,7 @@ class SegmentationTask(Task):
         """Ensembling: the mean of the grey maps, thresholded once."""
         if len(answers) == 1:
             return answers[0]
-        grey = np.mean([a.mask_image for a in answers], axis=0).astype(np.float32)
-        return MaskAnswer(mask=threshold_mask(grey), mask_image=grey)
+        return self.cut(np.mean([a.mask_image for a in answers], axis=0).astype(np.float32))
 
     def scorer(self, baselines: bool = True) -> Any:
         return SegmentationScorer(baselines)
@@ -238,6 +247,7 @@ class MaskAnswer:
 
     mask: np.ndarray  # (H, W) bool
     mask_image: np.ndarray  # (H, W) float32 grey level 0-255 (the expected foreground x 255)
+    threshold: float = 127.0  # the grey level the map was cut at (`mask_threshold`)
 
 
 def codes_per_image(tokenizer: Any) -> int:

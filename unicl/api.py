@@ -20,7 +20,7 @@ prompt (category text + demonstrations) is prefilled once; every query then
 continues from the same key/value cache (unicl/generate.py), and the
 demonstrations' codes are computed once. Ensembling: several demonstration sets for
 one query are combined by the task (`Task.combine`; segmentation averages the grey
-mask maps before the 127 threshold, as SegGPT users do).
+mask maps before thresholding them once, as SegGPT users do).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ class SegmentationResult:
 
     mask: np.ndarray  # (H, W) bool at the query's resolution
     mask_image: np.ndarray  # (H, W) float32 grey level 0-255 before thresholding
+    threshold: float  # the grey level it was cut at: mask == (mask_image > threshold)
     tokens: list[np.ndarray]  # generated global ids, one array per demo set
     probs: list[np.ndarray]  # probability of each generated token, aligned with `tokens`
 
@@ -194,6 +195,7 @@ class InContextModel:
                 SegmentationResult(
                     mask=combined.mask,
                     mask_image=combined.mask_image,
+                    threshold=combined.threshold,
                     tokens=[a.tokens for a in answers],
                     probs=[a.probs for a in answers],
                 )

@@ -43,7 +43,7 @@ T = TypeVar("T")
 
 
 #: what `name` may be (it becomes a folder name: runs/<name>, results/<name>)
-_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]*")
 
 
 class ConfigError(ValueError):
@@ -104,7 +104,7 @@ class UniclConfig:
         if not _NAME.fullmatch(self.name):
             raise ConfigError(
                 f"name: {self.name!r} must be a plain folder name (letters, digits, '.', '_', "
-                "'-'; not starting with '.'): it names the run's folder under runs/"
+                "'-', '+'; not starting with '.'): it names the run's folder under runs/"
             )
         for name, options in self.tasks.items():
             parallel = (options or {}).get("mask_decoding") == "parallel"

@@ -57,14 +57,14 @@ def test_details_and_ensemble(model, demos):
     assert len(details.tokens) == 1 and details.tokens[0].shape == details.probs[0].shape
     assert ((details.probs[0] > 0) & (details.probs[0] <= 1)).all()
     # a single prompt's mask is the task's post-processing of its tokens, close to the image
-    assert (details.mask != (details.mask_image > 127)).mean() < 0.2
+    assert (details.mask != (details.mask_image > details.threshold)).mean() < 0.2
     ensembled = model.segment(
         query, demos[:1], category="star", ensemble=[demos], return_details=True
     )
     assert len(ensembled.tokens) == 2
     mean = np.mean([s.mask_image for s in singles], axis=0)
     np.testing.assert_allclose(ensembled.mask_image, mean, atol=1e-4)
-    np.testing.assert_array_equal(ensembled.mask, ensembled.mask_image > 127)
+    np.testing.assert_array_equal(ensembled.mask, ensembled.mask_image > ensembled.threshold)
 
 
 def test_zero_shot_with_category(model):
@@ -213,7 +213,7 @@ def test_parallel_mask_is_the_thresholded_soft_map(parallel_model):
     demos = [(_image(40, 52, 1), _mask(40, 52)), (_image(36, 30, 2), _mask(36, 30))]
     details = parallel_model.segment(_image(45, 61, 3), demos, category="star", return_details=True)
     assert details.mask.shape == (45, 61) and details.mask_image.shape == (45, 61)
-    np.testing.assert_array_equal(details.mask, details.mask_image > 127)
+    np.testing.assert_array_equal(details.mask, details.mask_image > details.threshold)
     assert (
         details.tokens[0].shape == (16,)
         and ((details.probs[0] > 0) & (details.probs[0] <= 1)).all()
@@ -255,4 +255,4 @@ def test_autoregressive_maskbits_answers_through_the_api(tmp_path, make_tiny_exp
     assert details.mask.shape == (45, 61)
     assert sum(int(t) in codes for t in details.tokens[0]) == 16  # one code per image code
     # the mask decodes the generated codes; the grey map is the same codes' soft decoding
-    assert (details.mask != (details.mask_image > 127)).mean() < 0.05
+    assert (details.mask != (details.mask_image > details.threshold)).mean() < 0.05

@@ -143,3 +143,11 @@ def test_parallel_mask_answers_need_the_attribute_embedding():
         load_config("shapes_tiny", ["model.attribute_embedding=false"])
     cfg = load_config("shapes_tiny", ["tasks.segmentation.mask_decoding=autoregressive"])
     assert cfg.model.attribute_embedding  # the default turns it on for its parallel answers
+
+
+def test_run_names_are_plain_folder_names():
+    # the learning benchmark names its runs after variants such as "all+code-features"
+    assert load_config(None, ["name=all+code-features-700"]).name == "all+code-features-700"
+    for bad in ("a/b", "../up", ".hidden", ""):
+        with pytest.raises(ConfigError, match="plain folder name"):
+            load_config(None, [f"name={bad}"])

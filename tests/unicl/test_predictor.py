@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import unicl
-from unicl.masks import MASK_THRESHOLD
 from unicl.tasks.user import UserItem
 
 from .images import box_mask as _mask
@@ -55,9 +54,11 @@ def test_a_prompt_answers_as_the_answered_sequence_cut_at_its_prompt(ar_model, t
         np.testing.assert_array_equal(p1, p2)
 
 
+@pytest.mark.parametrize("threshold", [0.5, 0.2, "expected_iou"])
 @pytest.mark.parametrize("which", ["parallel", "autoregressive"])
-def test_the_mask_is_its_map_thresholded_everywhere(model, ar_model, which):
+def test_the_mask_is_its_map_thresholded_everywhere(model, ar_model, which, threshold, monkeypatch):
     m = model if which == "parallel" else ar_model
+    monkeypatch.setattr(m.predictor.tasks["segmentation"], "mask_threshold", threshold)
     demos = [(_image(40, 52, 1), _mask(40, 52)), (_image(36, 30, 2), _mask(36, 30))]
     query = _image(45, 61, 3)
     one = m.segment(query, demos, category="star", return_details=True)
@@ -65,7 +66,9 @@ def test_the_mask_is_its_map_thresholded_everywhere(model, ar_model, which):
     answer = m.predict("segmentation", query, demos, category="star")
     for r in (one, both, answer):
         assert r.mask.shape == r.mask_image.shape == (45, 61)
-        np.testing.assert_array_equal(r.mask, r.mask_image > MASK_THRESHOLD)
+        np.testing.assert_array_equal(r.mask, r.mask_image > r.threshold)
+        if threshold != "expected_iou":
+            assert r.threshold == 255 * threshold
     np.testing.assert_array_equal(answer.mask, one.mask)  # predict and segment: one path
     assert len(both.tokens) == 2
 
