@@ -31,9 +31,8 @@ PAPER_QPS = {0: 2.8, 1: 2.4, 2: 1.9, 3: 1.4}
 
 def build(paper: bool, out: Path, device: str, dtype: str | None, overrides=()):
     import unicl
-    from unicl.attributes import num_attributes
     from unicl.config import load_config
-    from unicl.model import build_model
+    from unicl.model import build_decoder
     from unicl.model_files import save_model
     from unicl.tokenizers.vqgan_model import VQGANConfig
     from unicl.vocab import Vocabulary
@@ -50,9 +49,7 @@ def build(paper: bool, out: Path, device: str, dtype: str | None, overrides=()):
     ]
     torch.manual_seed(0)
     vocab = Vocabulary.from_config(cfg)
-    features = vocab.code_features() if cfg.model.code_features else None
-    attributes = num_attributes(vocab, sorted(cfg.tasks))
-    model = build_model(cfg.model, vocab.embedding_size, attributes, features)
+    model = build_decoder(cfg.model, vocab, cfg.tasks)
     save_model(cfg, model, vocab, out)
     return unicl.load(out, device=device, dtype=dtype), cfg
 

@@ -24,13 +24,16 @@ class KVCache:
     keys[l], values[l]: (B, H, capacity, Dh); valid: (B, capacity) bool, False on padding keys
     (e.g. left-padded queries), so that the other rows of a batch can keep decoding.
     `length` keys are filled; a forward with `kv_cache` appends its T tokens after them.
+    With a copy head (ModelConfig.copy_head): copy_keys, copy_values (B, capacity, D) and
+    copy_ok (B, capacity) bool, the copy head's keys, copied rows and copyable tokens.
     """
 
-    def __init__(self, keys, values, valid, length: int = 0):
+    def __init__(self, keys, values, valid, length: int = 0, copy=None):
         self.keys: list[torch.Tensor] = keys
         self.values: list[torch.Tensor] = values
         self.valid: torch.Tensor = valid
         self.length = length
+        self.copy_keys, self.copy_values, self.copy_ok = copy or (None, None, None)
 
     @classmethod
     def empty(cls, cfg: ModelConfig, batch: int, capacity: int, dtype, device) -> KVCache:
@@ -39,7 +42,15 @@ class KVCache:
         keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
         values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
         valid = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
-        return cls(keys, values, valid, 0)
+        copy = None
+        if getattr(cfg, "copy_head", False):
+            rows = (batch, capacity, cfg.d_model)
+            copy = (
+                torch.zeros(rows, dtype=dtype, device=device),
+                torch.zeros(rows, dtype=dtype, device=device),
+                torch.zeros(batch, capacity, dtype=torch.bool, device=device),
+            )
+        return cls(keys, values, valid, 0, copy)
 
     @property
     def batch(self) -> int:
@@ -63,6 +74,13 @@ class KVCache:
             out[:, :, :n] = t[:, :, :n]
             return out
 
-        valid = self.valid.new_zeros(batch, capacity)
-        valid[:, :n] = self.valid[:, :n]
-        return KVCache([grow(k) for k in self.keys], [grow(v) for v in self.values], valid, n)
+        def grow_rows(t: torch.Tensor) -> torch.Tensor:
+            out = t.new_zeros(batch, capacity, *t.shape[2:])  # (B, cap[, D])
+            out[:, :n] = t[:, :n]
+            return out
+
+        copy = None
+        if self.copy_keys is not None:
+            copy = tuple(grow_rows(t) for t in (self.copy_keys, self.copy_values, self.copy_ok))
+        keys, values = [grow(k) for k in self.keys], [grow(v) for v in self.values]
+        return KVCache(keys, values, grow_rows(self.valid), n, copy)

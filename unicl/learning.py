@@ -51,10 +51,16 @@ _PAPER = {
             "mask_decoding": "autoregressive",
             "aligned_positions": False,
             "mask_readout": "soft",
+            "mask_threshold": 0.5,
         },
         "captioning": {"rename_prob": 0.0},
     },
-    "model": {"attribute_embedding": False, "code_features": False, "max_positions": 544},
+    "model": {
+        "attribute_embedding": False,
+        "code_features": False,
+        "copy_head": False,
+        "max_positions": 544,
+    },
     "train": {"closed_loss_spans": ["vqgan"], "lr": 1.0e-3},
 }
 #: the tokenizers of a config that codes masks with "maskbits" (tiny world: 8 x 8 grid, 2 x 2 bits)
@@ -80,6 +86,8 @@ _ATTRIBUTE = {"model": {"attribute_embedding": True}}
 _FEATURES = {"model": {"code_features": True}}
 _RENAME = {"tasks": {"captioning": {"rename_prob": 0.5}}}
 _LR3 = {"train": {"lr": 3.0e-3}}
+_EXPECTED_IOU = {"tasks": {"segmentation": {"mask_threshold": "expected_iou"}}}
+_COPY = {"model": {"copy_head": True}}
 
 
 def _merge(*parts: dict) -> dict:
@@ -107,6 +115,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "parallel": ("parallel mask answer (VQ-GAN codes, argmax)", _lever(_PARALLEL)),
     "lr3e-3": ("learning rate 3e-3 instead of 1e-3", _lever(_LR3)),
     "rename": ("captions: made-up category names in half the episodes", _lever(_RENAME)),
+    "expected-iou": ("masks cut where their expected IoU is largest", _lever(_EXPECTED_IOU)),
+    "copy-head": ("a copy head over the prompt's text tokens", _lever(_COPY)),
+    "default+copy-head": ("the config as shipped, with a copy head", _COPY),
     "maskbits+parallel": (
         "maskbits codes, parallel answer, soft readout",
         _lever(_MASKBITS, _PARALLEL),
@@ -187,8 +198,9 @@ def diagnostics(predictor: Any, episodes: Sequence[Any]) -> dict[str, float]:
         classes = _patch_classes(truth, grid)
         for c in (0, 1, 2):
             ce[c] += nll.cpu().numpy()[classes == c].tolist()
-        pred = logits.argmax(-1).cpu()
-        forced.append(binary_iou(np.asarray(tok.decode_mask(pred), bool), truth))
+        # read out as the task reads an answer (mask_readout, mask_threshold), at full size
+        answer = task.postprocess_distribution(episode, logits.softmax(-1).cpu().numpy(), vocab)
+        forced.append(binary_iou(answer.mask, episode.meta["query_record"].load_mask()))
     image_tok = vocab.tokenizers[task.image_tokenizer]
     shuffled = [_shuffle_query_image(e, image_tok, seed=i) for i, e in enumerate(episodes)]
     plain = [a.value for a in predictor.answer(list(episodes), predictor.sampling({}))]

@@ -15,17 +15,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unicl.attributes import num_attributes
 from unicl.kv_cache import KVCache
 from unicl.moe.activations import ACTIVATIONS, get_activation
 from unicl.moe.backends import BACKENDS
 from unicl.moe.layer import MoELayer
 from unicl.moe.plan import build_attribute_plan
+
+if TYPE_CHECKING:
+    from unicl.vocab import Vocabulary
 
 ROUTER_CHOICES = ("attribute", "topk", "dense")
 #: rules accepted by ModelConfig.moe_layers besides an explicit list of 0-indexed layers
@@ -75,6 +80,11 @@ class ModelConfig:
     #: the VQ-GAN codebook vector of an image code, the bits of a mask code) to its input, so
     #: that image codes start out meaning what they look like; off in the paper
     code_features: bool = False
+    #: a copy head (pointer attention): each final hidden state adds the output rows (the tied
+    #: embedding) of the earlier text tokens it attends to, so a word of the prompt, e.g. an
+    #: unseen category's name, can be written without first being learned as an output; off
+    #: in the paper (docs/model.md "Copying words from the prompt")
+    copy_head: bool = False
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "d_model", "d_ff", "max_positions", "num_experts"):
@@ -239,6 +249,55 @@ class Block(nn.Module):
         return x + self.moe_drop(out.y), out
 
 
+class CopyHead(nn.Module):
+    """Pointer attention from every position to the earlier copyable tokens (ModelConfig.copy_head).
+
+    out_t = gate_t * scale * sum_j a_tj W[x_j], W the output rows: token v's logit grows by
+    gate_t * scale * sum_j a_tj <W[x_j], W[v]>, most for the attended tokens themselves. One
+    head of full width; a learned null key (value 0) takes the attention a position does not
+    want to give to any source, and the one of positions without a copyable token before them.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.query = nn.Linear(d, d, bias=False)
+        self.key = nn.Linear(d, d, bias=False)
+        self.null_key = nn.Parameter(torch.zeros(d))
+        self.gate = nn.Linear(d, 1)
+        # a copied row adds about |W_v|^2 = D * 0.02^2 to its own logit at initialisation: scale
+        # it to about 4 nats (times the gate's 0.5) so that copying is worth learning at once
+        # (1,), not a 0-d tensor: DeepSpeed's broadcast views every parameter as bytes
+        self.log_scale = nn.Parameter(torch.full((1,), math.log(4.0 / (d * 0.02**2))))
+
+    def forward(self, hidden, input_ids, sources, rows, mask, cache: KVCache | None):
+        """hidden (B, T, D) final states, input_ids (B, T), sources (V,) bool copyable ids,
+        rows (V, D) output rows, mask the decoder's (B, 1, T, S) bool mask or None (causal)."""
+        b, t, d = hidden.shape
+        keys, values = self.key(hidden), rows[input_ids]  # (B, T, D) each
+        ok = sources[input_ids]  # (B, T) bool: may be copied
+        if cache is not None:
+            end = cache.length + t
+            cache.copy_keys[:, cache.length : end] = keys
+            cache.copy_values[:, cache.length : end] = values.to(cache.copy_values.dtype)
+            cache.copy_ok[:, cache.length : end] = ok
+            keys, values = cache.copy_keys[:, :end], cache.copy_values[:, :end]  # (B, S, D)
+            ok = cache.copy_ok[:, :end]
+        s = keys.shape[1]
+        if mask is None:  # plain causal attention over the T new tokens
+            q_pos = torch.arange(s - t, s, device=hidden.device)
+            mask = (torch.arange(s, device=hidden.device)[None, :] <= q_pos[:, None])[None, None]
+        allowed = mask[:, 0] & ok[:, None, :]  # (B, T, S)
+        q = self.query(hidden)  # (B, T, D)
+        scores = (q @ keys.to(q.dtype).transpose(1, 2)) / math.sqrt(d)  # (B, T, S)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        null = (q @ self.null_key.to(q.dtype)).unsqueeze(-1) / math.sqrt(d)  # (B, T, 1)
+        attn = torch.softmax(torch.cat([scores, null], dim=-1), dim=-1)[..., :s]  # (B, T, S)
+        copied = attn @ values.to(q.dtype)  # (B, T, D)
+        gate = torch.sigmoid(self.gate(hidden)) * self.log_scale.exp()  # (B, T, 1)
+        return hidden + gate * copied
+
+
 class DecoderOutput(NamedTuple):
     #: (B, T, V) next-token logits, or None when the forward was asked for hidden states
     logits: torch.Tensor | None
@@ -263,6 +322,7 @@ class UniclDecoder(nn.Module):
         vocab_size: int,
         num_attributes: int,
         code_features: torch.Tensor | None = None,
+        copy_sources: torch.Tensor | None = None,
     ):
         super().__init__()
         if vocab_size < 1:
@@ -288,6 +348,16 @@ class UniclDecoder(nn.Module):
             # (V, F) fixed features, rebuilt from the tokenizers (not saved with the weights)
             self.register_buffer("code_feat", code_features.float(), persistent=False)
             self.code_proj = nn.Linear(code_features.shape[1], cfg.d_model, bias=False)
+        self.copy = None
+        if cfg.copy_head:
+            if copy_sources is None or tuple(copy_sources.shape) != (vocab_size,):
+                raise ValueError(
+                    f"model.copy_head needs a ({vocab_size},) bool table of the ids it may copy "
+                    "(Vocabulary.allowed_mask of the text spans), got "
+                    f"{None if copy_sources is None else tuple(copy_sources.shape)}"
+                )
+            self.register_buffer("copy_sources", copy_sources.bool(), persistent=False)
+            self.copy = CopyHead(cfg)
         self.drop = nn.Dropout(cfg.dropout)
         moe = set(self.moe_layers)
         self.blocks = nn.ModuleList(
@@ -429,9 +499,13 @@ class UniclDecoder(nn.Module):
                 aux = aux + moe_out.aux_loss
                 loads.append(moe_out.router.expert_load)
                 dropped.append(moe_out.router.dropped)
+        hidden = self.ln_f(x)  # (B, T, D)
+        if self.copy is not None:
+            hidden = self.copy(
+                hidden, input_ids, self.copy_sources, self.head_weight, mask, kv_cache
+            )
         if kv_cache is not None:
             kv_cache.length += t
-        hidden = self.ln_f(x)  # (B, T, D)
         logits = None if return_hidden else self.logits(hidden)  # (B, T, V)
         return DecoderOutput(
             logits=logits,
@@ -453,10 +527,26 @@ def build_model(
     vocab_size: int,
     num_attributes: int,
     code_features: torch.Tensor | None = None,
+    copy_sources: torch.Tensor | None = None,
 ) -> UniclDecoder:
     """The decoder for a vocabulary of `vocab_size` embedding rows and `num_attributes` routing
-    attribute ids (Vocabulary.embedding_size and unicl.packer.num_attributes); with
-    `cfg.code_features`, `code_features` is Vocabulary.code_features()."""
+    attribute ids (Vocabulary.embedding_size and unicl.attributes.num_attributes); with
+    `cfg.code_features`, `code_features` is Vocabulary.code_features(); with `cfg.copy_head`,
+    `copy_sources` is the (V,) bool table of the ids it may copy. `build_decoder` fills all of
+    them from a vocabulary."""
     if not isinstance(cfg, ModelConfig):
         raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
-    return UniclDecoder(cfg, vocab_size, num_attributes, code_features)
+    return UniclDecoder(cfg, vocab_size, num_attributes, code_features, copy_sources)
+
+
+def build_decoder(cfg: ModelConfig, vocab: Vocabulary, tasks: Sequence[str]) -> UniclDecoder:
+    """The decoder of `vocab` and the task names `tasks` (their routing attributes); a copy
+    head may copy the ids of the text tokenizers."""
+    text = [name for name, tok in vocab.tokenizers.items() if tok.modality == "text"]
+    return build_model(
+        cfg,
+        vocab.embedding_size,
+        num_attributes(vocab, sorted(tasks)),
+        vocab.code_features() if cfg.code_features else None,
+        vocab.allowed_mask(spans=text) if cfg.copy_head else None,
+    )

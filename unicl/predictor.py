@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from unicl.attributes import num_attributes
 from unicl.config import UniclConfig, from_dict
 from unicl.devices import pick_device, pick_dtype
 from unicl.generate import (
@@ -41,7 +40,7 @@ from unicl.generate import (
     prefill_prefix,
     sampling_options,
 )
-from unicl.model import build_model
+from unicl.model import build_decoder
 from unicl.model_files import ModelFiles
 from unicl.plugins import import_plugins
 from unicl.streams import build_packer, build_tasks
@@ -121,12 +120,7 @@ class Predictor:
                 for spec in cfg.tokenizers
             ]
         vocab = Vocabulary(tokenizers, cfg.vocab)
-        model = build_model(
-            cfg.model,
-            vocab.embedding_size,
-            num_attributes(vocab, sorted(cfg.tasks)),
-            vocab.code_features() if cfg.model.code_features else None,
-        )
+        model = build_decoder(cfg.model, vocab, cfg.tasks)
         missing, unexpected = model.load_state_dict(files.state, strict=False)
         if missing or unexpected:
             raise ValueError(

@@ -19,11 +19,10 @@ from typing import Any
 
 import torch
 
-from unicl.attributes import num_attributes
 from unicl.batch import collate
 from unicl.config import to_dict
 from unicl.loss import compute_loss
-from unicl.model import build_model
+from unicl.model import build_decoder
 from unicl.ownership import require_own
 from unicl.plugins import import_plugins
 from unicl.streams import build_task_streams, build_tasks
@@ -180,12 +179,7 @@ def build_trainer(cfg, progress: bool = True):
             f"valid: {', '.join(vocab.tokenizers)}"
         )
     torch.manual_seed(cfg.seed)
-    model = build_model(
-        cfg.model,
-        vocab_size=vocab.embedding_size,
-        num_attributes=num_attributes(vocab, sorted(streams)),
-        code_features=vocab.code_features() if cfg.model.code_features else None,
-    )
+    model = build_decoder(cfg.model, vocab, streams)
     return Trainer(
         model,
         streams,
