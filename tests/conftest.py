@@ -33,9 +33,8 @@ def make_tiny_export():
     """
 
     def make(out, image_size: int = 16, overrides=()):
-        from unicl.attributes import num_attributes
         from unicl.config import load_config
-        from unicl.model import build_model
+        from unicl.model import build_decoder
         from unicl.model_files import save_model
         from unicl.vocab import Vocabulary
 
@@ -53,9 +52,7 @@ def make_tiny_export():
             cfg.tasks["captioning"]["pad_to_image_length"] = False
         torch.manual_seed(0)
         vocab = Vocabulary.from_config(cfg)
-        tasks = sorted(cfg.tasks)
-        features = vocab.code_features() if cfg.model.code_features else None
-        model = build_model(cfg.model, vocab.embedding_size, num_attributes(vocab, tasks), features)
+        model = build_decoder(cfg.model, vocab, cfg.tasks)
         return save_model(cfg, model, vocab, out)
 
     return make

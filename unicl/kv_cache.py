@@ -24,8 +24,8 @@ class KVCache:
     keys[l], values[l]: (B, H, capacity, Dh); valid: (B, capacity) bool, False on padding keys
     (e.g. left-padded queries), so that the other rows of a batch can keep decoding.
     `length` keys are filled; a forward with `kv_cache` appends its T tokens after them.
-    With a copy head (ModelConfig.copy_head): copy_keys, copy_values (B, capacity, D) and
-    copy_ok (B, capacity) bool, the copy head's keys, copied rows and copyable tokens.
+    With a copy head (ModelConfig.copy_head): copy_keys (B, capacity, D) and copy_ids
+    (B, capacity) int64, the copy head's keys and the tokens they belong to.
     """
 
     def __init__(self, keys, values, valid, length: int = 0, copy=None):
@@ -33,7 +33,7 @@ class KVCache:
         self.values: list[torch.Tensor] = values
         self.valid: torch.Tensor = valid
         self.length = length
-        self.copy_keys, self.copy_values, self.copy_ok = copy or (None, None, None)
+        self.copy_keys, self.copy_ids = copy or (None, None)
 
     @classmethod
     def empty(cls, cfg: ModelConfig, batch: int, capacity: int, dtype, device) -> KVCache:
@@ -44,11 +44,9 @@ class KVCache:
         valid = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
         copy = None
         if getattr(cfg, "copy_head", False):
-            rows = (batch, capacity, cfg.d_model)
             copy = (
-                torch.zeros(rows, dtype=dtype, device=device),
-                torch.zeros(rows, dtype=dtype, device=device),
-                torch.zeros(batch, capacity, dtype=torch.bool, device=device),
+                torch.zeros(batch, capacity, cfg.d_model, dtype=dtype, device=device),
+                torch.zeros(batch, capacity, dtype=torch.long, device=device),
             )
         return cls(keys, values, valid, 0, copy)
 
@@ -81,6 +79,6 @@ class KVCache:
 
         copy = None
         if self.copy_keys is not None:
-            copy = tuple(grow_rows(t) for t in (self.copy_keys, self.copy_values, self.copy_ok))
+            copy = (grow_rows(self.copy_keys), grow_rows(self.copy_ids))
         keys, values = [grow(k) for k in self.keys], [grow(v) for v in self.values]
         return KVCache(keys, values, grow_rows(self.valid), n, copy)

@@ -59,6 +59,7 @@ _PAPER = {
         "attribute_embedding": False,
         "code_features": False,
         "copy_head": False,
+        "copy_continue": False,
         "max_positions": 544,
     },
     "train": {"closed_loss_spans": ["vqgan"], "lr": 1.0e-3},
@@ -118,6 +119,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "expected-iou": ("masks cut where their expected IoU is largest", _lever(_EXPECTED_IOU)),
     "copy-head": ("a copy head over the prompt's text tokens", _lever(_COPY)),
     "default+copy-head": ("the config as shipped, with a copy head", _COPY),
+    "default+copy-continue": (
+        "the config as shipped, with a copy head that continues a copied name",
+        {"model": {"copy_head": True, "copy_continue": True}},
+    ),
     "maskbits+parallel": (
         "maskbits codes, parallel answer, soft readout",
         _lever(_MASKBITS, _PARALLEL),

@@ -85,6 +85,9 @@ class ModelConfig:
     #: unseen category's name, can be written without first being learned as an output; off
     #: in the paper (docs/model.md "Copying words from the prompt")
     copy_head: bool = False
+    #: the copy head also looks at the token after the one it just copied, so names of several
+    #: BPE pieces are copied whole (CopyHead); needs copy_head
+    copy_continue: bool = False
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "d_model", "d_ff", "max_positions", "num_experts"):
@@ -116,6 +119,8 @@ class ModelConfig:
             )
         if self.aux_loss_weight < 0:
             raise ValueError(f"model.aux_loss_weight must be >= 0, got {self.aux_loss_weight}")
+        if self.copy_continue and not self.copy_head:
+            raise ValueError("model.copy_continue needs model.copy_head: true")
         self.moe_layer_indices()  # validates moe_layers
 
     def moe_layer_indices(self) -> list[int]:
@@ -256,6 +261,10 @@ class CopyHead(nn.Module):
     gate_t * scale * sum_j a_tj <W[x_j], W[v]>, most for the attended tokens themselves. One
     head of full width; a learned null key (value 0) takes the attention a position does not
     want to give to any source, and the one of positions without a copyable token before them.
+
+    With `copy_continue` the score of source j also gains w * cos(W[x_t], W[x_j-1]): a position
+    whose token was just copied from j - 1 looks at j next, so a name of several BPE pieces is
+    copied piece after piece, whatever its pieces (an induction step built in, not learned).
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -269,31 +278,38 @@ class CopyHead(nn.Module):
         # it to about 4 nats (times the gate's 0.5) so that copying is worth learning at once
         # (1,), not a 0-d tensor: DeepSpeed's broadcast views every parameter as bytes
         self.log_scale = nn.Parameter(torch.full((1,), math.log(4.0 / (d * 0.02**2))))
+        # the continuation's weight on the attention logits (starts at 4)
+        self.cont = nn.Parameter(torch.full((1,), 4.0)) if cfg.copy_continue else None
 
-    def forward(self, hidden, input_ids, sources, rows, mask, cache: KVCache | None):
+    def forward(self, hidden, input_ids, sources, rows, mask, key_valid, cache: KVCache | None):
         """hidden (B, T, D) final states, input_ids (B, T), sources (V,) bool copyable ids,
-        rows (V, D) output rows, mask the decoder's (B, 1, T, S) bool mask or None (causal)."""
+        rows (V, D) output rows, mask the decoder's (B, 1, T, S) bool mask or None (causal),
+        key_valid (B, S) bool, False on padding keys, or None (no padding)."""
         b, t, d = hidden.shape
-        keys, values = self.key(hidden), rows[input_ids]  # (B, T, D) each
-        ok = sources[input_ids]  # (B, T) bool: may be copied
+        keys, ids = self.key(hidden), input_ids  # (B, T, D), (B, T)
         if cache is not None:
-            end = cache.length + t
-            cache.copy_keys[:, cache.length : end] = keys
-            cache.copy_values[:, cache.length : end] = values.to(cache.copy_values.dtype)
-            cache.copy_ok[:, cache.length : end] = ok
-            keys, values = cache.copy_keys[:, :end], cache.copy_values[:, :end]  # (B, S, D)
-            ok = cache.copy_ok[:, :end]
-        s = keys.shape[1]
+            start, end = cache.length, cache.length + t
+            cache.copy_keys[:, start:end] = keys
+            cache.copy_ids[:, start:end] = input_ids
+            keys, ids = cache.copy_keys[:, :end], cache.copy_ids[:, :end]  # (B, S, D), (B, S)
+        s = ids.shape[1]
         if mask is None:  # plain causal attention over the T new tokens
             q_pos = torch.arange(s - t, s, device=hidden.device)
             mask = (torch.arange(s, device=hidden.device)[None, :] <= q_pos[:, None])[None, None]
-        allowed = mask[:, 0] & ok[:, None, :]  # (B, T, S)
+        allowed = mask[:, 0] & sources[ids][:, None, :]  # (B, T, S)
         q = self.query(hidden)  # (B, T, D)
         scores = (q @ keys.to(q.dtype).transpose(1, 2)) / math.sqrt(d)  # (B, T, S)
+        if self.cont is not None:
+            unit = F.normalize(rows.to(q.dtype), dim=-1)  # (V, D)
+            before = unit[ids[:, :-1]]  # (B, S - 1, D): source j's previous token, j >= 1
+            match = unit[input_ids] @ before.transpose(1, 2)  # (B, T, S - 1) cosines
+            if key_valid is not None:  # a padding token is no source's previous token
+                match = match * key_valid[:, None, :-1]
+            scores = scores + self.cont * F.pad(match, (1, 0))  # source 0 has no previous token
         scores = scores.masked_fill(~allowed, float("-inf"))
         null = (q @ self.null_key.to(q.dtype)).unsqueeze(-1) / math.sqrt(d)  # (B, T, 1)
         attn = torch.softmax(torch.cat([scores, null], dim=-1), dim=-1)[..., :s]  # (B, T, S)
-        copied = attn @ values.to(q.dtype)  # (B, T, D)
+        copied = attn @ rows[ids].to(q.dtype)  # (B, T, D)
         gate = torch.sigmoid(self.gate(hidden)) * self.log_scale.exp()  # (B, T, 1)
         return hidden + gate * copied
 
@@ -501,8 +517,12 @@ class UniclDecoder(nn.Module):
                 dropped.append(moe_out.router.dropped)
         hidden = self.ln_f(x)  # (B, T, D)
         if self.copy is not None:
+            if kv_cache is not None:
+                key_valid = kv_cache.valid[:, : kv_cache.length + t]  # (B, S)
+            else:
+                key_valid = attention_mask  # (B, T) or None
             hidden = self.copy(
-                hidden, input_ids, self.copy_sources, self.head_weight, mask, kv_cache
+                hidden, input_ids, self.copy_sources, self.head_weight, mask, key_valid, kv_cache
             )
         if kv_cache is not None:
             kv_cache.length += t

@@ -25,9 +25,19 @@ def inputs(b=2, t=20, seed=0):
     return ids, attrs, torch.arange(t).expand(b, t)
 
 
+@pytest.fixture(params=[False, True], ids=["copy", "copy+continue"])
+def cont(request):
+    return request.param
+
+
 def _model(seed=0, sources=TEXT, **kw):
     torch.manual_seed(seed)
     return build_model(tiny(**kw), V, A, copy_sources=sources).eval()
+
+
+def test_continuing_needs_the_copy_head():
+    with pytest.raises(ValueError, match="copy_continue needs model.copy_head"):
+        ModelConfig(copy_continue=True)
 
 
 def test_needs_its_table_of_copyable_ids():
@@ -37,8 +47,8 @@ def test_needs_its_table_of_copyable_ids():
         build_model(tiny(), V, A, copy_sources=torch.ones(5, dtype=torch.bool))
 
 
-def test_cached_decoding_equals_the_full_forward():
-    model = _model()
+def test_cached_decoding_equals_the_full_forward(cont):
+    model = _model(copy_continue=cont)
     ids, attrs, pos = inputs()
     full = model(ids, attrs, pos).logits
     cache = model.new_cache(batch=2, capacity=32)
@@ -57,8 +67,8 @@ def test_cached_decoding_equals_the_full_forward():
     torch.testing.assert_close(out[1], full[0, 12:13], rtol=1e-5, atol=1e-5)
 
 
-def test_padding_keys_are_not_copied():
-    model = _model()
+def test_padding_keys_are_not_copied(cont):
+    model = _model(copy_continue=cont)
     ids, attrs, pos = inputs(b=1, t=12)
     alone = model(ids, attrs, pos).logits
     pad = 5
@@ -118,3 +128,39 @@ def _copy_accuracy(copy: bool) -> float:
 def test_the_copy_head_writes_words_it_never_learned_to_write():
     assert _copy_accuracy(copy=True) > 0.9
     assert _copy_accuracy(copy=False) < 0.2  # without it, unseen words are out of reach
+
+
+def _name_batch(g: torch.Generator, words: torch.Tensor, b: int = 64) -> torch.Tensor:
+    """filler (0-4 ids) [1] A B filler [3] A B: a two-piece name at a varying offset."""
+    rows = []
+    for _ in range(b):
+        name = words[torch.randint(0, len(words), (2,), generator=g)]
+        k = int(torch.randint(0, 5, (1,), generator=g))
+        filler = torch.randint(90, V, (5,), generator=g)
+        parts = [filler[:k], torch.tensor([1]), name, filler[k:], torch.tensor([3]), name]
+        rows.append(torch.cat(parts))
+    return torch.stack(rows)  # (b, 11)
+
+
+def test_continuing_copies_both_pieces_of_a_name_it_never_saw():
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        n_layer=2, n_head=2, d_model=64, d_ff=64, max_positions=16, router="dense",
+        copy_head=True, copy_continue=True,
+    )  # fmt: skip
+    model = build_model(cfg, V, A, copy_sources=TEXT)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    g = torch.Generator().manual_seed(0)
+    pos = torch.arange(11).expand(64, 11)
+    attrs = torch.zeros(64, 11, dtype=torch.long)
+    for _ in range(150):
+        ids = _name_batch(g, torch.arange(10, 50))
+        logits = model(ids, attrs, pos).logits[:, -3:-1]  # predicts A after [3], B after A
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V), ids[:, -2:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        ids = _name_batch(g, torch.arange(50, 90))
+        hit = model.eval()(ids, attrs, pos).logits[:, -3:-1].argmax(-1) == ids[:, -2:]
+    assert hit.float().mean(0).min() > 0.95  # both pieces
