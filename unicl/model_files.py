@@ -16,6 +16,8 @@ anything but tensors and plain containers; a weight that is NaN or infinite is r
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -46,8 +48,9 @@ class ModelFiles:
     state: dict[str, torch.Tensor]  # state dict, every key
     #: tokenizer name -> its saved folder (exports); None: build from `config` (runs)
     tokenizer_dirs: dict[str, Path] | None
-    #: which weights these are: the run and checkpoint tag, or the export's weights file
-    #: and its size and modification time (evaluation results are reused only for the same)
+    #: which model these are: the run and checkpoint tag, or the export's weights file and
+    #: its size and modification time, and a digest of the config (an edited read-out
+    #: option answers differently); evaluation results are reused only for the same
     identity: str = ""
 
 
@@ -116,6 +119,7 @@ def read_export(path: Path) -> ModelFiles:
     names = [str(s["name"]) for s in config.get("tokenizers") or []]
     st = (path / WEIGHTS_FILE).stat()
     identity = f"{(path / WEIGHTS_FILE).resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    identity += f":{config_digest(config)}"
     tokenizer_dirs = {n: path / TOKENIZER_DIR / n for n in names}
     return ModelFiles(path, config, state, tokenizer_dirs, identity)
 
@@ -167,7 +171,14 @@ def read_run(run_dir: Path, tag: str | None = None) -> ModelFiles:
     config = _read_yaml(tag_dir / "config.yaml")
     state = consolidated_state_dict(tag_dir)
     check_finite(state, tag_dir)
-    return ModelFiles(run_dir, config, state, None, f"{tag_dir.resolve()}")
+    identity = f"{tag_dir.resolve()}:{config_digest(config)}"
+    return ModelFiles(run_dir, config, state, None, identity)
+
+
+def config_digest(config: dict[str, Any]) -> str:
+    """A short digest of a model's config (plain YAML data)."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 BUILTIN_PREFIX = "builtin:"

@@ -103,3 +103,19 @@ def test_evaluate_segmentation_with_baselines(tiny_run):
     copied = copy_demo_mask(episodes[0])
     assert copied.shape == truths[0].shape and copied.dtype == np.bool_
     assert "| model | 1 |" in table.to_markdown()
+
+
+def test_a_model_is_known_by_its_weights_and_its_config(tmp_path, make_tiny_export):
+    """Evaluation tables are reused only for the same model: an edited read-out option (the
+    export's config.yaml) makes it another model."""
+    import yaml
+
+    from unicl.model_files import read_model
+
+    out = make_tiny_export(tmp_path / "tiny")
+    first = read_model(out).identity
+    assert read_model(out).identity == first
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    config["tasks"]["segmentation"]["mask_threshold"] = 0.3
+    (out / "config.yaml").write_text(yaml.safe_dump(config))
+    assert read_model(out).identity != first
