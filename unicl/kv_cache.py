@@ -2,7 +2,7 @@
 
 Every layer's keys and values are preallocated for `capacity` tokens, so that a
 decoding step writes its new keys after the cached ones instead of concatenating
-(unicl/model.py `CausalSelfAttention`). A one-row cache of a shared prompt prefix
+(unicl/blocks.py `CausalSelfAttention`). A one-row cache of a shared prompt prefix
 `expand`s to one row per sampled answer.
 
 Letters: B rows (batch), H heads, Dh = D / H head width, L layers.

@@ -23,10 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from unicl.attributes import num_attributes
+from unicl.blocks import Block
+from unicl.copy_head import CopyHead
 from unicl.kv_cache import KVCache
-from unicl.moe.activations import ACTIVATIONS, get_activation
+from unicl.moe.activations import ACTIVATIONS
 from unicl.moe.backends import BACKENDS
-from unicl.moe.layer import MoELayer
 from unicl.moe.plan import build_attribute_plan
 
 if TYPE_CHECKING:
@@ -165,153 +166,6 @@ class ModelConfig:
         )
         values.update(overrides)
         return cls(**values)
-
-
-# --------------------------------------------------------------------------- #
-# blocks
-# --------------------------------------------------------------------------- #
-
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.n_head = cfg.n_head
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
-        self.dropout = cfg.dropout
-        self.resid_drop = nn.Dropout(cfg.dropout)
-
-    def forward(self, x, mask, cache: KVCache | None, layer: int) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(x).split(d, dim=2)  # 3 x (B, T, D)
-        # (B, T, D) -> (B, H, T, Dh)
-        q, k, v = (z.view(b, t, self.n_head, d // self.n_head).transpose(1, 2) for z in (q, k, v))
-        if cache is not None:
-            # write the new keys after the cached ones and attend over all of them
-            end = cache.length + t
-            cache.keys[layer][:, :, cache.length : end] = k
-            cache.values[layer][:, :, cache.length : end] = v
-            k = cache.keys[layer][:, :, :end]  # (B, H, S, Dh)
-            v = cache.values[layer][:, :, :end]
-        p = self.dropout if self.training else 0.0
-        if mask is None and cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        y = y.transpose(1, 2).reshape(b, t, d)  # (B, T, D)
-        return self.resid_drop(self.proj(y))
-
-
-class MLP(nn.Module):
-    """The dense GPT-2 FFN."""
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.fc = nn.Linear(cfg.d_model, cfg.d_ff)
-        self.proj = nn.Linear(cfg.d_ff, cfg.d_model)
-        self.act = get_activation(cfg.activation)  # the one table the experts use too
-        self.drop = nn.Dropout(cfg.dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.proj(self.act(self.fc(x))))  # (B, T, D) through (B, T, F)
-
-
-class Block(nn.Module):
-    """Pre-LN transformer block: x + attn(ln(x)), then x + ffn(ln(x)) (dense or MoE)."""
-
-    def __init__(self, cfg: ModelConfig, moe: bool, num_attributes: int):
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)
-        self.attn = CausalSelfAttention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)
-        self.is_moe = moe
-        if moe:
-            out_std = 0.02 / math.sqrt(2 * cfg.n_layer)
-            self.moe = MoELayer(
-                cfg.d_model,
-                cfg.d_ff,
-                cfg.num_experts,
-                cfg.top_k,
-                router=cfg.router,
-                backend=cfg.moe_backend,
-                num_attributes=num_attributes,
-                capacity_factor=cfg.capacity_factor,
-                noise=cfg.router_noise,
-                activation=cfg.activation,
-                router_dim=cfg.router_dim,
-                init_std=0.02,
-                out_init_std=out_std,
-            )
-            self.moe_drop = nn.Dropout(cfg.dropout)
-        else:
-            self.mlp = MLP(cfg)
-
-    def forward(self, x, attributes, mask, cache, layer, attribute_plan=None):
-        x = x + self.attn(self.ln_1(x), mask, cache, layer)  # (B, T, D)
-        if not self.is_moe:
-            return x + self.mlp(self.ln_2(x)), None
-        out = self.moe.route_and_run(self.ln_2(x), attributes, attribute_plan)
-        return x + self.moe_drop(out.y), out
-
-
-class CopyHead(nn.Module):
-    """Pointer attention from every position to the earlier copyable tokens (ModelConfig.copy_head).
-
-    out_t = gate_t * scale * sum_j a_tj W[x_j], W the output rows: token v's logit grows by
-    gate_t * scale * sum_j a_tj <W[x_j], W[v]>, most for the attended tokens themselves. One
-    head of full width; a learned null key (value 0) takes the attention a position does not
-    want to give to any source, and the one of positions without a copyable token before them.
-
-    With `copy_continue` the score of source j also gains w * cos(W[x_t], W[x_j-1]): a position
-    whose token was just copied from j - 1 looks at j next, so a name of several BPE pieces is
-    copied piece after piece, whatever its pieces (an induction step built in, not learned).
-    """
-
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        d = cfg.d_model
-        self.query = nn.Linear(d, d, bias=False)
-        self.key = nn.Linear(d, d, bias=False)
-        self.null_key = nn.Parameter(torch.zeros(d))
-        self.gate = nn.Linear(d, 1)
-        # a copied row adds about |W_v|^2 = D * 0.02^2 to its own logit at initialisation: scale
-        # it to about 4 nats (times the gate's 0.5) so that copying is worth learning at once
-        # (1,), not a 0-d tensor: DeepSpeed's broadcast views every parameter as bytes
-        self.log_scale = nn.Parameter(torch.full((1,), math.log(4.0 / (d * 0.02**2))))
-        # the continuation's weight on the attention logits (starts at 4)
-        self.cont = nn.Parameter(torch.full((1,), 4.0)) if cfg.copy_continue else None
-
-    def forward(self, hidden, input_ids, sources, rows, mask, key_valid, cache: KVCache | None):
-        """hidden (B, T, D) final states, input_ids (B, T), sources (V,) bool copyable ids,
-        rows (V, D) output rows, mask the decoder's (B, 1, T, S) bool mask or None (causal),
-        key_valid (B, S) bool, False on padding keys, or None (no padding)."""
-        b, t, d = hidden.shape
-        keys, ids = self.key(hidden), input_ids  # (B, T, D), (B, T)
-        if cache is not None:
-            start, end = cache.length, cache.length + t
-            cache.copy_keys[:, start:end] = keys
-            cache.copy_ids[:, start:end] = input_ids
-            keys, ids = cache.copy_keys[:, :end], cache.copy_ids[:, :end]  # (B, S, D), (B, S)
-        s = ids.shape[1]
-        if mask is None:  # plain causal attention over the T new tokens
-            q_pos = torch.arange(s - t, s, device=hidden.device)
-            mask = (torch.arange(s, device=hidden.device)[None, :] <= q_pos[:, None])[None, None]
-        allowed = mask[:, 0] & sources[ids][:, None, :]  # (B, T, S)
-        q = self.query(hidden)  # (B, T, D)
-        scores = (q @ keys.to(q.dtype).transpose(1, 2)) / math.sqrt(d)  # (B, T, S)
-        if self.cont is not None:
-            unit = F.normalize(rows.to(q.dtype), dim=-1)  # (V, D)
-            before = unit[ids[:, :-1]]  # (B, S - 1, D): source j's previous token, j >= 1
-            match = unit[input_ids] @ before.transpose(1, 2)  # (B, T, S - 1) cosines
-            if key_valid is not None:  # a padding token is no source's previous token
-                match = match * key_valid[:, None, :-1]
-            scores = scores + self.cont * F.pad(match, (1, 0))  # source 0 has no previous token
-        scores = scores.masked_fill(~allowed, float("-inf"))
-        null = (q @ self.null_key.to(q.dtype)).unsqueeze(-1) / math.sqrt(d)  # (B, T, 1)
-        attn = torch.softmax(torch.cat([scores, null], dim=-1), dim=-1)[..., :s]  # (B, T, S)
-        copied = attn @ rows[ids].to(q.dtype)  # (B, T, D)
-        gate = torch.sigmoid(self.gate(hidden)) * self.log_scale.exp()  # (B, T, 1)
-        return hidden + gate * copied
 
 
 class DecoderOutput(NamedTuple):

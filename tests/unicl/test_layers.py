@@ -42,7 +42,17 @@ LAYERS = [
             "unicl.streams",
         ],
     ),
-    ("model", ["unicl.moe", "unicl.model", "unicl.kv_cache", "unicl.loss", "unicl.generate"]),
+    (
+        "model",
+        [
+            "unicl.moe",
+            "unicl.model",
+            "unicl.copy_head",
+            "unicl.kv_cache",
+            "unicl.loss",
+            "unicl.generate",
+        ],
+    ),
     ("configuration", ["unicl.training.config", "unicl.config"]),
     ("training and files", ["unicl.training", "unicl.model_files", "unicl.tokenizers.vqgan_train"]),
     ("predictor", ["unicl.predictor", "unicl.evaluate"]),

@@ -1,0 +1,84 @@
+"""The copy head: pointer attention from the decoder's final states to earlier text tokens.
+
+A caption's query holds its category's name in the prompt (`Category: <c_st> flower <c_ed>`);
+a decoder that learned each noun as an output of its own cannot write a name it was never
+trained to write. The copy head (ModelConfig.copy_head) adds, to each final hidden state, the
+output rows of the earlier text tokens it attends to, so attending to a name is enough to
+write it: pointer-generator copying (See et al., arXiv 1704.04368) in logit space.
+docs/model.md ("Copying words from the prompt") has the measurements.
+
+Letters: B batch, T new tokens, S keys (cached + new), D width, V embedding rows.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+if TYPE_CHECKING:
+    from unicl.kv_cache import KVCache
+    from unicl.model import ModelConfig
+
+
+class CopyHead(nn.Module):
+    """Pointer attention from every position to the earlier copyable tokens (ModelConfig.copy_head).
+
+    out_t = gate_t * scale * sum_j a_tj W[x_j], W the output rows: token v's logit grows by
+    gate_t * scale * sum_j a_tj <W[x_j], W[v]>, most for the attended tokens themselves. One
+    head of full width; a learned null key (value 0) takes the attention a position does not
+    want to give to any source, and the one of positions without a copyable token before them.
+
+    With `copy_continue` the score of source j also gains w * cos(W[x_t], W[x_j-1]): a position
+    whose token was just copied from j - 1 looks at j next, so a name of several BPE pieces is
+    copied piece after piece, whatever its pieces (an induction step built in, not learned).
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.query = nn.Linear(d, d, bias=False)
+        self.key = nn.Linear(d, d, bias=False)
+        self.null_key = nn.Parameter(torch.zeros(d))
+        self.gate = nn.Linear(d, 1)
+        # a copied row adds about |W_v|^2 = D * 0.02^2 to its own logit at initialisation: scale
+        # it to about 4 nats (times the gate's 0.5) so that copying is worth learning at once
+        # (1,), not a 0-d tensor: DeepSpeed's broadcast views every parameter as bytes
+        self.log_scale = nn.Parameter(torch.full((1,), math.log(4.0 / (d * 0.02**2))))
+        # the continuation's weight on the attention logits (starts at 4)
+        self.cont = nn.Parameter(torch.full((1,), 4.0)) if cfg.copy_continue else None
+
+    def forward(self, hidden, input_ids, sources, rows, mask, key_valid, cache: KVCache | None):
+        """hidden (B, T, D) final states, input_ids (B, T), sources (V,) bool copyable ids,
+        rows (V, D) output rows, mask the decoder's (B, 1, T, S) bool mask or None (causal),
+        key_valid (B, S) bool, False on padding keys, or None (no padding)."""
+        b, t, d = hidden.shape
+        keys, ids = self.key(hidden), input_ids  # (B, T, D), (B, T)
+        if cache is not None:
+            start, end = cache.length, cache.length + t
+            cache.copy_keys[:, start:end] = keys
+            cache.copy_ids[:, start:end] = input_ids
+            keys, ids = cache.copy_keys[:, :end], cache.copy_ids[:, :end]  # (B, S, D), (B, S)
+        s = ids.shape[1]
+        if mask is None:  # plain causal attention over the T new tokens
+            q_pos = torch.arange(s - t, s, device=hidden.device)
+            mask = (torch.arange(s, device=hidden.device)[None, :] <= q_pos[:, None])[None, None]
+        allowed = mask[:, 0] & sources[ids][:, None, :]  # (B, T, S)
+        q = self.query(hidden)  # (B, T, D)
+        scores = (q @ keys.to(q.dtype).transpose(1, 2)) / math.sqrt(d)  # (B, T, S)
+        if self.cont is not None:
+            unit = F.normalize(rows.to(q.dtype), dim=-1)  # (V, D)
+            before = unit[ids[:, :-1]]  # (B, S - 1, D): source j's previous token, j >= 1
+            match = unit[input_ids] @ before.transpose(1, 2)  # (B, T, S - 1) cosines
+            if key_valid is not None:  # a padding token is no source's previous token
+                match = match * key_valid[:, None, :-1]
+            scores = scores + self.cont * F.pad(match, (1, 0))  # source 0 has no previous token
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        null = (q @ self.null_key.to(q.dtype)).unsqueeze(-1) / math.sqrt(d)  # (B, T, 1)
+        attn = torch.softmax(torch.cat([scores, null], dim=-1), dim=-1)[..., :s]  # (B, T, S)
+        copied = attn @ rows[ids].to(q.dtype)  # (B, T, D)
+        gate = torch.sigmoid(self.gate(hidden)) * self.log_scale.exp()  # (B, T, 1)
+        return hidden + gate * copied
