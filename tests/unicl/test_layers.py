@@ -47,6 +47,7 @@ LAYERS = [
         [
             "unicl.moe",
             "unicl.model",
+            "unicl.blocks",
             "unicl.copy_head",
             "unicl.kv_cache",
             "unicl.loss",
