@@ -70,9 +70,10 @@ class CopyHead(nn.Module):
         q = self.query(hidden)  # (B, T, D)
         scores = (q @ keys.to(q.dtype).transpose(1, 2)) / math.sqrt(d)  # (B, T, S)
         if self.cont is not None:
-            unit = F.normalize(rows.to(q.dtype), dim=-1)  # (V, D)
-            before = unit[ids[:, :-1]]  # (B, S - 1, D): source j's previous token, j >= 1
-            match = unit[input_ids] @ before.transpose(1, 2)  # (B, T, S - 1) cosines
+            # unit rows of source j's previous token (j >= 1) and of each new token
+            before = F.normalize(rows[ids[:, :-1]].to(q.dtype), dim=-1)  # (B, S - 1, D)
+            now = F.normalize(rows[input_ids].to(q.dtype), dim=-1)  # (B, T, D)
+            match = now @ before.transpose(1, 2)  # (B, T, S - 1) cosines
             if key_valid is not None:  # a padding token is no source's previous token
                 match = match * key_valid[:, None, :-1]
             scores = scores + self.cont * F.pad(match, (1, 0))  # source 0 has no previous token
