@@ -247,7 +247,7 @@ class MaskAnswer:
 
     mask: np.ndarray  # (H, W) bool
     mask_image: np.ndarray  # (H, W) float32 grey level 0-255 (the expected foreground x 255)
-    threshold: float = 127.0  # the grey level the map was cut at (`mask_threshold`)
+    threshold: float  # the grey level the map was cut at (`mask_threshold`)
 
 
 def codes_per_image(tokenizer: Any) -> int:

@@ -43,7 +43,7 @@ class KVCache:
         values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
         valid = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
         copy = None
-        if getattr(cfg, "copy_head", False):
+        if cfg.copy_head:
             copy = (
                 torch.zeros(batch, capacity, cfg.d_model, dtype=dtype, device=device),
                 torch.zeros(batch, capacity, dtype=torch.long, device=device),

@@ -118,11 +118,6 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "rename": ("captions: made-up category names in half the episodes", _lever(_RENAME)),
     "expected-iou": ("masks cut where their expected IoU is largest", _lever(_EXPECTED_IOU)),
     "copy-head": ("a copy head over the prompt's text tokens", _lever(_COPY)),
-    "default+copy-head": ("the config as shipped, with a copy head", _COPY),
-    "default+copy-continue": (
-        "the config as shipped, with a copy head that continues a copied name",
-        {"model": {"copy_head": True, "copy_continue": True}},
-    ),
     "maskbits+parallel": (
         "maskbits codes, parallel answer, soft readout",
         _lever(_MASKBITS, _PARALLEL),

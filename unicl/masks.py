@@ -61,7 +61,7 @@ def expected_iou_level(grey) -> float:
     return float(255.0 * (levels[best] + below) / 2.0)
 
 
-def mask_level(grey, threshold: float | str = "expected_iou") -> float:
+def mask_level(grey, threshold: float | str) -> float:
     """The grey level (0-255) a map is cut at: `threshold` in (0, 1), or "expected_iou"."""
     if threshold == "expected_iou":
         return expected_iou_level(grey)
