@@ -55,6 +55,10 @@ class SegmentationTask(Task):
     `mask_threshold` cuts the answer's grey map (its expected foreground): a foreground
     probability in (0, 1) (0.5 by default), or "expected_iou", the level that maximises
     each map's expected IoU (unicl/masks.py).
+
+    `full_view_prob`: the share of training views that show the whole image (padded to a
+    square, maybe flipped) instead of an object-centred crop. There the object is not the
+    crop's centre and other objects compete: what a user's whole-image query looks like.
     """
 
     name = "segmentation"
@@ -67,9 +71,16 @@ class SegmentationTask(Task):
         aligned_positions: bool = False,
         mask_readout: Literal["soft", "argmax"] = "soft",
         mask_threshold: float | str = 0.5,
+        full_view_prob: float = 0.0,
         **common: Any,
     ) -> None:
         super().__init__(**common)
+        if not isinstance(full_view_prob, (int, float)) or not 0.0 <= full_view_prob <= 1.0:
+            raise ValueError(
+                f"segmentation: full_view_prob must be a probability in [0, 1], "
+                f"got {full_view_prob!r}"
+            )
+        self.full_view_prob = float(full_view_prob)
         if query_crop not in ("object", "full"):
             raise ValueError(
                 f"segmentation: query_crop must be 'object' or 'full', got {query_crop!r}"
@@ -114,7 +125,10 @@ class SegmentationTask(Task):
             )
 
     def options(self) -> dict[str, Any]:
-        return {**super().options(), "mask_tokenizer": self.mask_tokenizer}
+        out = {**super().options(), "mask_tokenizer": self.mask_tokenizer}
+        if self.full_view_prob:  # keeps the cache keys of configs without it
+            out["full_view_prob"] = self.full_view_prob
+        return out
 
     def cache_tokenizer(self, name: str) -> str:
         return self.mask_tokenizer if name == "mask" else self.image_tokenizer
@@ -147,6 +161,14 @@ class SegmentationTask(Task):
         if query and self.query_crop == "full":
             return self.query_view(record)
         return super().eval_view(record, query)
+
+    def train_view(self, record: Any, rng: np.random.Generator) -> View:
+        """The object-centred view of Task.train_view or, with `full_view_prob`, the whole
+        image (maybe flipped): there other objects compete, and the demonstrations say which."""
+        if self.full_view_prob and rng.random() < self.full_view_prob:
+            flip = bool(rng.random() < self.flip_prob)
+            return dataclasses.replace(self.query_view(record), flip=flip)
+        return super().train_view(record, rng)
 
     def view_arrays(self, shot: Shot) -> tuple[np.ndarray, np.ndarray]:
         """The view's (S, S, 3) uint8 image and (S, S) bool mask."""

@@ -32,9 +32,14 @@ class CopyHead(nn.Module):
     head of full width; a learned null key (value 0) takes the attention a position does not
     want to give to any source, and the one of positions without a copyable token before them.
 
-    With `copy_continue` the score of source j also gains w * cos(W[x_t], W[x_j-1]): a position
-    whose token was just copied from j - 1 looks at j next, so a name of several BPE pieces is
-    copied piece after piece, whatever its pieces (an induction step built in, not learned).
+    With `copy_continue` the score of source j also gains w_eq [x_j-1 == x_t] + w_cos
+    cos(W[x_j-1], W[x_t]): a position whose token was just copied from j - 1 looks at j next,
+    so a name of several BPE pieces is copied piece after piece, whatever its pieces (an
+    induction step built in, not learned); the cosine lets training pair tokens that play one
+    part (the answer's start with the prompt's `<c_st>`).
+    The key right after a source's last piece (`<c_ed>` after a name) is a stop key: it may be
+    attended to and adds nothing, so a name copied to its end points the head at "stop" rather
+    than back into the name (which wrote "trapezoidpezoidpezoid" before).
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -48,8 +53,9 @@ class CopyHead(nn.Module):
         # it to about 4 nats (times the gate's 0.5) so that copying is worth learning at once
         # (1,), not a 0-d tensor: DeepSpeed's broadcast views every parameter as bytes
         self.log_scale = nn.Parameter(torch.full((1,), math.log(4.0 / (d * 0.02**2))))
-        # the continuation's weight on the attention logits (starts at 4)
-        self.cont = nn.Parameter(torch.full((1,), 4.0)) if cfg.copy_continue else None
+        # the continuation's weights (w_eq, w_cos) on the attention logits: with w_eq at 4 a
+        # learned query still outbids it and unseen three-piece names lose their end; 16 wins
+        self.cont = nn.Parameter(torch.tensor([16.0, 4.0])) if cfg.copy_continue else None
 
     def forward(self, hidden, input_ids, sources, rows, mask, key_valid, cache: KVCache | None):
         """hidden (B, T, D) final states, input_ids (B, T), sources (V,) bool copyable ids,
@@ -66,20 +72,27 @@ class CopyHead(nn.Module):
         if mask is None:  # plain causal attention over the T new tokens
             q_pos = torch.arange(s - t, s, device=hidden.device)
             mask = (torch.arange(s, device=hidden.device)[None, :] <= q_pos[:, None])[None, None]
-        allowed = mask[:, 0] & sources[ids][:, None, :]  # (B, T, S)
+        copyable = sources[ids]  # (B, S)
+        keys_on = copyable
+        if self.cont is not None:  # stop keys: right after a copyable token, not copyable
+            after = copyable if key_valid is None else copyable & key_valid  # padding: none
+            keys_on = copyable | (F.pad(after[:, :-1], (1, 0)) & ~copyable)
+        allowed = mask[:, 0] & keys_on[:, None, :]  # (B, T, S)
         q = self.query(hidden)  # (B, T, D)
         scores = (q @ keys.to(q.dtype).transpose(1, 2)) / math.sqrt(d)  # (B, T, S)
         if self.cont is not None:
-            # unit rows of source j's previous token (j >= 1) and of each new token
+            # source j's previous token (j >= 1) against each new token: equal, and the cosine
+            # of their rows (which training can raise between tokens that play one part)
+            same = (input_ids[:, :, None] == ids[:, None, :-1]).to(q.dtype)  # (B, T, S - 1)
             before = F.normalize(rows[ids[:, :-1]].to(q.dtype), dim=-1)  # (B, S - 1, D)
             now = F.normalize(rows[input_ids].to(q.dtype), dim=-1)  # (B, T, D)
-            match = now @ before.transpose(1, 2)  # (B, T, S - 1) cosines
+            match = self.cont[0] * same + self.cont[1] * (now @ before.transpose(1, 2))
             if key_valid is not None:  # a padding token is no source's previous token
                 match = match * key_valid[:, None, :-1]
-            scores = scores + self.cont * F.pad(match, (1, 0))  # source 0 has no previous token
+            scores = scores + F.pad(match, (1, 0))  # source 0 has no previous token
         scores = scores.masked_fill(~allowed, float("-inf"))
         null = (q @ self.null_key.to(q.dtype)).unsqueeze(-1) / math.sqrt(d)  # (B, T, 1)
         attn = torch.softmax(torch.cat([scores, null], dim=-1), dim=-1)[..., :s]  # (B, T, S)
-        copied = attn @ rows[ids].to(q.dtype)  # (B, T, D)
+        copied = (attn * copyable[:, None, :]) @ rows[ids].to(q.dtype)  # (B, T, D)
         gate = torch.sigmoid(self.gate(hidden)) * self.log_scale.exp()  # (B, T, 1)
         return hidden + gate * copied

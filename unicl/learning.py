@@ -89,6 +89,7 @@ _RENAME = {"tasks": {"captioning": {"rename_prob": 0.5}}}
 _LR3 = {"train": {"lr": 3.0e-3}}
 _EXPECTED_IOU = {"tasks": {"segmentation": {"mask_threshold": "expected_iou"}}}
 _COPY = {"model": {"copy_head": True}}
+_FULL_VIEWS = {"tasks": {"segmentation": {"full_view_prob": 0.5}}}
 
 
 def _merge(*parts: dict) -> dict:
@@ -118,6 +119,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "rename": ("captions: made-up category names in half the episodes", _lever(_RENAME)),
     "expected-iou": ("masks cut where their expected IoU is largest", _lever(_EXPECTED_IOU)),
     "copy-head": ("a copy head over the prompt's text tokens", _lever(_COPY)),
+    "default+full-views": (
+        "the config as shipped; half the training views show the whole image",
+        _FULL_VIEWS,
+    ),
     "maskbits+parallel": (
         "maskbits codes, parallel answer, soft readout",
         _lever(_MASKBITS, _PARALLEL),

@@ -114,6 +114,25 @@ def test_eval_views_are_deterministic_and_query_crop_full(data_cfg):
         SegmentationTask(query_crop="box")
 
 
+def test_full_views_show_the_whole_image_in_their_share_of_training_views(data_cfg):
+    pools = SegmentationTask(image_size=64).pools(data_cfg, "train")
+    record = min(pools[largest(pools)], key=lambda r: r.area)  # its crop is not the image
+    whole = (0, 0, record.width, record.height)
+    rng = np.random.default_rng(0)
+    half = SegmentationTask(image_size=64, full_view_prob=0.5)
+    views = [half.train_view(record, rng) for _ in range(400)]
+    share = np.mean([v.crop == whole for v in views])
+    assert 0.4 < share < 0.6
+    assert 0.35 < np.mean([v.flip for v in views if v.crop == whole]) < 0.65  # flips too
+    plain = SegmentationTask(image_size=64)
+    assert not any(plain.train_view(record, rng).crop == whole for _ in range(50))
+    # the share changes the cached views, so it is part of the cache key (and only when set)
+    assert half.options()["full_view_prob"] == 0.5 and "full_view_prob" not in plain.options()
+    for bad in (1.5, -0.1, "half"):
+        with pytest.raises(ValueError, match="full_view_prob must be a probability"):
+            SegmentationTask(full_view_prob=bad)
+
+
 def test_episode_demos_from_other_images(data_cfg):
     task = SegmentationTask(shots=3, image_size=64)
     pools = task.pools(data_cfg, "train")

@@ -164,3 +164,56 @@ def test_continuing_copies_both_pieces_of_a_name_it_never_saw():
         ids = _name_batch(g, torch.arange(50, 90))
         hit = model.eval()(ids, attrs, pos).logits[:, -3:-1].argmax(-1) == ids[:, -2:]
     assert hit.float().mean(0).min() > 0.95  # both pieces
+
+
+def _ended_batch(g: torch.Generator, words: torch.Tensor, b: int = 64):
+    """[1] N [2] filler [3] N [2]: a name N of 1-3 pieces ends with [2] in the prompt and in the
+    answer. Returns the ids (b, 14, ending in filler), the index of [3], the name's length."""
+    rows, lengths = [], []
+    for _ in range(b):
+        n = int(torch.randint(1, 4, (1,), generator=g))
+        name = words[torch.randint(0, len(words), (n,), generator=g)]
+        filler = torch.randint(90, V, (10 - 2 * n,), generator=g)
+        one, two, three = torch.tensor([1]), torch.tensor([2]), torch.tensor([3])
+        parts = [one, name, two, filler[:2], three, name, two, filler[2:]]
+        rows.append(torch.cat(parts))
+        lengths.append(n)
+    start = torch.tensor(lengths) + 4  # the index of [3]
+    return torch.stack(rows), start, torch.tensor(lengths)
+
+
+def _stops_after_unseen_names(cont: bool) -> float:
+    """Train on words 10-49; the share of names of unseen words (50-89) followed by [2]."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        n_layer=2, n_head=2, d_model=64, d_ff=64, max_positions=16, router="dense",
+        copy_head=True, copy_continue=cont,
+    )  # fmt: skip
+    model = build_model(cfg, V, A, copy_sources=TEXT)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    g = torch.Generator().manual_seed(0)
+    pos = torch.arange(14).expand(64, 14)
+    attrs = torch.zeros(64, 14, dtype=torch.long)
+    at = torch.arange(14)[None]
+
+    def answer(ids, start, n):  # the answer's targets: its name and [2]
+        return (at >= start[:, None]) & (at <= (start + n)[:, None])
+
+    for _ in range(200):
+        ids, start, n = _ended_batch(g, torch.arange(10, 50))
+        logits = model(ids, attrs, pos).logits[:, :-1]
+        keep = answer(ids, start, n)[:, :-1]
+        loss = torch.nn.functional.cross_entropy(logits[keep], ids[:, 1:][keep])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        ids, start, n = _ended_batch(g, torch.arange(50, 90))
+        guess = model.eval()(ids, attrs, pos).logits.argmax(-1)
+    last = start + n  # the answer's last piece, after which [2] comes
+    return float((guess[torch.arange(64), last] == 2).float().mean())
+
+
+def test_a_copied_name_ends_where_its_source_ends():
+    # without stop keys nothing tells the head an unseen name has ended: it copies on
+    assert _stops_after_unseen_names(cont=True) > 0.95
