@@ -309,6 +309,17 @@ def densecap_map(
 # --------------------------------------------------------------------------- #
 
 
+def described_colour(text: str, colours: set[str]) -> str | None:
+    """The colour a region phrase gives its own object: the predicate's ("the plus next to a
+    black cross is red": red) when the phrase ends in "is <colour>", else its first colour
+    word ("a red plus next to a black cross"); None without a colour word of `colours`
+    (lower case)."""
+    words = re.findall(r"[a-z]+", text.lower())
+    if len(words) >= 2 and words[-2] == "is" and words[-1] in colours:
+        return words[-1]
+    return next((w for w in words if w in colours), None)
+
+
 def grounding_accuracy(
     predictions: Sequence[str],
     categories: Sequence[str],
@@ -320,9 +331,8 @@ def grounding_accuracy(
 
     shape: the first category noun of the caption (a name or a synonym, tasks/vg.py
     PhraseMatcher over `all_categories`, so naming another category counts as wrong) is the
-    region's category. colour: over the references that name a colour of `colours`, the first
-    colour word of the caption is the reference's first colour word (the described object's:
-    the grammar names it before any neighbour). None when nothing could be scored.
+    region's category. colour: over the references that name a colour of `colours`, the
+    caption's `described_colour` is the reference's. None when nothing could be scored.
     """
     if not len(predictions) == len(categories) == len(references):
         raise ValueError(
@@ -330,15 +340,11 @@ def grounding_accuracy(
         )
     matcher = PhraseMatcher(builtin_synonyms(sorted(set(all_categories) | set(categories))))
     words = {c.lower() for c in colours}
-
-    def first_colour(text: str) -> str | None:
-        return next((w for w in re.findall(r"[a-z]+", text.lower()) if w in words), None)
-
     shape_hits = [matcher.match(p) == c for p, c in zip(predictions, categories)]
     colour_hits = [
-        first_colour(p) == want
+        described_colour(p, words) == want
         for p, r in zip(predictions, references)
-        if (want := first_colour(r)) is not None
+        if (want := described_colour(r, words)) is not None
     ]
     return {
         "shape_acc": float(np.mean(shape_hits)) if shape_hits else None,

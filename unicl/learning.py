@@ -90,6 +90,7 @@ _LR3 = {"train": {"lr": 3.0e-3}}
 _EXPECTED_IOU = {"tasks": {"segmentation": {"mask_threshold": "expected_iou"}}}
 _COPY = {"model": {"copy_head": True}}
 _FULL_VIEWS = {"tasks": {"segmentation": {"full_view_prob": 0.5}}}
+_CATEGORY_TEXT = {"tasks": {"segmentation": {"category_text": True}}}
 
 
 def _merge(*parts: dict) -> dict:
@@ -122,6 +123,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "default+full-views": (
         "the config as shipped; half the training views show the whole image",
         _FULL_VIEWS,
+    ),
+    "default+category-text": (
+        "the config as shipped; every segmentation prompt names its category",
+        _CATEGORY_TEXT,
+    ),
+    "default+full-views+category-text": (
+        "the config as shipped with both of the above",
+        _merge(_FULL_VIEWS, _CATEGORY_TEXT),
     ),
     "maskbits+parallel": (
         "maskbits codes, parallel answer, soft readout",

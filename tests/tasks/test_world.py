@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from unicl.tasks.metrics import described_colour
 from unicl.tasks.records import decode_segmentation
 from unicl.tasks.sources import DataConfig, ensure_world
 from unicl.tasks.vg import VisualGenomeRegions
@@ -102,6 +103,8 @@ def test_annotations_and_phrases_match_pixels(world):
         assert colour in named, (region["phrase"], colour, names[ann["category_id"]])
         if len(named) == 1:
             assert named == [colour]
+        # the colour-word metric reads the described object's colour out of every phrase
+        assert described_colour(region["phrase"], set(COLOURS)) == colour, region["phrase"]
 
 
 def test_sizes_span_coco_area_classes(world):
