@@ -32,18 +32,26 @@ class CopyHead(nn.Module):
     head of full width; a learned null key (value 0) takes the attention a position does not
     want to give to any source, and the one of positions without a copyable token before them.
 
-    With `copy_continue` the score of source j also gains w_eq [x_j-1 == x_t] + w_cos
-    cos(W[x_j-1], W[x_t]): a position whose token was just copied from j - 1 looks at j next,
-    so a name of several BPE pieces is copied piece after piece, whatever its pieces (an
-    induction step built in, not learned); the cosine lets training pair tokens that play one
-    part (the answer's start with the prompt's `<c_st>`).
-    The key right after a source's last piece (`<c_ed>` after a name) is a stop key: it may be
-    attended to and adds nothing, so a name copied to its end points the head at "stop" rather
-    than back into the name (which wrote "trapezoidpezoidpezoid" before).
+    With `copy_continue` the score of source j, when j - 1 is in a category name's brackets
+    (`names`: `<c_st>` and the name's pieces, up to `<c_ed>`), also gains
+    w_eq [x_j-1 == x_t] + w_cos cos(W[x_j-1], W[x_t]): a position whose token was just copied
+    from j - 1 looks at j next, so a name of several BPE pieces is copied piece after piece,
+    whatever its pieces (an induction step built in, not learned); the cosine lets training
+    pair tokens that play one part (a caption's word before the noun with `<c_st>`). Only
+    names continue: after " blue" a caption must not copy whatever followed " blue" in a
+    demonstration ("a blue hexagon" for a cross). The key right after a source's last piece
+    (`<c_ed>` after a name) is a stop key: it may be attended to and adds nothing, so a name
+    copied to its end points the head at "stop" rather than back into the name (which wrote
+    "trapezoidpezoidpezoid").
     """
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, names: tuple[int, int] | None = None):
         super().__init__()
+        if cfg.copy_continue and names is None:
+            raise ValueError(
+                "model.copy_continue needs the ids of the name brackets (<c_st>, <c_ed>)"
+            )
+        self.names = names
         d = cfg.d_model
         self.query = nn.Linear(d, d, bias=False)
         self.key = nn.Linear(d, d, bias=False)
@@ -81,18 +89,27 @@ class CopyHead(nn.Module):
         q = self.query(hidden)  # (B, T, D)
         scores = (q @ keys.to(q.dtype).transpose(1, 2)) / math.sqrt(d)  # (B, T, S)
         if self.cont is not None:
-            # source j's previous token (j >= 1) against each new token: equal, and the cosine
-            # of their rows (which training can raise between tokens that play one part)
-            same = (input_ids[:, :, None] == ids[:, None, :-1]).to(q.dtype)  # (B, T, S - 1)
-            before = F.normalize(rows[ids[:, :-1]].to(q.dtype), dim=-1)  # (B, S - 1, D)
+            # source j's previous token (j >= 1), in a name, against each new token: equal,
+            # and the cosine of their rows (which training can raise between tokens that play
+            # one part)
+            before_ids = ids[:, :-1]  # (B, S - 1)
+            same = (input_ids[:, :, None] == before_ids[:, None, :]).to(q.dtype)
+            before = F.normalize(rows[before_ids].to(q.dtype), dim=-1)  # (B, S - 1, D)
             now = F.normalize(rows[input_ids].to(q.dtype), dim=-1)  # (B, T, D)
             match = self.cont[0] * same + self.cont[1] * (now @ before.transpose(1, 2))
+            named = in_names(before_ids, *self.names)  # (B, S - 1)
             if key_valid is not None:  # a padding token is no source's previous token
-                match = match * key_valid[:, None, :-1]
-            scores = scores + F.pad(match, (1, 0))  # source 0 has no previous token
+                named = named & key_valid[:, :-1]
+            scores = scores + F.pad(match * named[:, None, :], (1, 0))  # source 0: none before
         scores = scores.masked_fill(~allowed, float("-inf"))
         null = (q @ self.null_key.to(q.dtype)).unsqueeze(-1) / math.sqrt(d)  # (B, T, 1)
         attn = torch.softmax(torch.cat([scores, null], dim=-1), dim=-1)[..., :s]  # (B, T, S)
         copied = (attn * copyable[:, None, :]) @ rows[ids].to(q.dtype)  # (B, T, D)
         gate = torch.sigmoid(self.gate(hidden)) * self.log_scale.exp()  # (B, T, 1)
         return hidden + gate * copied
+
+
+def in_names(ids: torch.Tensor, opener: int, closer: int) -> torch.Tensor:
+    """(B, S) bool: the tokens from a name's opening bracket up to its closing one, excluded
+    (`<c_st>` name pieces, not `<c_ed>`)."""
+    return (ids == opener).long().cumsum(1) - (ids == closer).long().cumsum(1) > 0

@@ -193,6 +193,7 @@ class UniclDecoder(nn.Module):
         num_attributes: int,
         code_features: torch.Tensor | None = None,
         copy_sources: torch.Tensor | None = None,
+        name_brackets: tuple[int, int] | None = None,
     ):
         super().__init__()
         if vocab_size < 1:
@@ -227,7 +228,7 @@ class UniclDecoder(nn.Module):
                     f"{None if copy_sources is None else tuple(copy_sources.shape)}"
                 )
             self.register_buffer("copy_sources", copy_sources.bool(), persistent=False)
-            self.copy = CopyHead(cfg)
+            self.copy = CopyHead(cfg, name_brackets)
         self.drop = nn.Dropout(cfg.dropout)
         moe = set(self.moe_layers)
         self.blocks = nn.ModuleList(
@@ -402,15 +403,17 @@ def build_model(
     num_attributes: int,
     code_features: torch.Tensor | None = None,
     copy_sources: torch.Tensor | None = None,
+    name_brackets: tuple[int, int] | None = None,
 ) -> UniclDecoder:
     """The decoder for a vocabulary of `vocab_size` embedding rows and `num_attributes` routing
     attribute ids (Vocabulary.embedding_size and unicl.attributes.num_attributes); with
     `cfg.code_features`, `code_features` is Vocabulary.code_features(); with `cfg.copy_head`,
-    `copy_sources` is the (V,) bool table of the ids it may copy. `build_decoder` fills all of
-    them from a vocabulary."""
+    `copy_sources` is the (V,) bool table of the ids it may copy, and with `cfg.copy_continue`
+    `name_brackets` the ids of `<c_st>` and `<c_ed>`. `build_decoder` fills all of them from
+    a vocabulary."""
     if not isinstance(cfg, ModelConfig):
         raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
-    return UniclDecoder(cfg, vocab_size, num_attributes, code_features, copy_sources)
+    return UniclDecoder(cfg, vocab_size, num_attributes, code_features, copy_sources, name_brackets)
 
 
 def build_decoder(cfg: ModelConfig, vocab: Vocabulary, tasks: Sequence[str]) -> UniclDecoder:
@@ -423,4 +426,5 @@ def build_decoder(cfg: ModelConfig, vocab: Vocabulary, tasks: Sequence[str]) -> 
         num_attributes(vocab, sorted(tasks)),
         vocab.code_features() if cfg.code_features else None,
         vocab.allowed_mask(spans=text) if cfg.copy_head else None,
+        (vocab["<c_st>"], vocab["<c_ed>"]) if cfg.copy_continue else None,
     )

@@ -10,6 +10,7 @@ from unicl.model import ModelConfig, build_model
 V, A = 96, 7
 TEXT = torch.zeros(V, dtype=torch.bool)
 TEXT[10:90] = True  # the ids the head may copy (a text span)
+NAMES = (1, 2)  # the ids that open and close a name (<c_st>, <c_ed>)
 
 
 def tiny(**kw) -> ModelConfig:
@@ -32,12 +33,49 @@ def cont(request):
 
 def _model(seed=0, sources=TEXT, **kw):
     torch.manual_seed(seed)
-    return build_model(tiny(**kw), V, A, copy_sources=sources).eval()
+    names = NAMES if kw.get("copy_continue") else None
+    return build_model(tiny(**kw), V, A, copy_sources=sources, name_brackets=names).eval()
 
 
 def test_continuing_needs_the_copy_head():
     with pytest.raises(ValueError, match="copy_continue needs model.copy_head"):
         ModelConfig(copy_continue=True)
+
+
+def test_continuing_needs_the_name_brackets():
+    with pytest.raises(ValueError, match="copy_continue needs the ids of the name brackets"):
+        build_model(tiny(copy_continue=True), V, A, copy_sources=TEXT)
+
+
+def test_only_names_continue():
+    """After token 20 the head continues with what followed 20 inside a name, never with what
+    followed it elsewhere (after " blue": not a demonstration's next noun)."""
+    model = _model(copy_continue=True)
+    with torch.no_grad():
+        model.copy.cont.copy_(torch.tensor([50.0, 0.0]))  # continuation decides alone
+        model.copy.log_scale.fill_(8.0)  # and a copy decides the logits
+        model.copy.gate.bias.fill_(10.0)
+
+    def last_guess(ids):
+        ids = torch.tensor([ids])
+        pos = torch.arange(ids.shape[1])[None]
+        return int(model(ids, torch.zeros_like(ids), pos).logits[0, -1].argmax())
+
+    # 20 30 outside a name, 20 40 inside one: after 20 the head copies 40
+    assert last_guess([20, 30, 95, 1, 20, 40, 2, 95, 20]) == 40
+    assert last_guess([1, 20, 40, 2, 95, 20, 30, 95, 20]) == 40
+    # outside names the continuation changes nothing at all
+    outside = torch.tensor([[20, 30, 95, 1, 60, 2, 95, 20]])
+    args = (outside, torch.zeros_like(outside), torch.arange(8)[None])
+    strong = model(*args).logits
+    with torch.no_grad():
+        model.copy.cont.zero_()
+    torch.testing.assert_close(model(*args).logits, strong)
+    with torch.no_grad():
+        model.copy.cont.copy_(torch.tensor([50.0, 0.0]))
+    # 50 ends the name: its continuation is the stop key <c_ed>, which adds nothing
+    plain = last_guess([1, 60, 50, 2, 95, 50, 70, 95, 50])
+    assert plain != 70 and plain != 60
 
 
 def test_needs_its_table_of_copyable_ids():
@@ -148,7 +186,7 @@ def test_continuing_copies_both_pieces_of_a_name_it_never_saw():
         n_layer=2, n_head=2, d_model=64, d_ff=64, max_positions=16, router="dense",
         copy_head=True, copy_continue=True,
     )  # fmt: skip
-    model = build_model(cfg, V, A, copy_sources=TEXT)
+    model = build_model(cfg, V, A, copy_sources=TEXT, name_brackets=NAMES)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     g = torch.Generator().manual_seed(0)
     pos = torch.arange(11).expand(64, 11)
@@ -189,7 +227,7 @@ def _stops_after_unseen_names(cont: bool) -> float:
         n_layer=2, n_head=2, d_model=64, d_ff=64, max_positions=16, router="dense",
         copy_head=True, copy_continue=cont,
     )  # fmt: skip
-    model = build_model(cfg, V, A, copy_sources=TEXT)
+    model = build_model(cfg, V, A, copy_sources=TEXT, name_brackets=NAMES)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     g = torch.Generator().manual_seed(0)
     pos = torch.arange(14).expand(64, 14)
