@@ -180,14 +180,25 @@ def _name_batch(g: torch.Generator, words: torch.Tensor, b: int = 64) -> torch.T
     return torch.stack(rows)  # (b, 11)
 
 
-def test_continuing_copies_both_pieces_of_a_name_it_never_saw():
+def _continuing_model():
+    """A 2-layer toy with a continuing copy head, and its optimiser."""
     torch.manual_seed(0)
     cfg = ModelConfig(
         n_layer=2, n_head=2, d_model=64, d_ff=64, max_positions=16, router="dense",
         copy_head=True, copy_continue=True,
     )  # fmt: skip
     model = build_model(cfg, V, A, copy_sources=TEXT, name_brackets=NAMES)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    return model, torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+
+
+def _step(opt, loss) -> None:
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
+def test_continuing_copies_both_pieces_of_a_name_it_never_saw():
+    model, opt = _continuing_model()
     g = torch.Generator().manual_seed(0)
     pos = torch.arange(11).expand(64, 11)
     attrs = torch.zeros(64, 11, dtype=torch.long)
@@ -195,9 +206,7 @@ def test_continuing_copies_both_pieces_of_a_name_it_never_saw():
         ids = _name_batch(g, torch.arange(10, 50))
         logits = model(ids, attrs, pos).logits[:, -3:-1]  # predicts A after [3], B after A
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, V), ids[:, -2:].reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        _step(opt, loss)
     with torch.no_grad():
         ids = _name_batch(g, torch.arange(50, 90))
         hit = model.eval()(ids, attrs, pos).logits[:, -3:-1].argmax(-1) == ids[:, -2:]
@@ -220,15 +229,9 @@ def _ended_batch(g: torch.Generator, words: torch.Tensor, b: int = 64):
     return torch.stack(rows), start, torch.tensor(lengths)
 
 
-def _stops_after_unseen_names(cont: bool) -> float:
+def _stops_after_unseen_names() -> float:
     """Train on words 10-49; the share of names of unseen words (50-89) followed by [2]."""
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        n_layer=2, n_head=2, d_model=64, d_ff=64, max_positions=16, router="dense",
-        copy_head=True, copy_continue=cont,
-    )  # fmt: skip
-    model = build_model(cfg, V, A, copy_sources=TEXT, name_brackets=NAMES)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    model, opt = _continuing_model()
     g = torch.Generator().manual_seed(0)
     pos = torch.arange(14).expand(64, 14)
     attrs = torch.zeros(64, 14, dtype=torch.long)
@@ -241,10 +244,7 @@ def _stops_after_unseen_names(cont: bool) -> float:
         ids, start, n = _ended_batch(g, torch.arange(10, 50))
         logits = model(ids, attrs, pos).logits[:, :-1]
         keep = answer(ids, start, n)[:, :-1]
-        loss = torch.nn.functional.cross_entropy(logits[keep], ids[:, 1:][keep])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        _step(opt, torch.nn.functional.cross_entropy(logits[keep], ids[:, 1:][keep]))
     with torch.no_grad():
         ids, start, n = _ended_batch(g, torch.arange(50, 90))
         guess = model.eval()(ids, attrs, pos).logits.argmax(-1)
@@ -254,4 +254,4 @@ def _stops_after_unseen_names(cont: bool) -> float:
 
 def test_a_copied_name_ends_where_its_source_ends():
     # without stop keys nothing tells the head an unseen name has ended: it copies on
-    assert _stops_after_unseen_names(cont=True) > 0.95
+    assert _stops_after_unseen_names() > 0.95
