@@ -89,7 +89,7 @@ _RENAME = {"tasks": {"captioning": {"rename_prob": 0.5}}}
 _LR3 = {"train": {"lr": 3.0e-3}}
 _EXPECTED_IOU = {"tasks": {"segmentation": {"mask_threshold": "expected_iou"}}}
 _COPY = {"model": {"copy_head": True}}
-_FULL_VIEWS = {"tasks": {"segmentation": {"full_view_prob": 0.5}}}
+_OBJECT_CROPS = {"tasks": {"segmentation": {"full_view_prob": 0.0}}}
 _CATEGORY_TEXT = {"tasks": {"segmentation": {"category_text": True}}}
 
 
@@ -120,17 +120,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "rename": ("captions: made-up category names in half the episodes", _lever(_RENAME)),
     "expected-iou": ("masks cut where their expected IoU is largest", _lever(_EXPECTED_IOU)),
     "copy-head": ("a copy head over the prompt's text tokens", _lever(_COPY)),
-    "default+full-views": (
-        "the config as shipped; half the training views show the whole image",
-        _FULL_VIEWS,
+    "default+object-crops": (
+        "the config as shipped; every training view an object-centred crop (no whole images)",
+        _OBJECT_CROPS,
     ),
     "default+category-text": (
         "the config as shipped; every segmentation prompt names its category",
         _CATEGORY_TEXT,
-    ),
-    "default+full-views+category-text": (
-        "the config as shipped with both of the above",
-        _merge(_FULL_VIEWS, _CATEGORY_TEXT),
     ),
     "maskbits+parallel": (
         "maskbits codes, parallel answer, soft readout",
