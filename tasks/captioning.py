@@ -8,12 +8,16 @@ query image with its region; the model writes the query's caption. One pair:
 
 The template's literal words are ours (the paper fixes its structure); the box is
 normalised by the crop to [0, 1] and written as 4 bin tokens (Pix2Seq style, 1001
-bins = 3 decimals). The pair is padded after [EOC] to the length of an image pair
-(`pad_to_image_length`), as the paper pads captions to the image length. The text
-part is the pair's output (it carries loss). At inference the prompt runs up to
-and including "Caption:" (`generate: caption`, region captioning: the box is
-given); `generate: box` ends the prompt after "Bboxes:" (dense captioning: box and
-caption are generated), `generate: category` after "Category:".
+bins = 3 decimals). With `region_tokens` n > 0 the box is followed by the region's
+own image codes, `<b_ed> [BOI] codes [BOT] . Caption:`: the codes of the grid cells
+whose centres lie in the box (at most n, evenly spaced in raster order), as region
+features are given to region captioners; the caption's words then sit next to what
+they describe instead of a pair's length away. The pair is padded after [EOC] to the
+length of an image pair (`pad_to_image_length`), as the paper pads captions to the
+image length. The text part is the pair's output (it carries loss). At inference the
+prompt runs up to and including "Caption:" (`generate: caption`, region captioning:
+the box is given); `generate: box` ends the prompt after "Bboxes:" (dense
+captioning: box and caption are generated), `generate: category` after "Category:".
 
 Flips: a horizontally flipped region keeps its caption true only if "left" and
 "right" swap, so training flips also swap those words (`swap_left_right`); with
@@ -55,6 +59,35 @@ def made_up_word(rng: np.random.Generator) -> str:
     return "".join(syllables) + ("", "n", "m", "k")[rng.integers(4)]
 
 
+def region_codes(codes: np.ndarray, box: Sequence[float], limit: int) -> np.ndarray:
+    """The codes of a square grid's cells whose centres lie in `box` ([0, 1] view coordinates).
+
+    codes: (G * G,) in raster order. A box between cell centres gets the cell under its
+    centre. Over `limit` cells, evenly spaced rows and columns of them are kept (the longer
+    side thinned first), so the codes stay a lattice over the whole region.
+    """
+    grid = int(round(np.sqrt(codes.size)))
+    if grid * grid != codes.size:
+        raise ValueError(f"region codes need a square grid of codes, got {codes.size}")
+    centres = (np.arange(grid) + 0.5) / grid
+
+    def inside(lo: float, hi: float) -> np.ndarray:
+        hits = np.flatnonzero((centres >= lo) & (centres <= hi))
+        return hits if hits.size else np.array([min(int((lo + hi) / 2 * grid), grid - 1)])
+
+    x0, y0, x1, y1 = box
+    rows, cols = inside(y0, y1), inside(x0, x1)
+    n_rows, n_cols = rows.size, cols.size
+    while n_rows * n_cols > limit:
+        if n_rows >= n_cols:
+            n_rows -= 1
+        else:
+            n_cols -= 1
+    rows = rows[np.linspace(0, rows.size - 1, n_rows).round().astype(int)]
+    cols = cols[np.linspace(0, cols.size - 1, n_cols).round().astype(int)]
+    return codes[(rows[:, None] * grid + cols[None, :]).reshape(-1)]
+
+
 def swap_left_right(text: str) -> str:
     """'the left cat' -> 'the right cat' (whole words, case kept): a mirrored caption."""
     return _LEFT_RIGHT.sub(lambda m: _SWAP[m.group(1)] + (m.group(2) or ""), text)
@@ -73,10 +106,11 @@ class CaptionAnswer:
 class CaptioningTask(Task):
     """k (image, box, caption) demonstrations + a query (image, box) -> the caption.
 
-    Options beside the common ones of `Task`: `generate` ("caption" | "box" |
-    "category": where the generated part of the query starts), `pad_to_image_length`
-    (pad each pair to the image-pair length, the paper's layout), `swap_left_right`
-    (flip with word swapping; off = no flips), `text_tokenizer`, `box_tokenizer`,
+    Options beside the common ones of `Task`: `generate` ("caption" | "box" | "category":
+    where the generated part of the query starts), `pad_to_image_length` (pad each pair to
+    the image-pair length, the paper's layout), `swap_left_right` (flip with word swapping;
+    off = no flips), `text_tokenizer`, `box_tokenizer`, `region_tokens`: repeat up to this
+    many of the image's codes under the box right after the box (0 = the paper's layout);
     `rename_prob`: the probability that a training episode calls its category by a made-up
     word instead (in every pair's category field and captions, synonyms included), so that
     the model learns to take the region's noun from the prompt: without it a model only ever
@@ -93,6 +127,7 @@ class CaptioningTask(Task):
         text_tokenizer: str = "gpt2",
         box_tokenizer: str = "bins",
         rename_prob: float = 0.0,
+        region_tokens: int = 0,
         **common: Any,
     ) -> None:
         super().__init__(**common)
@@ -110,6 +145,16 @@ class CaptioningTask(Task):
         if not 0.0 <= rename_prob <= 1.0:
             raise ValueError(f"captioning: rename_prob must lie in [0, 1], got {rename_prob!r}")
         self.rename_prob = float(rename_prob)
+        if isinstance(region_tokens, bool) or not isinstance(region_tokens, int):
+            raise ValueError(f"captioning: region_tokens must be an integer, got {region_tokens!r}")
+        if region_tokens < 0:
+            raise ValueError(f"captioning: region_tokens must be >= 0, got {region_tokens}")
+        if region_tokens and generate != "caption":
+            raise ValueError(
+                f"captioning: region_tokens needs the box in the prompt (generate: caption), "
+                f"got generate: {generate!r}"
+            )
+        self.region_tokens = region_tokens
 
     def augment(self, episode: Episode, rng: np.random.Generator) -> Episode:
         """Training only: with probability `rename_prob`, rename the category everywhere."""
@@ -161,7 +206,9 @@ class CaptioningTask(Task):
         tok = self.vocab.tokenizers[self.text_tokenizer]
         words = ("Category:", f" {record.category}", ". Bboxes:", ". Caption:")
         text = sum(len(tok.encode(w)) for w in words) + len(tok.encode(f" {record.phrase.strip()}"))
-        return 1 + text + 4 + 4 + 1  # [BOT] + text + 4 tags + 4 bins + [EOC]
+        # region codes: [BOI] + at most n codes + [BOT] again
+        region = self.region_tokens + 2 if self.region_tokens else 0
+        return 1 + text + 4 + 4 + 1 + region  # [BOT] + text + 4 tags + 4 bins + [EOC]
 
     # ---- views and pairs ----------------------------------------------------- #
 
@@ -172,6 +219,11 @@ class CaptioningTask(Task):
         record, view = shot.record, shot.view
         codes = shot.codes.get("image")
         image = None if codes is not None else view.apply(record.load_image())
+        if self.region_tokens and codes is None:  # the region's codes come from the image's
+            if self.vocab is None:
+                raise ValueError("captioning: region_tokens needs a vocabulary (task.bind)")
+            codes = np.asarray(self.vocab.tokenizers[self.image_tokenizer].encode(image))
+            image = None
         caption = record.phrase.strip()
         if view.flip:
             caption = swap_left_right(caption)
@@ -179,6 +231,10 @@ class CaptioningTask(Task):
         caption_text = f" {caption}" if getattr(record, "answered", True) else None
         box = [round(v, 3) for v in view.box_to_view(record.box)]
         out = "output"
+        region = []
+        if self.region_tokens:
+            ids = region_codes(np.asarray(codes).reshape(-1), box, self.region_tokens)
+            region = [Segment(self.image_tokenizer, None, "input", ids=ids)]
         return [
             Segment(self.image_tokenizer, image, "input", ids=codes),
             Segment(self.text_tokenizer, "Category:", out),
@@ -189,6 +245,7 @@ class CaptioningTask(Task):
             Segment("special", "<b_st>", out),
             Segment(self.box_tokenizer, box, out),
             Segment("special", "<b_ed>", out),
+            *region,
             Segment(self.text_tokenizer, ". Caption:", out),
             Segment(self.text_tokenizer, caption_text, out),
         ]
@@ -197,7 +254,7 @@ class CaptioningTask(Task):
         return self.pad_to_image_length
 
     def generate_from(self) -> int | None:
-        return GENERATE_FROM[self.generate]
+        return GENERATE_FROM[self.generate] + (1 if self.region_tokens else 0)
 
     # ---- user prompts and answers ---------------------------------------------- #
 

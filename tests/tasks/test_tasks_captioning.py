@@ -180,3 +180,75 @@ def test_rename_augmentation_replaces_the_category_in_every_pair(pools, vocab):
     assert plain.augment(episode, np.random.default_rng(0)) is episode
     with pytest.raises(ValueError, match="rename_prob must lie in"):
         CaptioningTask(rename_prob=1.5)
+
+
+def test_region_codes_are_a_lattice_of_the_cells_under_the_box():
+    from unicl.tasks.captioning import region_codes
+
+    codes = np.arange(64)  # an 8 x 8 grid whose code is its cell index
+    # cell centres at (i + 0.5) / 8: columns and rows 2-5 lie in [0.3, 0.7]
+    assert region_codes(codes, (0.3, 0.3, 0.7, 0.7), 16).tolist() == [
+        r * 8 + c for r in range(2, 6) for c in range(2, 6)
+    ]
+    # a whole-image box keeps 4 evenly spaced rows and columns, corners included
+    whole = region_codes(codes, (0.0, 0.0, 1.0, 1.0), 16).reshape(4, 4)
+    assert whole[0, 0] == 0 and whole[-1, -1] == 63 and len(set(whole[:, 0] % 8)) == 1
+    # a wide box is thinned along its longer side first
+    assert region_codes(codes, (0.1, 0.3, 0.9, 0.5), 12).tolist() == [
+        r * 8 + c for r in (2, 3) for c in (1, 2, 3, 4, 5, 6)
+    ]
+    # a box between cell centres gets the cell under its centre
+    assert region_codes(codes, (0.51, 0.51, 0.55, 0.55), 16).tolist() == [4 * 8 + 4]
+    with pytest.raises(ValueError, match="square grid"):
+        region_codes(np.arange(10), (0, 0, 1, 1), 4)
+
+
+def test_region_tokens_follow_the_box_in_training_and_user_prompts(pools, vocab):
+    from unicl.tasks.captioning import region_codes
+
+    task = CaptioningTask(shots=1, image_size=64, region_tokens=9)
+    task.bind(vocab)
+    category = max(pools, key=lambda c: len(pools[c]))
+    query = pools[category][0]
+    demo = next(r for r in pools[category] if r.image_id != query.image_id)
+    shots = [Shot(r, task.eval_view(r)) for r in (query, demo)]
+    segments = task.pair(shots[0])
+    region, caption = segments[9], segments[11]
+    assert region.modality == "vqgan" and region.role == "input"
+    assert segments[8].payload == "<b_ed>" and segments[10].payload == ". Caption:"
+    image = np.asarray(segments[0].ids)
+    assert 1 <= len(region.ids) <= 9
+    assert region.ids.tolist() == region_codes(image, segments[7].payload, 9).tolist()
+    assert caption.payload == f" {query.phrase.strip()}"
+    # the same codes whether the image comes encoded (the token cache) or as pixels
+    cached = dataclasses.replace(shots[0], codes={"image": image})
+    assert np.array_equal(task.pair(cached)[9].ids, region.ids)
+    # packed: ... <b_ed> [BOI] region [BOT] . Caption: ...; generation starts after "Caption:"
+    episode = task.episode(shots[0], shots[1:], category)
+    packer = Packer(vocab, ["captioning"])
+    packed = packer.pack(episode)
+    assert vocab.decode("gpt2", packed.prompt_ids[-3:].tolist()).endswith("Caption:")
+    answer = task.postprocess(episode, packed.target_ids.tolist(), vocab)
+    assert answer.text == query.phrase.strip()
+    ids = packed.input_ids.tolist()
+    b_ed = [i for i, t in enumerate(ids) if t == vocab["<b_ed>"]][-1]
+    n = len(region.ids)
+    assert ids[b_ed + 1] == vocab["[BOI]"] and ids[b_ed + n + 2] == vocab["[BOT]"]
+    assert np.array_equal(
+        np.asarray(ids[b_ed + 2 : b_ed + n + 2]) - vocab.ranges["vqgan"].start, region.ids
+    )
+    # the region is given, not scored; the [BOT] after it opens the scored text
+    assert float(packed.loss_weights[b_ed + 1 : b_ed + n + 2].sum()) == 0.0
+    # the text budget counts the region's tokens
+    plain = CaptioningTask(image_size=64)
+    plain.bind(vocab)
+    assert task.text_length(query) == plain.text_length(query) + 9 + 2
+
+
+def test_region_tokens_are_validated():
+    with pytest.raises(ValueError, match="region_tokens must be >= 0"):
+        CaptioningTask(region_tokens=-1)
+    with pytest.raises(ValueError, match="region_tokens must be an integer"):
+        CaptioningTask(region_tokens=True)
+    with pytest.raises(ValueError, match="region_tokens needs the box in the prompt"):
+        CaptioningTask(region_tokens=4, generate="box")
