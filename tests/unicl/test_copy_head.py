@@ -78,6 +78,47 @@ def test_only_names_continue():
     assert plain != 70 and plain != 60
 
 
+def test_a_started_name_is_finished_even_with_the_gate_shut():
+    """A model whose gate learned to stay shut (a grounded language model that expects another
+    word) still copies the next piece of a name it has started, and nothing elsewhere."""
+    model = _model(copy_continue=True)
+    with torch.no_grad():
+        model.copy.cont.copy_(torch.tensor([50.0, 0.0]))
+        model.copy.log_scale.fill_(8.0)
+        model.copy.gate.weight.zero_()
+        model.copy.gate.bias.fill_(-10.0)  # shut everywhere (8 more still leaves it at -2)
+
+    def logits(ids):
+        ids = torch.tensor([ids])
+        return model(ids, torch.zeros_like(ids), torch.arange(ids.shape[1])[None]).logits[0, -1]
+
+    started = [1, 20, 40, 2, 95, 20]  # name "20 40"; 20 was just written
+    free = [1, 20, 40, 2, 95, 30]  # no name started
+    with_head = {k: logits(ids) for k, ids in (("started", started), ("free", free))}
+    assert int(with_head["started"].argmax()) == 40
+    with torch.no_grad():
+        model.copy.log_scale.fill_(-30.0)  # the head's contribution off
+    gain = {k: with_head[k] - logits(ids) for k, ids in (("started", started), ("free", free))}
+    assert float(gain["started"][40]) > 1.0
+    assert float(gain["free"].abs().max()) < 0.01  # where no name was started it stays shut
+    with torch.no_grad():
+        model.copy.log_scale.fill_(8.0)
+        model.copy.cont_gate.zero_()  # without the continuation's gate the head stays silent
+    assert int(logits(started).argmax()) != 40
+
+
+def test_weights_from_before_the_continuation_gate_load_with_its_initial_value():
+    model = _model(copy_continue=True)
+    state = {k: v for k, v in model.state_dict().items() if k != "copy.cont_gate"}
+    with torch.no_grad():
+        model.copy.cont_gate.fill_(-1.0)
+    assert model.load_state_dict(state, strict=True) is not None
+    assert float(model.copy.cont_gate) == -1.0  # absent from the file: left as it was
+    fresh = _model(copy_continue=True, seed=1)
+    fresh.load_state_dict(state, strict=True)
+    assert float(fresh.copy.cont_gate) == 8.0
+
+
 def test_needs_its_table_of_copyable_ids():
     with pytest.raises(ValueError, match="copy_head needs a \\(96,\\) bool table"):
         build_model(tiny(), V, A)
