@@ -24,6 +24,10 @@ if TYPE_CHECKING:
     from unicl.model import ModelConfig
 
 
+#: added to the copy gate's logit, outside training, where a started name has a next key
+FINISH_NAMES = 8.0
+
+
 class CopyHead(nn.Module):
     """Pointer attention from every position to the earlier copyable tokens (ModelConfig.copy_head).
 
@@ -42,10 +46,15 @@ class CopyHead(nn.Module):
     demonstration ("a blue hexagon" for a cross). The key right after a source's last piece
     (`<c_ed>` after a name) is a stop key: it may be attended to and adds nothing, so a name
     copied to its end points the head at "stop" rather than back into the name (which wrote
-    "trapezoidpezoidpezoid"). Where the token just written is a name piece with a key after
-    it, w_gate (learned, from 8) is added to the gate's logit: the gate is learned on seen
-    names, whose pieces the language model predicts by itself, so it stays shut where a
-    grounded model expects another word, and an unseen name stopped after its first piece.
+    "trapezoidpezoidpezoid").
+
+    Finishing names, a decoding rule: outside training, where the token just written is a
+    name piece with a key after it, FINISH_NAMES is added to the gate's logit. The gate is
+    learned on seen names, whose pieces the language model predicts by itself, so it stays
+    shut where a grounded model expects another word, and unseen names stopped after their
+    first piece ("the te hidden behind ..." for "teardrop"). As a learned term from the
+    same start, trained from scratch for 150 steps, it cost the unseen names their first
+    piece instead (docs/model.md).
     """
 
     def __init__(self, cfg: ModelConfig, names: tuple[int, int] | None = None):
@@ -67,17 +76,6 @@ class CopyHead(nn.Module):
         # the continuation's weights (w_eq, w_cos) on the attention logits: with w_eq at 4 a
         # learned query still outbids it and unseen three-piece names lose their end; 16 wins
         self.cont = nn.Parameter(torch.tensor([16.0, 4.0])) if cfg.copy_continue else None
-        # added to the gate's logit where the token just written is a name piece with a piece
-        # (or the name's end) after it: a started name is finished by copying even where the
-        # language model has learned to expect another word there (the gate alone let a
-        # grounded model write "the te hidden behind ..." for "teardrop")
-        self.cont_gate = nn.Parameter(torch.full((1,), 8.0)) if cfg.copy_continue else None
-
-    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:
-        # weights saved before the continuation's gate term load with its initial value
-        if self.cont_gate is not None and prefix + "cont_gate" not in state_dict:
-            state_dict = {**state_dict, prefix + "cont_gate": self.cont_gate.detach().clone()}
-        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def forward(self, hidden, input_ids, sources, rows, mask, key_valid, cache: KVCache | None):
         """hidden (B, T, D) final states, input_ids (B, T), sources (V,) bool copyable ids,
@@ -122,8 +120,8 @@ class CopyHead(nn.Module):
         attn = torch.softmax(torch.cat([scores, null], dim=-1), dim=-1)[..., :s]  # (B, T, S)
         copied = (attn * copyable[:, None, :]) @ rows[ids].to(q.dtype)  # (B, T, D)
         gate_logit = self.gate(hidden)  # (B, T, 1)
-        if self.cont is not None:
-            gate_logit = gate_logit + self.cont_gate * continuing[..., None].to(gate_logit.dtype)
+        if self.cont is not None and not self.training:  # a decoding rule (class docstring)
+            gate_logit = gate_logit + FINISH_NAMES * continuing[..., None].to(gate_logit.dtype)
         gate = torch.sigmoid(gate_logit) * self.log_scale.exp()  # (B, T, 1)
         return hidden + gate * copied
 
