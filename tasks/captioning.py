@@ -10,8 +10,8 @@ The template's literal words are ours (the paper fixes its structure); the box i
 normalised by the crop to [0, 1] and written as 4 bin tokens (Pix2Seq style, 1001
 bins = 3 decimals). With `region_tokens` n > 0 the box is followed by the region's
 own image codes, `<b_ed> [BOI] codes [BOT] . Caption:`: the codes of the grid cells
-whose centres lie in the box (at most n, evenly spaced in raster order), as region
-features are given to region captioners; the caption's words then sit next to what
+whose centres lie in the box (at most n, a lattice of evenly spaced rows and columns),
+as region features are given to region captioners; the caption's words then sit next to what
 they describe instead of a pair's length away. The pair is padded after [EOC] to the
 length of an image pair (`pad_to_image_length`), as the paper pads captions to the
 image length. The text part is the pair's output (it carries loss). At inference the

@@ -113,14 +113,15 @@ class CopyHead(nn.Module):
             if key_valid is not None:  # a padding token is no source's previous token
                 named = named & key_valid[:, :-1]
             scores = scores + F.pad(match * named[:, None, :], (1, 0))  # source 0: none before
-            # (B, T): the new token equals a name piece whose next key is on (a piece or stop)
+        finishing = self.cont is not None and not self.training  # a decoding rule (docstring)
+        if finishing:  # (B, T): the new token is a name piece whose next key is on
             continuing = (same.bool() & named[:, None, :] & allowed[:, :, 1:]).any(-1)
         scores = scores.masked_fill(~allowed, float("-inf"))
         null = (q @ self.null_key.to(q.dtype)).unsqueeze(-1) / math.sqrt(d)  # (B, T, 1)
         attn = torch.softmax(torch.cat([scores, null], dim=-1), dim=-1)[..., :s]  # (B, T, S)
         copied = (attn * copyable[:, None, :]) @ rows[ids].to(q.dtype)  # (B, T, D)
         gate_logit = self.gate(hidden)  # (B, T, 1)
-        if self.cont is not None and not self.training:  # a decoding rule (class docstring)
+        if finishing:
             gate_logit = gate_logit + FINISH_NAMES * continuing[..., None].to(gate_logit.dtype)
         gate = torch.sigmoid(gate_logit) * self.log_scale.exp()  # (B, T, 1)
         return hidden + gate * copied

@@ -91,7 +91,7 @@ _EXPECTED_IOU = {"tasks": {"segmentation": {"mask_threshold": "expected_iou"}}}
 _COPY = {"model": {"copy_head": True}}
 _OBJECT_CROPS = {"tasks": {"segmentation": {"full_view_prob": 0.0}}}
 _CATEGORY_TEXT = {"tasks": {"segmentation": {"category_text": True}}}
-_REGION = {"tasks": {"captioning": {"region_tokens": 16}}}
+_NO_REGION = {"tasks": {"captioning": {"region_tokens": 0}}}
 
 
 def _merge(*parts: dict) -> dict:
@@ -129,9 +129,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "the config as shipped; every segmentation prompt names its category",
         _CATEGORY_TEXT,
     ),
-    "default+region-tokens": (
-        "the config as shipped; captions see the codes under their box again after the box",
-        _REGION,
+    "default+no-region-tokens": (
+        "the config as shipped; captions without the region's codes after their box",
+        _NO_REGION,
     ),
     "maskbits+parallel": (
         "maskbits codes, parallel answer, soft readout",
