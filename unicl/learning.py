@@ -9,7 +9,10 @@ variant does or does not segment:
   free-running IoU that generation gives: a large gap is the autoregressive shortcut;
 - mask-token cross-entropy on background, foreground and boundary patches;
 - image dependence: the answer again with the query image's codes shuffled; a model that looks
-  at the image loses most of its IoU.
+  at the image loses most of its IoU;
+- demonstration dependence: the answer again with the demonstrations of another category's
+  episode; a model that learns the category in context loses IoU, one that segments whatever
+  is salient does not.
 
 Every variant trains from scratch on the same world with the same seed and budget, and is
 evaluated on the same fixed held-out episodes (object-centred and whole-image queries).
@@ -228,6 +231,7 @@ def diagnostics(predictor: Any, episodes: Sequence[Any]) -> dict[str, float]:
         * float(np.mean([binary_iou(a.mask, t) for a, t in zip(plain, truths)])),
         "shuffled_image_iou": 100
         * float(np.mean([binary_iou(a.mask, t) for a, t in zip(mixed, truths)])),
+        "other_demos_iou": other_category_demos_iou(predictor, episodes),
         "ce_background": float(np.mean(ce[0])) if ce[0] else float("nan"),
         "ce_foreground": float(np.mean(ce[1])) if ce[1] else float("nan"),
         "ce_boundary": float(np.mean(ce[2])) if ce[2] else float("nan"),
@@ -244,6 +248,36 @@ def _shuffle_query_image(episode: Any, tokenizer: Any, seed: int) -> Any:
     perm = np.random.default_rng(seed).permutation(len(codes))
     query[0] = Segment(image.modality, None, image.role, image.kind, np.asarray(codes)[perm])
     return dataclasses.replace(episode, pairs=[*episode.pairs[:-1], query])
+
+
+def other_category_demos(episodes: Sequence[Any]) -> list[Any]:
+    """Each episode with the demonstrations of the next episode (cyclically) of another category.
+
+    The query pair and the prefix stay; [] when the episodes hold fewer than two categories or
+    no demonstrations.
+    """
+    n = len(episodes)
+    if len({e.category for e in episodes}) < 2 or not any(len(e.pairs) > 1 for e in episodes):
+        return []
+    out = []
+    for i, episode in enumerate(episodes):
+        donor = next(
+            episodes[(i + j) % n]
+            for j in range(1, n)
+            if episodes[(i + j) % n].category != episode.category
+        )
+        out.append(dataclasses.replace(episode, pairs=[*donor.pairs[:-1], episode.pairs[-1]]))
+    return out
+
+
+def other_category_demos_iou(predictor: Any, episodes: Sequence[Any]) -> float:
+    """Mean IoU (%) of the answers given another category's demonstrations (NaN: none)."""
+    swapped = other_category_demos(episodes)
+    if not swapped:
+        return float("nan")
+    answers = predictor.answer(swapped, predictor.sampling({}))
+    truths = [e.meta["query_record"].load_mask() for e in episodes]
+    return 100 * float(np.mean([binary_iou(a.value.mask, t) for a, t in zip(answers, truths)]))
 
 
 # --------------------------------------------------------------------------- #
@@ -339,6 +373,17 @@ def run_variant(name: str, opts: BenchOptions) -> dict[str, Any]:
         result["whole_image"] = _rows(
             evaluate(model, "segmentation", crops["full"], full_opts, progress=opts.progress)
         )
+        # the same whole-image queries, each with another category's demonstrations
+        result["whole_image_other_demos"] = {
+            group: other_category_demos_iou(
+                predictor, list(load_episodes(path, seg, predictor.cfg.data, 1))
+            )
+            for group in GROUPS
+            if (
+                path := crops["full"]
+                / episode_file_name("segmentation", "val", group, opts.episode_seed)
+            ).is_file()
+        }
     finally:
         seg.query_crop = before
     diag = {}
@@ -367,7 +412,8 @@ def summary_table(results: Sequence[dict[str, Any]]) -> str:
     head = (
         "| variant | train min | 0-shot seen / unseen | 1-shot seen / unseen "
         "| 3-shot seen / unseen "
-        "| whole image 1-shot seen / unseen | teacher-forced / free / shuffled image (unseen) "
+        "| whole image 1-shot seen / unseen (other category's demos) "
+        "| teacher-forced / free / shuffled image / other category's demos (unseen) "
         "| CE bg / fg / edge (unseen) | caption shape % / colour % / CIDEr (1-shot, all) |"
     )
     lines = [head, "|" + "---|" * 9]
@@ -383,11 +429,16 @@ def summary_table(results: Sequence[dict[str, Any]]) -> str:
             vals = [_metric(cap, "model", 1, s, key) for s in ("seen", "unseen")]
             vals = [v for v in vals if v is not None]
             caps.append(f(float(np.mean(vals))) if vals else "")
+        other = r.get("whole_image_other_demos", {})
+        whole = pair(full, 1)
+        if any(np.isfinite(other.get(s, np.nan)) for s in ("seen", "unseen")):
+            whole += f" ({' / '.join(f(other.get(s)) for s in ('seen', 'unseen'))})"
         lines.append(
             f"| {r['variant']} | {r['train_minutes']:.1f} | {pair(seg, 0)} | {pair(seg, 1)} | "
-            f"{pair(seg, 3)} | {pair(full, 1)} | "
+            f"{pair(seg, 3)} | {whole} | "
             f"{f(d.get('teacher_forced_iou'))} / {f(d.get('free_running_iou'))} / "
-            f"{f(d.get('shuffled_image_iou'))} | {f(d.get('ce_background'), '{:.2f}')} / "
+            f"{f(d.get('shuffled_image_iou'))} / {f(d.get('other_demos_iou'))} | "
+            f"{f(d.get('ce_background'), '{:.2f}')} / "
             f"{f(d.get('ce_foreground'), '{:.2f}')} / {f(d.get('ce_boundary'), '{:.2f}')} | "
             f"{' / '.join(caps)} |"
         )

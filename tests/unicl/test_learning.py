@@ -1,9 +1,11 @@
 """The learnability benchmark's variants (unicl/learning.py): every lever is a valid config."""
 
+import numpy as np
 import pytest
 
 from unicl.config import load_config
-from unicl.learning import VARIANTS, summary_table, variant_overrides
+from unicl.learning import VARIANTS, other_category_demos, summary_table, variant_overrides
+from unicl.tasks.prompt import Episode, Segment
 
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
@@ -51,3 +53,40 @@ def test_summary_table_has_a_row_per_variant_and_the_baselines():
     table = summary_table([result])
     assert "| x | 1.0 | 40.0 / 40.0 | 40.0 / 40.0 | 40.0 / 40.0 | 30.0 / 30.0 |" in table
     assert "| copy demo mask |" in table and "x 86.0" in table
+
+
+def test_summary_table_shows_the_other_category_demos_in_brackets():
+    rows = [
+        {"method": "model", "shots": 1, "split": s, "metrics": {"miou": 30.0}}
+        for s in ("seen", "unseen")
+    ]
+    result = {
+        "variant": "x",
+        "train_minutes": 1.0,
+        "segmentation": rows,
+        "whole_image": rows,
+        "whole_image_other_demos": {"seen": 12.0, "unseen": 14.5},
+        "diagnostics": {"unseen": {"other_demos_iou": 25.0, "shuffled_image_iou": 5.0}},
+    }
+    table = summary_table([result])
+    assert "| 30.0 / 30.0 (12.0 / 14.5) |" in table
+    assert " /  / 5.0 / 25.0 |" in table
+
+
+def _episode(category, demos):
+    pairs = [[Segment("vqgan", None, "input", ids=np.array([i]))] for i in demos]
+    query = [Segment("vqgan", None, "input", ids=np.array([-1]))]
+    return Episode(task="segmentation", category=category, pairs=[*pairs, query])
+
+
+def test_other_category_demos_takes_the_next_other_category_and_keeps_the_query():
+    episodes = [_episode("a", [1]), _episode("a", [2]), _episode("b", [3]), _episode("c", [4])]
+    swapped = other_category_demos(episodes)
+    demo = lambda e: int(e.pairs[0][0].ids[0])
+    assert [demo(e) for e in swapped] == [3, 3, 4, 1]
+    assert [e.category for e in swapped] == ["a", "a", "b", "c"]
+    assert all(s.pairs[-1] is e.pairs[-1] for s, e in zip(swapped, episodes))
+    # the originals are untouched; one category, or no demonstrations: nothing to swap
+    assert [demo(e) for e in episodes] == [1, 2, 3, 4]
+    assert other_category_demos(episodes[:2]) == []
+    assert other_category_demos([_episode("a", []), _episode("b", [])]) == []
