@@ -374,16 +374,13 @@ def run_variant(name: str, opts: BenchOptions) -> dict[str, Any]:
             evaluate(model, "segmentation", crops["full"], full_opts, progress=opts.progress)
         )
         # the same whole-image queries, each with another category's demonstrations
-        result["whole_image_other_demos"] = {
-            group: other_category_demos_iou(
-                predictor, list(load_episodes(path, seg, predictor.cfg.data, 1))
-            )
-            for group in GROUPS
-            if (
-                path := crops["full"]
-                / episode_file_name("segmentation", "val", group, opts.episode_seed)
-            ).is_file()
-        }
+        other = {}
+        for group in GROUPS:
+            name = episode_file_name("segmentation", "val", group, opts.episode_seed)
+            if (crops["full"] / name).is_file():
+                episodes = list(load_episodes(crops["full"] / name, seg, predictor.cfg.data, 1))
+                other[group] = other_category_demos_iou(predictor, episodes)
+        result["whole_image_other_demos"] = other
     finally:
         seg.query_crop = before
     diag = {}
