@@ -227,10 +227,8 @@ def diagnostics(predictor: Any, episodes: Sequence[Any]) -> dict[str, float]:
     return {
         "ceiling_iou": 100 * float(np.mean(ceiling)),
         "teacher_forced_iou": 100 * float(np.mean(forced)),
-        "free_running_iou": 100
-        * float(np.mean([binary_iou(a.mask, t) for a, t in zip(plain, truths)])),
-        "shuffled_image_iou": 100
-        * float(np.mean([binary_iou(a.mask, t) for a, t in zip(mixed, truths)])),
+        "free_running_iou": _mean_iou(plain, truths),
+        "shuffled_image_iou": _mean_iou(mixed, truths),
         "other_demos_iou": other_category_demos_iou(predictor, episodes),
         "ce_background": float(np.mean(ce[0])) if ce[0] else float("nan"),
         "ce_foreground": float(np.mean(ce[1])) if ce[1] else float("nan"),
@@ -277,7 +275,22 @@ def other_category_demos_iou(predictor: Any, episodes: Sequence[Any]) -> float:
         return float("nan")
     answers = predictor.answer(swapped, predictor.sampling({}))
     truths = [e.meta["query_record"].load_mask() for e in episodes]
-    return 100 * float(np.mean([binary_iou(a.value.mask, t) for a, t in zip(answers, truths)]))
+    return _mean_iou([a.value for a in answers], truths)
+
+
+def _mean_iou(answers: Sequence[Any], truths: Sequence[np.ndarray]) -> float:
+    """Mean IoU (%) of mask answers against their true masks."""
+    return 100 * float(np.mean([binary_iou(a.mask, t) for a, t in zip(answers, truths)]))
+
+
+def _one_shot_episodes(directory: Path, task: Any, predictor: Any, seed: int) -> dict[str, list]:
+    """group -> the 1-shot segmentation episodes of `directory`'s files (groups with a file)."""
+    out = {}
+    for group in GROUPS:
+        path = directory / episode_file_name("segmentation", "val", group, seed)
+        if path.is_file():
+            out[group] = list(load_episodes(path, task, predictor.cfg.data, 1))
+    return out
 
 
 # --------------------------------------------------------------------------- #
@@ -374,22 +387,20 @@ def run_variant(name: str, opts: BenchOptions) -> dict[str, Any]:
             evaluate(model, "segmentation", crops["full"], full_opts, progress=opts.progress)
         )
         # the same whole-image queries, each with another category's demonstrations
-        other = {}
-        for group in GROUPS:
-            name = episode_file_name("segmentation", "val", group, opts.episode_seed)
-            if (crops["full"] / name).is_file():
-                episodes = list(load_episodes(crops["full"] / name, seg, predictor.cfg.data, 1))
-                other[group] = other_category_demos_iou(predictor, episodes)
-        result["whole_image_other_demos"] = other
+        result["whole_image_other_demos"] = {
+            group: other_category_demos_iou(predictor, episodes)
+            for group, episodes in _one_shot_episodes(
+                crops["full"], seg, predictor, opts.episode_seed
+            ).items()
+        }
     finally:
         seg.query_crop = before
-    diag = {}
-    for group in GROUPS:
-        path = crops["object"] / episode_file_name("segmentation", "val", group, opts.episode_seed)
-        if path.is_file():
-            episodes = list(load_episodes(path, seg, predictor.cfg.data, 1))
-            diag[group] = diagnostics(predictor, episodes)
-    result["diagnostics"] = diag
+    result["diagnostics"] = {
+        group: diagnostics(predictor, episodes)
+        for group, episodes in _one_shot_episodes(
+            crops["object"], seg, predictor, opts.episode_seed
+        ).items()
+    }
     return result
 
 
