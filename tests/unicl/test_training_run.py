@@ -88,6 +88,29 @@ def test_resume_with_another_model_fails_before_any_work(base, tmp_path):
         build_trainer(run_cfg(base, run, "model.n_layer=2"), progress=False)
 
 
+def test_fine_tune_starts_from_another_runs_weights(base, tmp_path):
+    first = tmp_path / "first"
+    trained = train(run_cfg(base, first, "train.steps=1"), progress=False).engine.module
+    # other tasks options and schedule: a fine-tune; the weights are the first run's
+    tune = run_cfg(
+        base,
+        tmp_path / "tune",
+        f"train.init_from={first}",
+        "tasks.captioning.rename_prob=0.5",
+        "model.dropout=0.1",
+        "train.steps=1",
+    )
+    start = build_trainer(tune, progress=False).model.state_dict()
+    for name, weight in trained.state_dict().items():
+        assert torch.equal(start[name], weight), name
+    fresh = build_trainer(run_cfg(base, tmp_path / "fresh", "train.steps=1"), progress=False)
+    differs = [n for n, w in fresh.model.state_dict().items() if not torch.equal(w, start[n])]
+    assert differs  # a run without init_from starts from random weights
+    # a model of another shape is refused before any work, naming the difference
+    other = run_cfg(base, tmp_path / "other", f"train.init_from={first}", "model.n_layer=2")
+    with pytest.raises(ValueError, match=r"init_from needs the same model(.|\n)*model.n_layer"):
+        run_module.preflight(other, run_module.to_dict(other))
+
 def test_bad_inputs_are_clear_errors(base, tmp_path):
     with pytest.raises(FileNotFoundError, match="data.coco_train_ann"):
         build_trainer(

@@ -114,18 +114,23 @@ def _differences(old: Any, new: Any, prefix: str) -> list[str]:
 
 
 def check_compatible(
-    saved: Mapping[str, Any], current: Mapping[str, Any], keys: Iterable[str] = COMPAT_KEYS
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    keys: Iterable[str] = COMPAT_KEYS,
+    needs: str = "resume needs the same model, vocabulary, tokenizers, tasks, seed and batch "
+    "size",
+    hint: str = "use another train.run_dir to start a new run",
 ) -> None:
-    """ValueError listing every key in `keys` where the checkpoint's config differs."""
+    """ValueError listing every key in `keys` where the checkpoint's config differs; `needs`
+    says why they must agree and `hint` what to do instead."""
     diffs: list[str] = []
     for key in keys:
         diffs += _differences(_lookup(saved, key), _lookup(current, key), key)
     if diffs:
         raise ValueError(
-            "the checkpoint does not match this config (resume needs the same model, "
-            "vocabulary, tokenizers, tasks, seed and batch size):\n  "
+            f"the checkpoint does not match this config ({needs}):\n  "
             + "\n  ".join(diffs)
-            + "\nuse another train.run_dir to start a new run"
+            + f"\n{hint}"
         )
 
 

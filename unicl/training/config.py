@@ -66,6 +66,12 @@ class TrainConfig:
     #: "auto": continue from the run dir's latest checkpoint if there is one;
     #: "never": refuse to start in a run dir that has checkpoints; "require": fail without one
     resume: Resume = "auto"
+    #: start from these weights instead of a random initialisation (fine-tuning): an exported
+    #: model folder, a run directory (its latest checkpoint) or `builtin:<name>`. Its model,
+    #: vocabulary and tokenizers must be this config's; tasks, data and the schedule may
+    #: differ, and the optimiser starts afresh. A run that resumes from its own checkpoint
+    #: ignores it. null = random weights.
+    init_from: str | None = None
     #: checkpoint every this many steps (and at the end); 0 = only at the end
     save_every: int = 500
     #: how many step checkpoints to keep (oldest removed first); 0 keeps all

@@ -5,11 +5,13 @@ before anything expensive starts (making the shapes world, tokenizing images int
 the token cache, building the model):
 
     1. preflight   process group; batch vs ranks; the DeepSpeed section; dataset
-                   paths exist; a resume's checkpoint matches the config
+                   paths exist; a resume's checkpoint matches the config, or else the
+                   weights `train.init_from` names do
     2. data        the shapes world (rank 0 makes it if missing), tokenizers and
                    vocabulary, per-task streams (rank 0 fills the token cache first)
     3. fit check   one sequence per task must fit `model.max_positions`
-    4. model       seeded, then the Trainer (unicl/training/trainer.py)
+    4. model       seeded (or `train.init_from`'s weights), then the Trainer
+                   (unicl/training/trainer.py)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from unicl.batch import collate
 from unicl.config import to_dict
 from unicl.loss import compute_loss
 from unicl.model import build_decoder
+from unicl.model_files import ModelFiles, read_model
 from unicl.ownership import require_own
 from unicl.plugins import import_plugins
 from unicl.streams import build_task_streams, build_tasks
@@ -68,8 +71,29 @@ def check_data_paths(data) -> None:
         )
 
 
-def preflight(cfg, config_dict: dict[str, Any]) -> tuple[int, int]:
-    """The cheap checks (module docstring, step 1); returns (rank, world_size)."""
+#: model options that say how the weights are trained or run, not what they are: a fine-tune
+#: (`train.init_from`) may change them
+_RUN_TIME_MODEL_KEYS = ("dropout", "moe_backend", "router_noise", "capacity_factor")
+
+
+def initial_weights(source: str, config_dict: dict[str, Any]) -> ModelFiles:
+    """The weights `train.init_from` names, checked against this run's model, vocabulary and
+    tokenizers (tasks, data and schedule may differ)."""
+    files = read_model(source)
+    model_keys = [f"model.{k}" for k in config_dict["model"] if k not in _RUN_TIME_MODEL_KEYS]
+    check_compatible(
+        files.config,
+        config_dict,
+        keys=["vocab", "tokenizers", *model_keys],
+        needs="train.init_from needs the same model, vocabulary and tokenizers",
+        hint=f"train.init_from = {source}: start from a model of this config's shape",
+    )
+    return files
+
+
+def preflight(cfg, config_dict: dict[str, Any]) -> tuple[int, int, ModelFiles | None]:
+    """The cheap checks (module docstring, step 1); returns (rank, world_size, the weights
+    to start from: `train.init_from`'s unless the run resumes, else None)."""
     rank, world = ds_engine.init_distributed()
     ds_engine.deepspeed_config(cfg.deepspeed, cfg.train, world)  # raises on any conflict
     check_data_paths(cfg.data)
@@ -78,7 +102,10 @@ def preflight(cfg, config_dict: dict[str, Any]) -> tuple[int, int]:
     tag = manager.latest()
     if tag is not None and cfg.train.resume != "never":
         check_compatible(manager.saved_config(tag), config_dict)
-    return rank, world
+    start = None
+    if tag is None and cfg.train.init_from:
+        start = initial_weights(cfg.train.init_from, config_dict)
+    return rank, world, start
 
 
 def build_streams(cfg, vocab, rank: int, progress: bool):
@@ -162,7 +189,7 @@ def build_trainer(cfg, progress: bool = True):
         if cfg.train.cpu_malloc == "retain":
             retain_freed_memory()
     config_dict = to_dict(cfg)
-    rank, _ = preflight(cfg, config_dict)
+    rank, _, start = preflight(cfg, config_dict)
     import_plugins(cfg.plugins)
     build_tasks(cfg)  # unknown task names or options fail here, before the world is made
     if uses_shapes_world(cfg.data):
@@ -180,6 +207,15 @@ def build_trainer(cfg, progress: bool = True):
         )
     torch.manual_seed(cfg.seed)
     model = build_decoder(cfg.model, vocab, streams)
+    if start is not None:
+        missing, unexpected = model.load_state_dict(start.state, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"train.init_from = {cfg.train.init_from}: its weights do not fit this "
+                f"model: missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
+            )
+        if progress and rank == 0:
+            print(f"starting from the weights of {start.source}")
     return Trainer(
         model,
         streams,
