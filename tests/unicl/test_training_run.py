@@ -111,6 +111,7 @@ def test_fine_tune_starts_from_another_runs_weights(base, tmp_path):
     with pytest.raises(ValueError, match=r"init_from needs the same model(.|\n)*model.n_layer"):
         run_module.preflight(other, run_module.to_dict(other))
 
+
 def test_bad_inputs_are_clear_errors(base, tmp_path):
     with pytest.raises(FileNotFoundError, match="data.coco_train_ann"):
         build_trainer(

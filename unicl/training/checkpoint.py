@@ -113,12 +113,14 @@ def _differences(old: Any, new: Any, prefix: str) -> list[str]:
     return [] if old == new else [f"{prefix}: checkpoint {old!r}, config {new!r}"]
 
 
+_RESUME_NEEDS = "resume needs the same model, vocabulary, tokenizers, tasks, seed and batch size"
+
+
 def check_compatible(
     saved: Mapping[str, Any],
     current: Mapping[str, Any],
     keys: Iterable[str] = COMPAT_KEYS,
-    needs: str = "resume needs the same model, vocabulary, tokenizers, tasks, seed and batch "
-    "size",
+    needs: str = _RESUME_NEEDS,
     hint: str = "use another train.run_dir to start a new run",
 ) -> None:
     """ValueError listing every key in `keys` where the checkpoint's config differs; `needs`
