@@ -12,6 +12,7 @@ Letters: B batch, T new tokens, S keys (cached + new), D width, V embedding rows
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import TYPE_CHECKING
 
@@ -26,15 +27,62 @@ if TYPE_CHECKING:
 
 #: added to the copy gate's logit, outside training, where a started name has a next key
 FINISH_NAMES = 8.0
+#: ModelConfig.copy_values: what a copied source adds (CopyHead)
+COPY_VALUES = ("rows", "tokens")
+
+
+@dataclasses.dataclass
+class CopyVotes:
+    """A copy head's votes (ModelConfig.copy_values = "tokens"): position t's logit of token
+    `ids[b, s]` grows by `weights[b, t, s]` (summed over the sources holding that token)."""
+
+    weights: torch.Tensor  # (B, T, S) gate * scale * attention, 0 where s copies nothing
+    ids: torch.Tensor  # (B, S) the sources' token ids
+
+    def last(self) -> CopyVotes:
+        """The votes of the last position only: weights (B, 1, S)."""
+        return CopyVotes(self.weights[:, -1:], self.ids)
+
+    def rows(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flattened rows b * T + t of the votes: (weights, ids), each (R, S)."""
+        b, t, s = self.weights.shape
+        return self.weights.reshape(b * t, s).index_select(0, index), self.ids.index_select(
+            0, torch.div(index, t, rounding_mode="floor")
+        )
+
+
+def add_votes(
+    logits: torch.Tensor,
+    weights: torch.Tensor,
+    ids: torch.Tensor,
+    columns: torch.Tensor | None = None,
+    start: int = 0,
+) -> torch.Tensor:
+    """`logits` (..., C) plus copy votes (weights (..., S), ids (..., S) or (B, S) for
+    logits (B, T, C)): a vote for id v lands on column `columns[v]` when a (V,) table of
+    columns is given (-1: no column), else on column v - start; votes without a column in
+    range are dropped. Returns a new tensor."""
+    if ids.dim() < weights.dim():  # (B, S) ids of (B, T, S) weights
+        ids = ids[:, None, :].expand_as(weights)
+    col = columns[ids] if columns is not None else ids - start
+    keep = (col >= 0) & (col < logits.shape[-1])
+    w = torch.where(keep, weights, torch.zeros((), dtype=weights.dtype, device=weights.device))
+    return logits.scatter_add(-1, col.clamp(0, logits.shape[-1] - 1), w.to(logits.dtype))
 
 
 class CopyHead(nn.Module):
     """Pointer attention from every position to the earlier copyable tokens (ModelConfig.copy_head).
 
-    out_t = gate_t * scale * sum_j a_tj W[x_j], W the output rows: token v's logit grows by
-    gate_t * scale * sum_j a_tj <W[x_j], W[v]>, most for the attended tokens themselves. One
-    head of full width; a learned null key (value 0) takes the attention a position does not
-    want to give to any source, and the one of positions without a copyable token before them.
+    With `copy_values: rows`, out_t = gate_t * scale * sum_j a_tj W[x_j] is added to the
+    hidden state, W the output rows: token v's logit grows by
+    gate_t * scale * sum_j a_tj <W[x_j], W[v]>, most for the attended tokens themselves, but
+    also for every token whose row resembles theirs; the rows of words never trained as
+    outputs drift together, so copying one of them lifts them all (an unseen "octagon"
+    lifted "ag", "ear", "q"; docs/model.md). With `copy_values: tokens` the head votes
+    instead: token v's logit grows by gate_t * scale * sum_j a_tj [x_j = v] (CopyVotes,
+    added where logits are made) and nothing else moves. One head of full width; a learned
+    null key (value 0) takes the attention a position does not want to give to any source,
+    and the one of positions without a copyable token before them.
 
     With `copy_continue` the score of source j, when j - 1 is in a category name's brackets
     (`names`: `<c_st>` and the name's pieces, up to `<c_ed>`), also gains
@@ -64,6 +112,7 @@ class CopyHead(nn.Module):
                 "model.copy_continue needs the ids of the name brackets (<c_st>, <c_ed>)"
             )
         self.names = names
+        self.votes = cfg.copy_values == "tokens"
         d = cfg.d_model
         self.query = nn.Linear(d, d, bias=False)
         self.key = nn.Linear(d, d, bias=False)
@@ -77,10 +126,14 @@ class CopyHead(nn.Module):
         # learned query still outbids it and unseen three-piece names lose their end; 16 wins
         self.cont = nn.Parameter(torch.tensor([16.0, 4.0])) if cfg.copy_continue else None
 
-    def forward(self, hidden, input_ids, sources, rows, mask, key_valid, cache: KVCache | None):
+    def forward(
+        self, hidden, input_ids, sources, rows, mask, key_valid, cache: KVCache | None
+    ) -> tuple[torch.Tensor, CopyVotes | None]:
         """hidden (B, T, D) final states, input_ids (B, T), sources (V,) bool copyable ids,
         rows (V, D) output rows, mask the decoder's (B, 1, T, S) bool mask or None (causal),
-        key_valid (B, S) bool, False on padding keys, or None (no padding)."""
+        key_valid (B, S) bool, False on padding keys, or None (no padding).
+        Returns the hidden states (with the copied rows added, `copy_values: rows`) and the
+        votes (`copy_values: tokens`) or None."""
         b, t, d = hidden.shape
         keys, ids = self.key(hidden), input_ids  # (B, T, D), (B, T)
         if cache is not None:
@@ -119,12 +172,15 @@ class CopyHead(nn.Module):
         scores = scores.masked_fill(~allowed, float("-inf"))
         null = (q @ self.null_key.to(q.dtype)).unsqueeze(-1) / math.sqrt(d)  # (B, T, 1)
         attn = torch.softmax(torch.cat([scores, null], dim=-1), dim=-1)[..., :s]  # (B, T, S)
-        copied = (attn * copyable[:, None, :]) @ rows[ids].to(q.dtype)  # (B, T, D)
+        attn = attn * copyable[:, None, :]  # stop keys add nothing
         gate_logit = self.gate(hidden)  # (B, T, 1)
         if finishing:
             gate_logit = gate_logit + FINISH_NAMES * continuing[..., None].to(gate_logit.dtype)
         gate = torch.sigmoid(gate_logit) * self.log_scale.exp()  # (B, T, 1)
-        return hidden + gate * copied
+        if self.votes:
+            return hidden, CopyVotes(gate * attn, ids)
+        copied = attn @ rows[ids].to(q.dtype)  # (B, T, D)
+        return hidden + gate * copied, None
 
 
 def in_names(ids: torch.Tensor, opener: int, closer: int) -> torch.Tensor:

@@ -30,8 +30,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 
+from unicl.copy_head import add_votes
 from unicl.model import KVCache, UniclDecoder
+
+#: the copy head's votes at one position: (weights (B, S), ids (B, S)), or None
+Votes = tuple[torch.Tensor, torch.Tensor] | None
 
 
 @dataclasses.dataclass
@@ -250,17 +255,19 @@ class _Runner:
         self.cache = cache
         self.seq: list[torch.Tensor] | None = None  # ids, attributes, positions, mask (B, S)
 
-    def feed(self, ids, attrs, pos, mask) -> torch.Tensor:
-        """Append (B, T) tokens; return the final hidden state of the last column (B, D)."""
+    def feed(self, ids, attrs, pos, mask) -> tuple[torch.Tensor, Votes]:
+        """Append (B, T) tokens; return the final hidden state of the last column (B, D) and
+        the copy head's votes there (weights (B, S), ids (B, S)) or None."""
         if self.use_cache:
             out = self.model(
                 ids, attrs, pos, attention_mask=mask, kv_cache=self.cache, return_hidden=True
             )
-            return out.hidden[:, -1]
-        new = [ids, attrs, pos, mask]
-        self.seq = new if self.seq is None else [torch.cat(z, 1) for z in zip(self.seq, new)]
-        out = self.model(*self.seq[:3], attention_mask=self.seq[3], return_hidden=True)
-        return out.hidden[:, -1]
+        else:
+            new = [ids, attrs, pos, mask]
+            self.seq = new if self.seq is None else [torch.cat(z, 1) for z in zip(self.seq, new)]
+            out = self.model(*self.seq[:3], attention_mask=self.seq[3], return_hidden=True)
+        votes = out.copy_votes
+        return out.hidden[:, -1], None if votes is None else (votes.weights[:, -1], votes.ids)
 
 
 @torch.no_grad()
@@ -295,7 +302,7 @@ def generate(
     model.eval()
     try:
         runner = _start(model, prefix, b, q_ids.shape[1] + total, use_cache, device)
-        state = _DecodeState(runner.feed(q_ids, q_attrs, q_pos, q_mask), q_pos[:, -1] + 1)
+        state = _DecodeState(*runner.feed(q_ids, q_attrs, q_pos, q_mask), q_pos[:, -1] + 1)
         out_ids: list[list[torch.Tensor]] = [[] for _ in range(b)]
         out_probs: list[list[torch.Tensor]] = [[] for _ in range(b)]
         for s, seg in enumerate(segments):
@@ -347,10 +354,19 @@ def left_padded(prompts: Sequence[Prompt], device) -> tuple[torch.Tensor, ...]:
 
 @dataclasses.dataclass
 class _DecodeState:
-    """Where decoding stands: the last hidden state of every row and its next position."""
+    """Where decoding stands: the last hidden state of every row, the copy head's votes there
+    (ModelConfig.copy_values = "tokens") and its next position."""
 
     hidden: torch.Tensor  # (B, D)
+    votes: Votes
     next_pos: torch.Tensor  # (B,)
+
+    def keep(self, fed: torch.Tensor, hidden: torch.Tensor, votes: Votes) -> None:
+        """Take the new state where `fed` (B,) and keep the old one where a row fed filler."""
+        self.hidden = torch.where(fed[:, None], hidden, self.hidden)
+        if votes is not None:
+            old = F.pad(self.votes[0], (0, votes[0].shape[1] - self.votes[0].shape[1]))
+            self.votes = (torch.where(fed[:, None], votes[0], old), votes[1])
 
 
 def _decode_segment(model, runner, state, seg, table, sampling, generator, last: bool):
@@ -368,10 +384,14 @@ def _decode_segment(model, runner, state, seg, table, sampling, generator, last:
     # full softmax with every other id masked to -inf, at a fraction of the head's cost
     allowed_ids = allowed.nonzero()[:, 0]  # (V_s,)
     head = model.head_weight.index_select(0, allowed_ids)  # (V_s, D)
+    columns = torch.full_like(allowed, -1, dtype=torch.long)  # global id -> its column
+    columns[allowed_ids] = torch.arange(allowed_ids.numel(), device=device)
     active = torch.ones(state.hidden.shape[0], dtype=torch.bool, device=device)
     ids_steps, prob_steps, act_steps = [], [], []
     for step in range(seg.steps):
-        logits = torch.nn.functional.linear(state.hidden, head)  # (B, V_s)
+        logits = F.linear(state.hidden, head)  # (B, V_s)
+        if state.votes is not None:
+            logits = add_votes(logits, *state.votes, columns=columns)
         pick, prob = choose(logits, sampling, generator)  # (B,), (B,)
         tok = allowed_ids[pick]  # (B,) global ids
         ids_steps.append(tok)
@@ -384,14 +404,13 @@ def _decode_segment(model, runner, state, seg, table, sampling, generator, last:
         if last and not more:
             break
         pos = state.next_pos - seg.rewind + step if seg.rewind else state.next_pos
-        h = runner.feed(
+        h, votes = runner.feed(
             torch.where(fed, tok, 0)[:, None],
             torch.where(fed, table[tok], 0)[:, None],
             torch.where(fed, pos, 0)[:, None],
             fed[:, None],
         )
-        # rows that only fed filler keep their hidden state
-        state.hidden = torch.where(fed[:, None], h, state.hidden)
+        state.keep(fed, h, votes)  # rows that only fed filler keep their state
         if not seg.rewind:
             state.next_pos = state.next_pos + fed.long()
         if not more:

@@ -25,6 +25,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from unicl.copy_head import CopyVotes, add_votes
+
 
 class LossOutput(NamedTuple):
     #: scalar to backpropagate: ce + aux_loss_weight * aux
@@ -67,7 +69,11 @@ def compute_loss(model, batch, closed_spans: Sequence[range] = ()) -> LossOutput
     targets = next_tokens[:, 1:].reshape(-1).index_select(0, rows)  # (R,)
     w = w.index_select(0, rows)  # (R,)
     h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)  # (R, D)
-    nll = _target_nll(model, h, targets, closed_spans)  # (R,)
+    votes = None
+    if out.copy_votes is not None:  # the copy head's votes of the same rows, (R, S) each
+        weights = out.copy_votes.weights[:, :-1]
+        votes = CopyVotes(weights, out.copy_votes.ids).rows(rows)
+    nll = _target_nll(model, h, targets, closed_spans, votes)  # (R,)
     weight_sum = w.float().sum()
     ce = (nll * w.float()).sum() / weight_sum.clamp_min(torch.finfo(torch.float32).tiny)
     aux = out.aux_loss.float()
@@ -83,10 +89,18 @@ def compute_loss(model, batch, closed_spans: Sequence[range] = ()) -> LossOutput
     )
 
 
-def _target_nll(model, h: torch.Tensor, targets: torch.Tensor, closed_spans) -> torch.Tensor:
-    """-log p(target) per row: h (R, D), targets (R,) -> (R,), in fp32 even under autocast."""
+def _target_nll(model, h: torch.Tensor, targets: torch.Tensor, closed_spans, votes=None):
+    """-log p(target) per row: h (R, D), targets (R,) -> (R,), in fp32 even under autocast.
+    `votes`: the copy head's (weights, ids), each (R, S), added to the logits, or None."""
+
+    def voted(logits: torch.Tensor, rows: torch.Tensor | None, start: int = 0) -> torch.Tensor:
+        if votes is None:
+            return logits
+        weights, ids = votes if rows is None else (v.index_select(0, rows) for v in votes)
+        return add_votes(logits, weights, ids, start=start)
+
     if not closed_spans:
-        return F.cross_entropy(model.logits(h).float(), targets, reduction="none")
+        return F.cross_entropy(voted(model.logits(h).float(), None), targets, reduction="none")
     nll = h.new_zeros(targets.shape, dtype=torch.float32)  # (R,)
     open_rows = torch.ones_like(targets, dtype=torch.bool)  # (R,)
     weight = model.head_weight  # (V, D)
@@ -95,12 +109,13 @@ def _target_nll(model, h: torch.Tensor, targets: torch.Tensor, closed_spans) -> 
         rows = torch.nonzero(inside, as_tuple=True)[0]  # (R_s,)
         if rows.numel():
             logits = F.linear(h.index_select(0, rows), weight[span.start : span.stop]).float()
+            logits = voted(logits, rows, span.start)
             local = targets.index_select(0, rows) - span.start  # (R_s,)
             nll = nll.index_put((rows,), F.cross_entropy(logits, local, reduction="none"))
         open_rows &= ~inside
     rows = torch.nonzero(open_rows, as_tuple=True)[0]
     if rows.numel():
-        logits = model.logits(h.index_select(0, rows)).float()  # (R_o, V)
+        logits = voted(model.logits(h.index_select(0, rows)).float(), rows)  # (R_o, V)
         nll = nll.index_put(
             (rows,), F.cross_entropy(logits, targets.index_select(0, rows), reduction="none")
         )

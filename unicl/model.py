@@ -24,7 +24,7 @@ from torch import nn
 
 from unicl.attributes import num_attributes
 from unicl.blocks import Block
-from unicl.copy_head import CopyHead
+from unicl.copy_head import COPY_VALUES, CopyHead, CopyVotes, add_votes
 from unicl.kv_cache import KVCache
 from unicl.moe.activations import ACTIVATIONS
 from unicl.moe.backends import BACKENDS
@@ -89,6 +89,10 @@ class ModelConfig:
     #: the copy head also looks at the token after the one it just copied, so names of several
     #: BPE pieces are copied whole (CopyHead); needs copy_head
     copy_continue: bool = False
+    #: what a copied source adds: "rows", its output row to the hidden state (which lifts
+    #: every token with a similar row too), or "tokens", a vote for its own token id in the
+    #: logits and nothing else (CopyHead)
+    copy_values: str = "rows"
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "d_model", "d_ff", "max_positions", "num_experts"):
@@ -122,6 +126,10 @@ class ModelConfig:
             raise ValueError(f"model.aux_loss_weight must be >= 0, got {self.aux_loss_weight}")
         if self.copy_continue and not self.copy_head:
             raise ValueError("model.copy_continue needs model.copy_head: true")
+        if self.copy_values not in COPY_VALUES:
+            raise ValueError(
+                f"model.copy_values must be one of {COPY_VALUES}, got {self.copy_values!r}"
+            )
         self.moe_layer_indices()  # validates moe_layers
 
     def moe_layer_indices(self) -> list[int]:
@@ -181,6 +189,9 @@ class DecoderOutput(NamedTuple):
     dropped: list[torch.Tensor]
     #: the cache passed in, now holding these tokens too (None without a cache)
     kv_cache: KVCache | None
+    #: the copy head's votes (ModelConfig.copy_values = "tokens"), to add wherever logits
+    #: are made from `hidden` (they are already in `logits`); None otherwise
+    copy_votes: CopyVotes | None = None
 
 
 class UniclDecoder(nn.Module):
@@ -376,12 +387,18 @@ class UniclDecoder(nn.Module):
                 key_valid = kv_cache.valid[:, : kv_cache.length + t]  # (B, S)
             else:
                 key_valid = attention_mask  # (B, T) or None
-            hidden = self.copy(
+            hidden, votes = self.copy(
                 hidden, input_ids, self.copy_sources, self.head_weight, mask, key_valid, kv_cache
             )
+        else:
+            votes = None
         if kv_cache is not None:
             kv_cache.length += t
-        logits = None if return_hidden else self.logits(hidden)  # (B, T, V)
+        logits = None
+        if not return_hidden:
+            logits = self.logits(hidden)  # (B, T, V)
+            if votes is not None:
+                logits = add_votes(logits, votes.weights, votes.ids)
         return DecoderOutput(
             logits=logits,
             hidden=hidden if return_hidden else None,
@@ -389,6 +406,7 @@ class UniclDecoder(nn.Module):
             expert_load=loads,
             dropped=dropped,
             kv_cache=kv_cache,
+            copy_votes=votes,
         )
 
     def new_cache(self, batch: int, capacity: int, dtype=None, device=None) -> KVCache:

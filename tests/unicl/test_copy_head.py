@@ -31,6 +31,11 @@ def cont(request):
     return request.param
 
 
+@pytest.fixture(params=["rows", "tokens"])
+def values(request):
+    return request.param
+
+
 def _model(seed=0, sources=TEXT, **kw):
     torch.manual_seed(seed)
     names = NAMES if kw.get("copy_continue") else None
@@ -114,8 +119,8 @@ def test_needs_its_table_of_copyable_ids():
         build_model(tiny(), V, A, copy_sources=torch.ones(5, dtype=torch.bool))
 
 
-def test_cached_decoding_equals_the_full_forward(cont):
-    model = _model(copy_continue=cont)
+def test_cached_decoding_equals_the_full_forward(cont, values):
+    model = _model(copy_continue=cont, copy_values=values)
     ids, attrs, pos = inputs()
     full = model(ids, attrs, pos).logits
     cache = model.new_cache(batch=2, capacity=32)
@@ -134,8 +139,8 @@ def test_cached_decoding_equals_the_full_forward(cont):
     torch.testing.assert_close(out[1], full[0, 12:13], rtol=1e-5, atol=1e-5)
 
 
-def test_padding_keys_are_not_copied(cont):
-    model = _model(copy_continue=cont)
+def test_padding_keys_are_not_copied(cont, values):
+    model = _model(copy_continue=cont, copy_values=values)
     ids, attrs, pos = inputs(b=1, t=12)
     alone = model(ids, attrs, pos).logits
     pad = 5
@@ -165,15 +170,16 @@ def _copy_batch(g: torch.Generator, words: torch.Tensor, b: int = 64):
     return ids, x
 
 
-def _copy_accuracy(copy: bool) -> float:
+def _copy_accuracy(copy: bool, values: str = "rows", width: int = 64) -> float:
     """Train on words 10-49, test on words 50-89 that the model never saw.
 
-    Width 64: in 32 dimensions random embeddings of different words overlap enough that
-    copying reaches only about 70 %."""
+    Width 64 for copied rows: in 32 dimensions random embeddings of different words overlap
+    enough that copying rows reaches only about 70 %; votes do not overlap."""
     torch.manual_seed(0)
     cfg = ModelConfig(
-        n_layer=2, n_head=2, d_model=64, d_ff=64, max_positions=16, router="dense", copy_head=copy
-    )
+        n_layer=2, n_head=2, d_model=width, d_ff=64, max_positions=16, router="dense",
+        copy_head=copy, copy_values=values,
+    )  # fmt: skip
     model = build_model(cfg, V, A, copy_sources=TEXT if copy else None)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     g = torch.Generator().manual_seed(0)
@@ -195,6 +201,63 @@ def _copy_accuracy(copy: bool) -> float:
 def test_the_copy_head_writes_words_it_never_learned_to_write():
     assert _copy_accuracy(copy=True) > 0.9
     assert _copy_accuracy(copy=False) < 0.2  # without it, unseen words are out of reach
+    assert _copy_accuracy(copy=True, values="tokens", width=32) > 0.9
+
+
+def test_votes_lift_only_the_ids_that_can_be_copied():
+    model = _model(copy_values="tokens")
+    ids, attrs, pos = inputs(b=2, t=16)
+    out = model(ids, attrs, pos, return_hidden=True)
+    lift = model(ids, attrs, pos).logits - model.logits(out.hidden)  # (B, T, V)
+    for b in range(2):
+        for t in range(16):
+            earlier = {int(i) for i in ids[b, : t + 1] if TEXT[i]}
+            lifted = set((lift[b, t] > 1e-6).nonzero()[:, 0].tolist())
+            assert lifted <= earlier  # nothing but earlier copyable ids gains
+            if earlier:
+                assert lifted  # and the gate, at initialisation half open, lifts some
+
+
+def test_the_loss_scores_the_votes_as_the_logits_carry_them():
+    from unicl.loss import compute_loss
+
+    model = _model(copy_values="tokens")
+    ids, attrs, pos = inputs(b=2, t=16)
+    weights = torch.ones_like(ids, dtype=torch.float)
+    batch = type("Batch", (), dict(input_ids=ids, attributes=attrs, positions=pos))()
+    batch.loss_weights = weights
+    logits = model(ids, attrs, pos).logits[:, :-1]
+    targets = ids[:, 1:]
+    full = torch.nn.functional.cross_entropy(logits.reshape(-1, V), targets.reshape(-1))
+    torch.testing.assert_close(compute_loss(model, batch).ce, full, rtol=1e-5, atol=1e-5)
+    # a closed span over the copyable ids: its targets are scored against that span only
+    span, flat = range(10, 90), targets.reshape(-1)
+    inside = (flat >= 10) & (flat < 90)
+    local = logits.reshape(-1, V)[:, 10:90]
+    closed = torch.where(
+        inside,
+        torch.nn.functional.cross_entropy(local, (flat - 10).clamp(0, 79), reduction="none"),
+        torch.nn.functional.cross_entropy(logits.reshape(-1, V), flat, reduction="none"),
+    ).mean()
+    torch.testing.assert_close(compute_loss(model, batch, [span]).ce, closed, rtol=1e-5, atol=1e-5)
+
+
+def test_greedy_decoding_follows_the_voted_logits():
+    from unicl.generate import Prompt, SegmentSpec, generate
+
+    model = _model(copy_values="tokens", copy_continue=True)
+    ids, attrs, pos = inputs(b=1, t=10)
+    allowed = torch.zeros(V, dtype=torch.bool)
+    allowed[10:90] = True
+    table = torch.zeros(V, dtype=torch.long)
+    out = generate(model, Prompt(ids[0], attrs[0], pos[0]), [SegmentSpec(allowed, length=5)], table)
+    seq, seq_attrs = ids[0].tolist(), attrs[0].tolist()
+    for _ in range(5):  # the same by recomputing the whole sequence and taking the argmax
+        t = torch.tensor(seq)[None]
+        logits = model(t, torch.tensor(seq_attrs)[None], torch.arange(len(seq))[None]).logits
+        seq.append(int(logits[0, -1].masked_fill(~allowed, float("-inf")).argmax()))
+        seq_attrs.append(0)  # the table's attribute of every generated id
+    assert out.segments[0][0].tolist() == seq[10:]
 
 
 def _name_batch(g: torch.Generator, words: torch.Tensor, b: int = 64) -> torch.Tensor:

@@ -20,11 +20,18 @@ CODES = range(10, 30)  # the "image code" span of this toy vocabulary
 STOP = 5
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=["plain", "copy votes"])
+def model(request):
+    """A plain decoder, and one whose copy head votes for earlier ids 36-50 (the caption
+    segment's 40-42 among them), so that decoding has to carry the votes along."""
     torch.manual_seed(0)
     cfg = ModelConfig(n_layer=2, n_head=2, d_model=32, d_ff=48, max_positions=96, num_experts=3)
-    return build_model(cfg, V, A)
+    if request.param == "plain":
+        return build_model(cfg, V, A)
+    cfg = ModelConfig(**{**cfg.__dict__, "copy_head": True, "copy_values": "tokens"})
+    sources = torch.zeros(V, dtype=torch.bool)
+    sources[36:50] = True
+    return build_model(cfg, V, A, copy_sources=sources)
 
 
 @pytest.fixture(scope="module")

@@ -88,6 +88,21 @@ def test_resume_with_another_model_fails_before_any_work(base, tmp_path):
         build_trainer(run_cfg(base, run, "model.n_layer=2"), progress=False)
 
 
+def test_a_run_saved_before_an_option_existed_resumes(base, tmp_path):
+    import yaml
+
+    run = tmp_path / "run"
+    train(run_cfg(base, run, "train.steps=1"), progress=False)
+    saved = run / "checkpoints" / "step00000001" / "config.yaml"
+    config = yaml.safe_load(saved.read_text())
+    del config["model"]["copy_values"]  # as written before the option existed
+    saved.write_text(yaml.safe_dump(config))
+    more = train(run_cfg(base, run, "train.steps=2"), progress=False)
+    assert more.start_step == 1
+    with pytest.raises(ValueError, match=r"model.copy_values: checkpoint 'rows', config 'tok"):
+        build_trainer(run_cfg(base, run, "train.steps=3", "model.copy_values=tokens"))
+
+
 def test_fine_tune_starts_from_another_runs_weights(base, tmp_path):
     first = tmp_path / "first"
     trained = train(run_cfg(base, first, "train.steps=1"), progress=False).engine.module
@@ -98,6 +113,7 @@ def test_fine_tune_starts_from_another_runs_weights(base, tmp_path):
         f"train.init_from={first}",
         "tasks.captioning.rename_prob=0.5",
         "model.dropout=0.1",
+        "model.copy_values=tokens",
         "train.steps=1",
     )
     start = build_trainer(tune, progress=False).model.state_dict()

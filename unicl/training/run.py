@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from unicl.batch import collate
-from unicl.config import to_dict
+from unicl.config import UniclConfig, from_dict, to_dict
 from unicl.loss import compute_loss
 from unicl.model import build_decoder
 from unicl.model_files import ModelFiles, read_model
@@ -71,18 +71,29 @@ def check_data_paths(data) -> None:
         )
 
 
-#: model options that say how the weights are trained or run, not what they are: a fine-tune
-#: (`train.init_from`) may change them
-_RUN_TIME_MODEL_KEYS = ("dropout", "moe_backend", "router_noise", "capacity_factor")
+#: model options that say how the weights are trained or run, or what the copy head adds
+#: (every weight keeps its shape): a fine-tune (`train.init_from`) may change them
+_FINE_TUNE_MODEL_KEYS = (
+    "dropout",
+    "moe_backend",
+    "router_noise",
+    "capacity_factor",
+    "copy_values",
+)
+
+
+def completed(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config with the defaults of the keys it lacks (written before they existed)."""
+    return to_dict(from_dict(UniclConfig, saved))
 
 
 def initial_weights(source: str, config_dict: dict[str, Any]) -> ModelFiles:
     """The weights `train.init_from` names, checked against this run's model, vocabulary and
     tokenizers (tasks, data and schedule may differ)."""
     files = read_model(source)
-    model_keys = [f"model.{k}" for k in config_dict["model"] if k not in _RUN_TIME_MODEL_KEYS]
+    model_keys = [f"model.{k}" for k in config_dict["model"] if k not in _FINE_TUNE_MODEL_KEYS]
     check_compatible(
-        files.config,
+        completed(files.config),
         config_dict,
         keys=["vocab", "tokenizers", *model_keys],
         needs="train.init_from needs the same model, vocabulary and tokenizers",
@@ -101,7 +112,7 @@ def preflight(cfg, config_dict: dict[str, Any]) -> tuple[int, int, ModelFiles | 
     manager = CheckpointManager(run_dir_of(cfg) / "checkpoints")
     tag = manager.latest()
     if tag is not None and cfg.train.resume != "never":
-        check_compatible(manager.saved_config(tag), config_dict)
+        check_compatible(completed(manager.saved_config(tag)), config_dict)
     start = None
     if tag is None and cfg.train.init_from:
         start = initial_weights(cfg.train.init_from, config_dict)
@@ -228,6 +239,7 @@ def build_trainer(cfg, progress: bool = True):
         config=config_dict,
         progress=progress,
         token_count=target_token_count,
+        complete=completed,
     )
 
 

@@ -91,6 +91,8 @@ class Trainer:
             compared on resume).
         token_count: batch -> the CE's denominator for that batch (its loss-carrying
             tokens), used to weigh micro-batches and ranks exactly.
+        complete: a saved config -> the same with the defaults of keys it lacks (written
+            before an option existed), before it is compared on resume; None: as saved.
     """
 
     def __init__(
@@ -106,6 +108,7 @@ class Trainer:
         config: Mapping[str, Any] | None = None,
         progress: bool = True,
         token_count: Callable[[Any], torch.Tensor] = loss_token_count,
+        complete: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None,
     ) -> None:
         self.model = model
         self.token_count = token_count
@@ -118,6 +121,7 @@ class Trainer:
         self.seed = seed
         self.config = dict(config or {"seed": seed, "train": dataclasses.asdict(train)})
         self.progress = progress
+        self.complete = complete
         self.history: list[StepStats] = []
 
     # ---- setup ------------------------------------------------------------- #
@@ -156,7 +160,8 @@ class Trainer:
                 f"train.resume=require but {self.checkpoints.directory} has no checkpoint"
             )
         if tag is not None:
-            check_compatible(self.checkpoints.saved_config(tag), self.config)
+            saved = self.checkpoints.saved_config(tag)
+            check_compatible(self.complete(saved) if self.complete else saved, self.config)
             done = step_of(tag)
             if done > self.train.steps:
                 raise ValueError(
