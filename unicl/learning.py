@@ -422,7 +422,8 @@ def summary_table(results: Sequence[dict[str, Any]]) -> str:
         "| 3-shot seen / unseen "
         "| whole image 1-shot seen / unseen (other category's demos) "
         "| teacher-forced / free / shuffled image / other category's demos (unseen) "
-        "| CE bg / fg / edge (unseen) | caption shape % / colour % / CIDEr (1-shot, all) |"
+        "| CE bg / fg / edge (unseen) "
+        "| caption shape % / colour % / CIDEr (1-shot, mean of seen and unseen) |"
     )
     lines = [head, "|" + "---|" * 9]
     for r in results:
