@@ -56,6 +56,9 @@ class Task(abc.ABC):
     as keyword arguments. Common options handled here:
 
     - `shots`: demonstrations per training episode (0 = query only);
+    - `min_shots`: when set, each training episode draws its number of demonstrations
+      uniformly from `min_shots` to `shots` (null: always `shots`), so that a model
+      also learns to answer with fewer demonstrations than it was trained with at most;
     - `category_text`: put `[BOT] Category: <c_st> name <c_ed>` before the first
       pair (always on for 0-shot episodes, where it is the only task hint);
     - `image_size`: side of the square crops given to the image tokenizer;
@@ -76,6 +79,7 @@ class Task(abc.ABC):
     def __init__(
         self,
         shots: int = 3,
+        min_shots: int | None = None,
         category_text: bool = False,
         image_size: int = 256,
         image_tokenizer: str = "vqgan",
@@ -89,6 +93,10 @@ class Task(abc.ABC):
     ) -> None:
         if shots < 0:
             raise ValueError(f"{self.name}: shots must be >= 0, got {shots}")
+        if min_shots is not None and not 0 <= min_shots <= shots:
+            raise ValueError(
+                f"{self.name}: min_shots must lie in [0, shots={shots}] or be null, got {min_shots}"
+            )
         if image_size < 8:
             raise ValueError(f"{self.name}: image_size must be >= 8 pixels, got {image_size}")
         if input_image_weight < 0:
@@ -101,6 +109,7 @@ class Task(abc.ABC):
         if not 0.0 <= jitter < 0.5 or not 0.0 <= flip_prob <= 1.0:
             raise ValueError(f"{self.name}: jitter must be in [0, 0.5), flip_prob in [0, 1]")
         self.shots = shots
+        self.min_shots = min_shots
         self.category_text = category_text
         self.image_size = image_size
         self.image_tokenizer = image_tokenizer
@@ -339,6 +348,13 @@ class Task(abc.ABC):
             parallel=self.parallel_answer(),
             aligned_positions=self.aligned_positions(),
         )
+
+    def training_shots(self, rng: np.random.Generator) -> int:
+        """How many demonstrations a training episode gets (`shots`, or a draw from
+        `min_shots` to `shots`)."""
+        if self.min_shots is None:
+            return self.shots
+        return int(rng.integers(self.min_shots, self.shots + 1))
 
     def sample_demos(
         self,

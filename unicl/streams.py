@@ -117,7 +117,8 @@ class TaskStream:
         epoch, position = divmod(index, self.size)
         category, _, query = self.records[int(self._permutation(epoch)[position])]
         rng = keyed_rng(self.seed, "sample", self.task.name, index)
-        demos = self.task.sample_demos(self.pools[category], query, self.task.shots, rng)
+        shots = self.task.training_shots(rng)
+        demos = self.task.sample_demos(self.pools[category], query, shots, rng)
         query_shot = self._shot(query, rng)
         return category, query_shot, [self._shot(d, rng) for d in demos]
 

@@ -148,6 +148,19 @@ def test_cache_is_reused_and_matches_tokenizing_from_scratch(world, tmp_path):
     assert not torch.equal(other["segmentation"].examples(0, 1)[0].input_ids, examples[0].input_ids)
 
 
+def test_min_shots_draws_each_episodes_number_of_demonstrations(world, tmp_path):
+    cfg = make_cfg(world, tmp_path, views=0)
+    cfg.tasks["captioning"]["min_shots"] = 0
+    stream = build_task_streams(cfg, make_vocab(), progress=False)["captioning"]
+    counts = [len(stream.example(i).meta["demo_ids"]) for i in range(40)]
+    assert set(counts) == {0, 1, 2}  # from min_shots to shots
+    again = build_task_streams(cfg, make_vocab(), progress=False)["captioning"]
+    assert [len(again.example(i).meta["demo_ids"]) for i in range(40)] == counts
+    cfg.tasks["captioning"]["min_shots"] = 3  # more than shots
+    with pytest.raises(ValueError, match="min_shots must lie in"):
+        build_tasks(cfg)
+
+
 def test_build_tasks_reports_bad_options(world, tmp_path):
     cfg = make_cfg(world, tmp_path)
     cfg.tasks["segmentation"]["shot"] = 3
