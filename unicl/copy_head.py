@@ -39,10 +39,6 @@ class CopyVotes:
     weights: torch.Tensor  # (B, T, S) gate * scale * attention, 0 where s copies nothing
     ids: torch.Tensor  # (B, S) the sources' token ids
 
-    def last(self) -> CopyVotes:
-        """The votes of the last position only: weights (B, 1, S)."""
-        return CopyVotes(self.weights[:, -1:], self.ids)
-
     def rows(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Flattened rows b * T + t of the votes: (weights, ids), each (R, S)."""
         b, t, s = self.weights.shape
