@@ -240,8 +240,11 @@ class Task(abc.ABC):
         """Index of the first generated query segment (None: first output segment)."""
         return None
 
-    def augment(self, episode: Episode, rng: np.random.Generator) -> Episode:
-        """A training episode, possibly changed (training streams call this; default: as is)."""
+    def augment(
+        self, episode: Episode, rng: np.random.Generator, categories: Sequence[str] = ()
+    ) -> Episode:
+        """A training episode, possibly changed (training streams call this with the
+        training categories; default: as is)."""
         return episode
 
     def parallel_answer(self) -> bool:

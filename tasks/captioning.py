@@ -41,6 +41,9 @@ from unicl.tasks.sources import caption_pools
 from unicl.tasks.user import caption_record
 from unicl.tasks.vg import builtin_synonyms
 
+#: where `rename_prob`'s new names come from (CaptioningTask)
+RENAME_WORDS = ("made_up", "categories", "both")
+
 #: generation start -> index of the first generated segment in a captioning pair
 GENERATE_FROM = {"category": 2, "box": 6, "caption": 10}
 
@@ -57,6 +60,29 @@ def made_up_word(rng: np.random.Generator) -> str:
     """A pronounceable two-syllable non-word (e.g. "tolim"): a category name to copy, not know."""
     syllables = [_ONSETS[rng.integers(len(_ONSETS))] + _VOWELS[rng.integers(5)] for _ in range(2)]
     return "".join(syllables) + ("", "n", "m", "k")[rng.integers(4)]
+
+
+def _name_pattern(category: str) -> re.Pattern[str]:
+    """A category's name and synonyms as whole words (plurals included), any case."""
+    names = (category, *builtin_synonyms([category])[category])
+    return re.compile(
+        r"\b("
+        + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+        + r")(e?s)?\b",
+        re.IGNORECASE,
+    )
+
+
+def _unused_category(
+    texts: Sequence[str], category: str, categories: Sequence[str], rng: np.random.Generator
+) -> str | None:
+    """A category of `categories` other than `category` whose names `texts` never use."""
+    unused = [
+        c
+        for c in sorted(set(categories) - {category})
+        if not any(_name_pattern(c).search(t) for t in texts)
+    ]
+    return unused[int(rng.integers(len(unused)))] if unused else None
 
 
 def region_codes(codes: np.ndarray, box: Sequence[float], limit: int) -> np.ndarray:
@@ -114,7 +140,12 @@ class CaptioningTask(Task):
     `rename_prob`: the probability that a training episode calls its category by a made-up
     word instead (in every pair's category field and captions, synonyms included), so that
     the model learns to take the region's noun from the prompt: without it a model only ever
-    writes the names of its training categories, and never an unseen category's.
+    writes the names of its training categories, and never an unseen category's;
+    `rename_words`: where the new name comes from: "made_up" (a pronounceable non-word),
+    "categories" (another training category's name that the episode's text does not use:
+    the prompt's name then contradicts what the region looks like, so the loss rewards
+    writing the prompt's name over the one the image suggests) or "both" (either, at even
+    odds).
     """
 
     name = "captioning"
@@ -127,6 +158,7 @@ class CaptioningTask(Task):
         text_tokenizer: str = "gpt2",
         box_tokenizer: str = "bins",
         rename_prob: float = 0.0,
+        rename_words: str = "made_up",
         region_tokens: int = 0,
         **common: Any,
     ) -> None:
@@ -145,6 +177,12 @@ class CaptioningTask(Task):
         if not 0.0 <= rename_prob <= 1.0:
             raise ValueError(f"captioning: rename_prob must lie in [0, 1], got {rename_prob!r}")
         self.rename_prob = float(rename_prob)
+        if rename_words not in RENAME_WORDS:
+            raise ValueError(
+                f"captioning: rename_words must be one of {list(RENAME_WORDS)}, "
+                f"got {rename_words!r}"
+            )
+        self.rename_words = rename_words
         if isinstance(region_tokens, bool) or not isinstance(region_tokens, int):
             raise ValueError(f"captioning: region_tokens must be an integer, got {region_tokens!r}")
         if region_tokens < 0:
@@ -156,18 +194,24 @@ class CaptioningTask(Task):
             )
         self.region_tokens = region_tokens
 
-    def augment(self, episode: Episode, rng: np.random.Generator) -> Episode:
-        """Training only: with probability `rename_prob`, rename the category everywhere."""
+    def augment(
+        self, episode: Episode, rng: np.random.Generator, categories: Sequence[str] = ()
+    ) -> Episode:
+        """Training only: with probability `rename_prob`, rename the category everywhere
+        (`categories`: the training categories, the names `rename_words` may draw)."""
         if self.rename_prob == 0.0 or rng.random() >= self.rename_prob:
             return episode
-        names = (episode.category, *builtin_synonyms([episode.category])[episode.category])
+        texts = [
+            s.payload
+            for s in (*episode.prefix, *(s for pair in episode.pairs for s in pair))
+            if s.modality == self.text_tokenizer and isinstance(s.payload, str)
+        ]
         word = made_up_word(rng)
-        pattern = re.compile(
-            r"\b("
-            + "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
-            + r")(e?s)?\b",
-            re.IGNORECASE,
-        )
+        if self.rename_words == "categories" or (
+            self.rename_words == "both" and rng.random() < 0.5
+        ):
+            word = _unused_category(texts, episode.category, categories, rng) or word
+        pattern = _name_pattern(episode.category)
 
         def rename(segment: Segment) -> Segment:
             if segment.modality != self.text_tokenizer or not isinstance(segment.payload, str):

@@ -126,7 +126,8 @@ class TaskStream:
         """The episode of sample `index` (before packing)."""
         category, query, demos = self.draw(index)
         episode = self.task.episode(query, demos, category)
-        return self.task.augment(episode, keyed_rng(self.seed, "augment", self.task.name, index))
+        rng = keyed_rng(self.seed, "augment", self.task.name, index)
+        return self.task.augment(episode, rng, categories=sorted(self.pools))
 
     def example(self, index: int) -> PackedSequence:
         return self.packer.pack(self.episode(index))

@@ -182,6 +182,47 @@ def test_rename_augmentation_replaces_the_category_in_every_pair(pools, vocab):
         CaptioningTask(rename_prob=1.5)
 
 
+def test_rename_to_another_category_picks_a_name_the_episode_does_not_use(pools, vocab):
+    from unicl.tasks.vg import PhraseMatcher, builtin_synonyms
+
+    task = CaptioningTask(image_size=64, rename_prob=1.0, rename_words="categories")
+    task.bind(vocab)
+    categories = sorted(pools)
+    seen = set()
+    for category in categories:
+        pool = pools[category]
+        others = [r for r in pool[1:] if task.image_key(r) != task.image_key(pool[0])]
+        if not others:
+            continue
+        query, demo = pool[0], others[0]
+        shots = [Shot(r, task.eval_view(r)) for r in (query, demo)]
+        episode = task.episode(shots[0], shots[1:], category)
+        texts = [s.payload for pair in episode.pairs for s in pair if s.modality == "gpt2"]
+        for seed in range(5):
+            renamed = task.augment(episode, np.random.default_rng(seed), categories=categories)
+            word = renamed.category
+            seen.add(word)
+            assert word in categories and word != category
+            # the new name was nowhere in the episode, and the old one is gone everywhere
+            assert PhraseMatcher(builtin_synonyms([word])).match(" ".join(texts)) is None
+            for pair in renamed.pairs:
+                assert pair[3].payload == f" {word}"
+                assert PhraseMatcher(builtin_synonyms([category])).match(pair[10].payload) is None
+        # without training categories to draw from, the name is made up
+        alone = task.augment(episode, np.random.default_rng(0))
+        assert alone.category not in categories and alone.category.isalpha()
+    assert len(seen) > 2
+    both = CaptioningTask(image_size=64, rename_prob=1.0, rename_words="both")
+    both.bind(vocab)
+    words = {
+        both.augment(episode, np.random.default_rng(s), categories=categories).category
+        for s in range(40)
+    }
+    assert words & set(categories) and words - set(categories)
+    with pytest.raises(ValueError, match="rename_words must be one of"):
+        CaptioningTask(rename_words="real")
+
+
 def test_region_codes_are_a_lattice_of_the_cells_under_the_box():
     from unicl.tasks.captioning import region_codes
 
