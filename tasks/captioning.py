@@ -201,15 +201,15 @@ class CaptioningTask(Task):
         (`categories`: the training categories, the names `rename_words` may draw)."""
         if self.rename_prob == 0.0 or rng.random() >= self.rename_prob:
             return episode
-        texts = [
-            s.payload
-            for s in (*episode.prefix, *(s for pair in episode.pairs for s in pair))
-            if s.modality == self.text_tokenizer and isinstance(s.payload, str)
-        ]
         word = made_up_word(rng)
         if self.rename_words == "categories" or (
             self.rename_words == "both" and rng.random() < 0.5
         ):
+            texts = [
+                s.payload
+                for s in (*episode.prefix, *(s for pair in episode.pairs for s in pair))
+                if s.modality == self.text_tokenizer and isinstance(s.payload, str)
+            ]
             word = _unused_category(texts, episode.category, categories, rng) or word
         pattern = _name_pattern(episode.category)
 
