@@ -27,6 +27,7 @@ it off, captioning views are never flipped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -62,8 +63,10 @@ def made_up_word(rng: np.random.Generator) -> str:
     return "".join(syllables) + ("", "n", "m", "k")[rng.integers(4)]
 
 
+@functools.cache
 def _name_pattern(category: str) -> re.Pattern[str]:
-    """A category's name and synonyms as whole words (plurals included), any case."""
+    """A category's name and synonyms as whole words (plurals included), any case; built
+    once per category (every renamed training episode asks for it)."""
     names = (category, *builtin_synonyms([category])[category])
     return re.compile(
         r"\b("
