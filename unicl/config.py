@@ -359,6 +359,18 @@ def load_config(
     return from_dict(UniclConfig, data)
 
 
+def with_data(cfg: UniclConfig, overrides: Sequence[str]) -> UniclConfig:
+    """`cfg` with its `data` section changed by `key=value` strings (keys of `data`, e.g.
+    `root=worlds/other`): the same model scored on other data. Keys are checked like a
+    config file's."""
+    for text in overrides:
+        keys, _ = parse_override(text)
+        if keys[0] == "data":
+            raise ConfigError(f"data override {text!r}: name the key without 'data.'")
+    data = apply_overrides(to_dict(cfg.data), overrides)
+    return dataclasses.replace(cfg, data=from_dict(type(cfg.data), data, prefix="data"))
+
+
 def save_config(cfg: UniclConfig, path: str | Path) -> None:
     """Write `cfg` as YAML that `load_config` reads back to an equal config."""
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -20,6 +20,7 @@ reference, and DenseCap's mAP over (box IoU x METEOR) thresholds.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -158,12 +159,19 @@ class EvalOptions:
     #: demonstration sets averaged per query (1 = none): rotations of the max-shot demos
     ensemble: int = 1
     max_tokens: int | None = None  # cap on generated caption tokens
+    #: `key=value` changes of the model's data config (other data than it was trained on)
+    data: Sequence[str] = ()
 
 
 def episode_dir(root: str | Path, opts: EvalOptions) -> Path:
-    """Where the episode files of these options live under `root`."""
+    """Where the episode files of these options live under `root` (episodes of other data,
+    `opts.data`, in a folder of their own)."""
     limit = "all" if opts.queries_per_category is None else f"q{opts.queries_per_category}"
-    return Path(root) / f"{opts.split}_seed{opts.seed}_{limit}"
+    name = f"{opts.split}_seed{opts.seed}_{limit}"
+    if opts.data:
+        digest = hashlib.sha1("\n".join(sorted(opts.data)).encode()).hexdigest()[:10]
+        name += f"_data-{digest}"
+    return Path(root) / name
 
 
 def ensure_episode_files(
@@ -281,6 +289,9 @@ def _method_rank(method: str) -> int:
 def options_dict(opts: EvalOptions) -> dict[str, Any]:
     out = dataclasses.asdict(opts)
     out["shots"] = list(out["shots"])
+    out["data"] = list(out["data"])
+    if not out["data"]:  # the tables of the model's own data read as before
+        del out["data"]
     return out
 
 

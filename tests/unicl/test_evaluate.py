@@ -105,6 +105,46 @@ def test_evaluate_segmentation_with_baselines(tiny_run):
     assert "| model | 1 |" in table.to_markdown()
 
 
+def test_evaluate_on_other_data(tiny_run, tmp_path):
+    """`EvalOptions.data` (`unicl eval --data root=...`): the same model scored on another
+    world, with episode files of that world in a folder of their own."""
+    from pathlib import Path
+
+    import unicl
+    from unicl.config import with_data
+    from unicl.evaluate import EvalOptions, ensure_episode_files, episode_dir, evaluate
+    from unicl.tasks.episodes import load_episodes
+    from unicl.tasks.world import WorldSpec, make_world
+
+    other = tmp_path / "other"
+    make_world(
+        other, WorldSpec(seed=5, images=30, val_images=48, size=64), workers=1, progress=False
+    )
+    model = unicl.load(tiny_run, device="cpu")
+    own_root = model.predictor.cfg.data.root
+    change = (f"root={other}", "seed=5")
+    model.predictor.cfg = with_data(model.predictor.cfg, change)
+    assert model.predictor.cfg.data.root == str(other)
+    assert model.predictor.cfg.data.val_images == 48  # the rest of the data section stays
+    opts = EvalOptions(shots=[1], queries_per_category=1, batch_size=4, data=change)
+    plain = EvalOptions(shots=[1], queries_per_category=1, batch_size=4)
+    assert episode_dir(tmp_path, opts) != episode_dir(tmp_path, plain)
+    files = ensure_episode_files(model.predictor, episode_dir(tmp_path, opts), opts)
+    task = model.predictor.tasks["segmentation"]
+    path = next(files.glob("segmentation_val_seen_*.json"))
+    episodes = list(load_episodes(path, task, model.predictor.cfg.data, 1))
+    assert episodes and all(other in e.meta["query_record"].image_path.parents for e in episodes)
+    assert not any(Path(own_root) in e.meta["query_record"].image_path.parents for e in episodes)
+    table = evaluate(model, "segmentation", files, opts, run="tiny", progress=False)
+    assert table.meta["options"]["data"] == list(change)
+    assert (
+        "data"
+        not in evaluate(model, "segmentation", files, plain, run="tiny", progress=False).meta[
+            "options"
+        ]
+    )
+
+
 def test_a_model_is_known_by_its_weights_and_its_config(tmp_path, make_tiny_export):
     """Evaluation tables are reused only for the same model: an edited read-out option (the
     export's config.yaml) makes it another model."""

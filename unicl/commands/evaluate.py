@@ -5,6 +5,8 @@
 Writes `eval_<task>.json` and `eval_<task>.md` (seen / unseen categories, the
 model and the baselines) into `--out` (default RUN/eval) and prints the table.
 The episode files are made on first use under RUN/episodes and reused after.
+`--data root=worlds/other` scores the model on other data than its config names (its
+episode files get a folder of their own).
 """
 
 from __future__ import annotations
@@ -55,6 +57,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     add_episode_choice(parser)
     parser.add_argument(
+        "--data",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="score the model on other data: changes of its config's data section, e.g. "
+        "root=worlds/shapes-seed1 seed=1 (a shapes world of another seed, rendered there "
+        "if missing) or coco_val_ann=... coco_val_images=...",
+    )
+    parser.add_argument(
         "--queries-per-category",
         type=non_negative_int,
         default=10,
@@ -90,6 +101,7 @@ def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import unicl
+    from unicl.config import UniclConfig, with_data
     from unicl.devices import cpu_threads
     from unicl.evaluate import EvalOptions, ensure_episode_files, episode_dir, evaluate
     from unicl.model_files import BUILTIN_PREFIX
@@ -100,6 +112,8 @@ def main(args: argparse.Namespace) -> int:
             f"--task: {args.task!r} is not a built-in task ({', '.join(sorted(TASKS))}); "
             "a plugin's task needs --allow-plugins"
         )
+    if args.data:
+        with_data(UniclConfig(), args.data)  # a bad key fails before the model loads
     opts = EvalOptions(
         shots=args.shots,
         split=args.split,
@@ -109,8 +123,11 @@ def main(args: argparse.Namespace) -> int:
         baselines=not args.no_baselines,
         ensemble=args.ensemble,
         max_tokens=args.max_tokens,
+        data=tuple(args.data),
     )
     model = unicl.load(args.run, device=args.device, allow_plugins=args.allow_plugins)
+    if args.data:
+        model.predictor.cfg = with_data(model.predictor.cfg, args.data)
     run = Path(args.run)
     if args.run.startswith(BUILTIN_PREFIX) and args.out is None:
         # never write into the installed package: a shipped model's results go to results/
