@@ -26,7 +26,7 @@ from unicl.tasks.base import TASKS, Task
 from unicl.tasks.prompt import Episode, Segment, Shot, View
 from unicl.tasks.scoring import SegmentationScorer
 from unicl.tasks.sources import segmentation_pools
-from unicl.tasks.transforms import full_square_crop_box
+from unicl.tasks.transforms import full_square_crop_box, object_centred_crop_box
 from unicl.tasks.user import segmentation_record
 
 #: how the query's mask is produced (see SegmentationTask)
@@ -72,15 +72,26 @@ class SegmentationTask(Task):
         mask_readout: Literal["soft", "argmax"] = "soft",
         mask_threshold: float | str = 0.5,
         full_view_prob: float = 0.0,
+        other_object_prob: float = 0.0,
+        other_object_min_visible: float = 0.5,
         **common: Any,
     ) -> None:
         super().__init__(**common)
-        if not isinstance(full_view_prob, (int, float)) or not 0.0 <= full_view_prob <= 1.0:
-            raise ValueError(
-                f"segmentation: full_view_prob must be a probability in [0, 1], "
-                f"got {full_view_prob!r}"
-            )
+        for option, value in (
+            ("full_view_prob", full_view_prob),
+            ("other_object_prob", other_object_prob),
+            ("other_object_min_visible", other_object_min_visible),
+        ):
+            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(
+                    f"segmentation: {option} must be a probability in [0, 1], got {value!r}"
+                )
         self.full_view_prob = float(full_view_prob)
+        self.other_object_prob = float(other_object_prob)
+        self.other_object_min_visible = float(other_object_min_visible)
+        #: image file -> the records of that image (every category), filled by load_pools:
+        #: where the views centred on another category's object find those objects
+        self._image_records: dict[Any, list[Any]] = {}
         if query_crop not in ("object", "full"):
             raise ValueError(
                 f"segmentation: query_crop must be 'object' or 'full', got {query_crop!r}"
@@ -128,6 +139,9 @@ class SegmentationTask(Task):
         out = {**super().options(), "mask_tokenizer": self.mask_tokenizer}
         if self.full_view_prob:  # keeps the cache keys of configs without it
             out["full_view_prob"] = self.full_view_prob
+        if self.other_object_prob:
+            out["other_object_prob"] = self.other_object_prob
+            out["other_object_min_visible"] = self.other_object_min_visible
         return out
 
     def cache_tokenizer(self, name: str) -> str:
@@ -142,7 +156,12 @@ class SegmentationTask(Task):
     # ---- records ----------------------------------------------------------- #
 
     def load_pools(self, data_cfg: Any, split: str) -> dict[str, list[Any]]:
-        return segmentation_pools(data_cfg, split)
+        pools = segmentation_pools(data_cfg, split)
+        if self.other_object_prob:
+            for records in pools.values():
+                for record in records:
+                    self._image_records.setdefault(record.image_path, []).append(record)
+        return pools
 
     def skip_reason(self, record: Any) -> str | None:
         x0, y0, x1, y1 = record.box
@@ -168,7 +187,37 @@ class SegmentationTask(Task):
         if self.full_view_prob and rng.random() < self.full_view_prob:
             flip = bool(rng.random() < self.flip_prob)
             return dataclasses.replace(self.query_view(record), flip=flip)
+        if self.other_object_prob and rng.random() < self.other_object_prob:
+            view = self.other_object_view(record, rng)
+            if view is not None:
+                return view
         return super().train_view(record, rng)
+
+    def other_object_view(self, record: Any, rng: np.random.Generator) -> View | None:
+        """A jittered crop centred on another category's object of `record`'s image that keeps
+        at least `other_object_min_visible` of `record`'s mask; None when no object does."""
+        others = [
+            r
+            for r in self._image_records.get(record.image_path, ())
+            if r.category != record.category
+        ]
+        if not others:
+            return None
+        mask = record.load_mask()
+        total = mask.sum()
+        for k in rng.permutation(len(others)):
+            x0, y0, x1, y1 = crop = object_centred_crop_box(
+                others[k].box,
+                record.height,
+                record.width,
+                rng=rng,
+                context=self.context,
+                jitter=self.jitter,
+            )
+            inside = mask[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)].sum()
+            if total and inside >= self.other_object_min_visible * total:
+                return View(crop, bool(rng.random() < self.flip_prob), self.image_size)
+        return None
 
     def view_arrays(self, shot: Shot) -> tuple[np.ndarray, np.ndarray]:
         """The view's (S, S, 3) uint8 image and (S, S) bool mask."""

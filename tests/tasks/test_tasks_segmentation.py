@@ -133,6 +133,56 @@ def test_full_views_show_the_whole_image_in_their_share_of_training_views(data_c
             SegmentationTask(full_view_prob=bad)
 
 
+def test_other_object_views_centre_another_category_and_keep_the_mask(data_cfg):
+    task = SegmentationTask(image_size=64, other_object_prob=1.0, other_object_min_visible=0.5)
+    pools = task.pools(data_cfg, "train")
+    by_image = {}
+    for records in pools.values():
+        for r in records:
+            by_image.setdefault(r.image_path, []).append(r)
+    rng = np.random.default_rng(0)
+    moved = 0
+    for records in by_image.values():
+        if len(records) < 2:
+            continue
+        record = records[0]
+        view = task.other_object_view(record, rng)
+        if view is None:
+            continue
+        moved += 1
+        x0, y0, x1, y1 = view.crop
+        centre = ((x0 + x1) / 2, (y0 + y1) / 2)
+        # the crop is centred (up to jitter and the image's edge) on another category's box
+        side = x1 - x0
+        assert any(
+            abs((b[0] + b[2]) / 2 - centre[0]) <= 0.6 * side
+            and abs((b[1] + b[3]) / 2 - centre[1]) <= 0.6 * side
+            for b in (o.box for o in records[1:])
+        )
+        mask = record.load_mask()
+        inside = mask[max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)].sum()
+        assert inside >= 0.5 * mask.sum()
+        assert view.apply(mask).shape == (64, 64)
+    assert moved >= 5
+    # off by default, and part of the cache key when on
+    assert "other_object_prob" not in SegmentationTask(image_size=64).options()
+    assert task.options()["other_object_prob"] == 1.0
+    # an image without another category's object leaves the ordinary object-centred view
+    lonely = SegmentationTask(image_size=64, other_object_prob=1.0)
+    record = next(iter(pools.values()))[0]
+    assert lonely.other_object_view(record, rng) is None  # its pools were never loaded
+    assert (
+        lonely.train_view(record, np.random.default_rng(1)).crop
+        == task.train_view(
+            dataclasses.replace(record, image_path=record.image_path.with_name("none.png")),
+            np.random.default_rng(1),
+        ).crop
+    )
+    for option in ("other_object_prob", "other_object_min_visible"):
+        with pytest.raises(ValueError, match=f"{option} must be a probability"):
+            SegmentationTask(**{option: 2.0})
+
+
 def test_episode_demos_from_other_images(data_cfg):
     task = SegmentationTask(shots=3, image_size=64)
     pools = task.pools(data_cfg, "train")
