@@ -157,10 +157,12 @@ class SegmentationTask(Task):
 
     def load_pools(self, data_cfg: Any, split: str) -> dict[str, list[Any]]:
         pools = segmentation_pools(data_cfg, split)
-        if self.other_object_prob:
+        if self.other_object_prob:  # (a second load of a split replaces, never duplicates)
+            by_image: dict[Any, list[Any]] = {}
             for records in pools.values():
                 for record in records:
-                    self._image_records.setdefault(record.image_path, []).append(record)
+                    by_image.setdefault(record.image_path, []).append(record)
+            self._image_records.update(by_image)
         return pools
 
     def skip_reason(self, record: Any) -> str | None:
