@@ -21,7 +21,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-from unicl.masks import check_threshold, mask_level, threshold_mask
+from unicl.masks import (
+    MASK_REFINEMENTS,
+    check_threshold,
+    mask_level,
+    refine_map,
+    threshold_mask,
+)
 from unicl.tasks.base import TASKS, Task
 from unicl.tasks.prompt import Episode, Segment, Shot, View
 from unicl.tasks.scoring import SegmentationScorer
@@ -54,7 +60,10 @@ class SegmentationTask(Task):
     tokenizer with `decode_soft`), "argmax" decodes the most likely code at each cell;
     `mask_threshold` cuts the answer's grey map (its expected foreground): a foreground
     probability in (0, 1) (0.5 by default), or "expected_iou", the level that maximises
-    each map's expected IoU (unicl/masks.py).
+    each map's expected IoU (unicl/masks.py); `mask_refine` "guided" first snaps the map to
+    the query image with a colour guided filter whose window has the radius
+    `refine_radius` (a share of the query view's side, in the original image's pixels) and
+    the ridge `refine_eps` (unicl/masks.py `refine_map`), "none" (the default) does not.
 
     `full_view_prob`: the share of training views that show the whole image (padded to a
     square, maybe flipped) instead of an object-centred crop. There the object is not the
@@ -71,6 +80,9 @@ class SegmentationTask(Task):
         aligned_positions: bool = False,
         mask_readout: Literal["soft", "argmax"] = "soft",
         mask_threshold: float | str = 0.5,
+        mask_refine: Literal["none", "guided"] = "none",
+        refine_radius: float = 0.25,
+        refine_eps: float = 1e-3,
         full_view_prob: float = 0.0,
         other_object_prob: float = 0.0,
         other_object_min_visible: float = 0.5,
@@ -114,6 +126,25 @@ class SegmentationTask(Task):
             )
         self.mask_readout = mask_readout
         self.mask_threshold = check_threshold(mask_threshold, "segmentation")
+        if mask_refine not in MASK_REFINEMENTS:
+            raise ValueError(
+                f"segmentation: mask_refine must be one of {MASK_REFINEMENTS}, got {mask_refine!r}"
+            )
+        for option, value, high in (
+            ("refine_radius", refine_radius, 1.0),
+            ("refine_eps", refine_eps, None),
+        ):
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not value > 0
+                or (high is not None and value > high)
+            ):
+                bound = f"in (0, {high}]" if high is not None else "> 0"
+                raise ValueError(f"segmentation: {option} must be a number {bound}, got {value!r}")
+        self.mask_refine = mask_refine
+        self.refine_radius = float(refine_radius)
+        self.refine_eps = float(refine_eps)
 
     def bind(self, vocab: Any) -> None:
         super().bind(vocab)
@@ -282,7 +313,13 @@ class SegmentationTask(Task):
         """A (s, s) grey map in the query's view -> the answer at the query's resolution."""
         height, width = episode.meta["query_size"]
         grey = np.asarray(grey, np.float32)
-        full = episode.meta["query_view"].unapply_map(grey, height, width)  # (H, W)
+        view = episode.meta["query_view"]
+        full = view.unapply_map(grey, height, width)  # (H, W)
+        if self.mask_refine == "guided":
+            side = view.crop[2] - view.crop[0]  # the view's side in original pixels
+            radius = max(1, round(self.refine_radius * side))
+            image = episode.meta["query_record"].load_image()
+            full = refine_map(full, image, radius, self.refine_eps)
         return self.cut(full)
 
     def cut(self, grey: np.ndarray) -> MaskAnswer:

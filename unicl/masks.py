@@ -15,6 +15,13 @@ decoded mask image becomes a binary mask: the threshold is our choice, one of
   whenever the achievable IoU is below one (for F1, whose optimum orders masks the same
   way, it is half the optimal F1: Lipton, Elkan & Narayanaswamy, arXiv 1402.1892).
 
+Before the cut a map can be refined against the query image (`refine_map`): a colour
+guided filter (He, Sun & Tang, "Guided Image Filtering", ECCV 2010) fits the map, in
+every window, as a linear function of the image's colour, so the answer's edges move
+to the image's edges and a colour the model marked as foreground in most of a window
+is marked everywhere in it. The model's maps come from a 16 x 16 grid of cells; the
+image has every pixel.
+
 Nothing here needs torch, so the task plugins can use it.
 """
 
@@ -66,6 +73,66 @@ def mask_level(grey, threshold: float | str) -> float:
     if threshold == "expected_iou":
         return expected_iou_level(grey)
     return 255.0 * float(threshold)
+
+
+#: the names `mask_refine` accepts
+MASK_REFINEMENTS = ("none", "guided")
+
+
+def box_mean(x: np.ndarray, radius: int) -> np.ndarray:
+    """Mean of (H, W, ...) over the (2 radius + 1)^2 window around each pixel.
+
+    Near the border the window is the part inside the image (He et al.'s convention).
+    """
+    x = np.asarray(x, np.float64)
+    height, width = x.shape[:2]
+    pad = ((1, 0), (1, 0)) + ((0, 0),) * (x.ndim - 2)
+    table = np.pad(x, pad).cumsum(0).cumsum(1)  # summed-area table, (H + 1, W + 1, ...)
+    y0 = np.clip(np.arange(height) - radius, 0, height)
+    y1 = np.clip(np.arange(height) + radius + 1, 0, height)
+    x0 = np.clip(np.arange(width) - radius, 0, width)
+    x1 = np.clip(np.arange(width) + radius + 1, 0, width)
+    sums = table[y1][:, x1] - table[y0][:, x1] - table[y1][:, x0] + table[y0][:, x0]
+    count = ((y1 - y0)[:, None] * (x1 - x0)[None, :]).astype(np.float64)
+    return sums / count.reshape(count.shape + (1,) * (x.ndim - 2))
+
+
+def guided_filter(image: np.ndarray, values: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """He et al.'s colour guided filter of `values` (H, W) by `image` (H, W, 3) in [0, 1].
+
+    In each window the output is a linear function a . colour + b of the image, fitted to
+    `values` by ridge regression (`eps` the ridge, in squared colour units); each pixel
+    averages the fits of the windows that hold it. The output is linear in `values`, so
+    filtering the mean of several maps equals the mean of their filtered maps.
+    """
+    image = np.asarray(image, np.float64)
+    values = np.asarray(values, np.float64)
+    if image.ndim != 3 or image.shape[:2] != values.shape:
+        raise ValueError(
+            f"guided_filter: image {image.shape} must be (H, W, C) with values' {values.shape}"
+        )
+    mean_i = box_mean(image, radius)  # (H, W, C)
+    mean_v = box_mean(values, radius)  # (H, W)
+    cov_iv = box_mean(image * values[..., None], radius) - mean_i * mean_v[..., None]
+    outer = image[..., :, None] * image[..., None, :]
+    var_i = box_mean(outer, radius) - mean_i[..., :, None] * mean_i[..., None, :]  # (H, W, C, C)
+    ridge = eps * np.eye(image.shape[-1])
+    a = np.linalg.solve(var_i + ridge, cov_iv[..., None])[..., 0]  # (H, W, C)
+    b = mean_v - (a * mean_i).sum(-1)
+    return (box_mean(a, radius) * image).sum(-1) + box_mean(b, radius)
+
+
+def refine_map(grey: np.ndarray, image: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """A grey map (H, W, 0-255) snapped to `image` (H, W[, C], 0-255): `guided_filter`.
+
+    The result is clipped to 0-255 (float32). A grey image guides by its one channel.
+    """
+    image = np.asarray(image, np.float64) / 255.0
+    if image.ndim == 2:
+        image = image[..., None]
+    image = image[..., :3]  # an alpha channel is opaque (unicl/inputs.py)
+    out = 255.0 * guided_filter(image, np.asarray(grey, np.float64) / 255.0, radius, eps)
+    return np.clip(out, 0.0, 255.0).astype(np.float32)
 
 
 def check_threshold(value, owner: str) -> float | str:

@@ -54,11 +54,15 @@ def test_a_prompt_answers_as_the_answered_sequence_cut_at_its_prompt(ar_model, t
         np.testing.assert_array_equal(p1, p2)
 
 
+@pytest.mark.parametrize("refine", ["none", "guided"])
 @pytest.mark.parametrize("threshold", [0.5, 0.2, "expected_iou"])
 @pytest.mark.parametrize("which", ["parallel", "autoregressive"])
-def test_the_mask_is_its_map_thresholded_everywhere(model, ar_model, which, threshold, monkeypatch):
+def test_the_mask_is_its_map_thresholded_everywhere(
+    model, ar_model, which, threshold, refine, monkeypatch
+):
     m = model if which == "parallel" else ar_model
     monkeypatch.setattr(m.predictor.tasks["segmentation"], "mask_threshold", threshold)
+    monkeypatch.setattr(m.predictor.tasks["segmentation"], "mask_refine", refine)
     demos = [(_image(40, 52, 1), _mask(40, 52)), (_image(36, 30, 2), _mask(36, 30))]
     query = _image(45, 61, 3)
     one = m.segment(query, demos, category="star", return_details=True)
@@ -71,6 +75,22 @@ def test_the_mask_is_its_map_thresholded_everywhere(model, ar_model, which, thre
             assert r.threshold == 255 * threshold
     np.testing.assert_array_equal(answer.mask, one.mask)  # predict and segment: one path
     assert len(both.tokens) == 2
+
+
+def test_guided_refinement_filters_the_answers_map_by_the_query_image(model, monkeypatch):
+    """mask_refine: guided = the unrefined map at the query's size, refined against the query
+    image with a window of refine_radius x the view's side (the padded square's, here)."""
+    from unicl.masks import refine_map
+
+    task = model.predictor.tasks["segmentation"]
+    demos = [(_image(40, 52, 1), _mask(40, 52))]
+    query = _image(45, 61, 3)
+    plain = model.segment(query, demos, category="star", return_details=True)
+    monkeypatch.setattr(task, "mask_refine", "guided")
+    refined = model.segment(query, demos, category="star", return_details=True)
+    expected = refine_map(plain.mask_image, query, round(task.refine_radius * 61), task.refine_eps)
+    np.testing.assert_allclose(refined.mask_image, expected, atol=1e-3)
+    assert not np.allclose(refined.mask_image, plain.mask_image)
 
 
 def test_demonstrations_are_encoded_once_per_call(model, monkeypatch):
