@@ -313,14 +313,29 @@ class SegmentationTask(Task):
         """A (s, s) grey map in the query's view -> the answer at the query's resolution."""
         height, width = episode.meta["query_size"]
         grey = np.asarray(grey, np.float32)
-        view = episode.meta["query_view"]
-        full = view.unapply_map(grey, height, width)  # (H, W)
+        full = episode.meta["query_view"].unapply_map(grey, height, width)  # (H, W)
         if self.mask_refine == "guided":
-            side = view.crop[2] - view.crop[0]  # the view's side in original pixels
-            radius = max(1, round(self.refine_radius * side))
-            image = episode.meta["query_record"].load_image()
-            full = refine_map(full, image, radius, self.refine_eps)
+            full = self.refine(episode, full)
         return self.cut(full)
+
+    def refine(
+        self,
+        episode: Episode,
+        grey: np.ndarray,
+        radius: float | None = None,
+        eps: float | None = None,
+    ) -> np.ndarray:
+        """The query's grey map (H, W) snapped to its image (`mask_refine: guided`).
+
+        `radius` (a share of the query view's side) and `eps` default to the task's
+        `refine_radius` and `refine_eps`; tools/sweep_mask_refine.py tries others.
+        """
+        view = episode.meta["query_view"]
+        side = view.crop[2] - view.crop[0]  # the view's side in original pixels
+        share = self.refine_radius if radius is None else radius
+        pixels = max(1, round(share * side))
+        image = episode.meta["query_record"].load_image()
+        return refine_map(grey, image, pixels, self.refine_eps if eps is None else eps)
 
     def cut(self, grey: np.ndarray) -> MaskAnswer:
         """A grey map at the query's resolution -> the answer, cut at `mask_threshold`."""
