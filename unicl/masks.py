@@ -97,13 +97,20 @@ def box_mean(x: np.ndarray, radius: int) -> np.ndarray:
     return sums / count.reshape(count.shape + (1,) * (x.ndim - 2))
 
 
-def guided_filter(image: np.ndarray, values: np.ndarray, radius: int, eps: float) -> np.ndarray:
-    """He et al.'s colour guided filter of `values` (H, W) by `image` (H, W, 3) in [0, 1].
+def guided_filter(
+    image: np.ndarray, values: np.ndarray, radius: int, eps: float, step: int = 1
+) -> np.ndarray:
+    """He et al.'s colour guided filter of `values` (H, W) by `image` (H, W, C) in [0, 1].
 
     In each window the output is a linear function a . colour + b of the image, fitted to
     `values` by ridge regression (`eps` the ridge, in squared colour units); each pixel
     averages the fits of the windows that hold it. The output is linear in `values`, so
     filtering the mean of several maps equals the mean of their filtered maps.
+
+    `step` > 1 is the fast guided filter (He & Sun, arXiv 1505.00996): the fits are made on
+    a grid `step` times coarser (means over step x step blocks, radius / step) and their
+    coefficients, which vary slowly, are interpolated back; the output still takes every
+    pixel's own colour, so the edges stay the image's.
     """
     image = np.asarray(image, np.float64)
     values = np.asarray(values, np.float64)
@@ -111,6 +118,18 @@ def guided_filter(image: np.ndarray, values: np.ndarray, radius: int, eps: float
         raise ValueError(
             f"guided_filter: image {image.shape} must be (H, W, C) with values' {values.shape}"
         )
+    if step > 1:
+        small_i, small_v = _block_mean(image, step), _block_mean(values, step)
+        a, b = _guided_coefficients(small_i, small_v, max(1, round(radius / step)), eps)
+        height, width = values.shape
+        a = np.stack([_upsample(a[..., c], step, height, width) for c in range(a.shape[-1])], -1)
+        return (a * image).sum(-1) + _upsample(b, step, height, width)
+    a, b = _guided_coefficients(image, values, radius, eps)
+    return (a * image).sum(-1) + b
+
+
+def _guided_coefficients(image, values, radius: int, eps: float):
+    """The window-averaged fit (a (H, W, C), b (H, W)) of the guided filter."""
     mean_i = box_mean(image, radius)  # (H, W, C)
     mean_v = box_mean(values, radius)  # (H, W)
     cov_iv = box_mean(image * values[..., None], radius) - mean_i * mean_v[..., None]
@@ -119,19 +138,47 @@ def guided_filter(image: np.ndarray, values: np.ndarray, radius: int, eps: float
     ridge = eps * np.eye(image.shape[-1])
     a = np.linalg.solve(var_i + ridge, cov_iv[..., None])[..., 0]  # (H, W, C)
     b = mean_v - (a * mean_i).sum(-1)
-    return (box_mean(a, radius) * image).sum(-1) + box_mean(b, radius)
+    return box_mean(a, radius), box_mean(b, radius)
+
+
+def _block_mean(x: np.ndarray, step: int) -> np.ndarray:
+    """Means over step x step blocks of (H, W, ...); the last blocks repeat the edge."""
+    height, width = x.shape[:2]
+    rows, cols = -(-height // step), -(-width // step)
+    pad = ((0, rows * step - height), (0, cols * step - width)) + ((0, 0),) * (x.ndim - 2)
+    x = np.pad(x, pad, mode="edge")
+    return x.reshape(rows, step, cols, step, *x.shape[2:]).mean(axis=(1, 3))
+
+
+def _upsample(x: np.ndarray, step: int, height: int, width: int) -> np.ndarray:
+    """Block means (h, w) of `_block_mean` -> (height, width), bilinear between block centres."""
+    from PIL import Image
+
+    rows, cols = x.shape
+    big = Image.fromarray(np.ascontiguousarray(x, np.float32), mode="F").resize(
+        (cols * step, rows * step), Image.Resampling.BILINEAR
+    )
+    return np.asarray(big, np.float64)[:height, :width]
+
+
+#: the fast guided filter's coarse windows have a radius of about this many blocks
+REFINE_BLOCKS_PER_RADIUS = 8
 
 
 def refine_map(grey: np.ndarray, image: np.ndarray, radius: int, eps: float) -> np.ndarray:
     """A grey map (H, W, 0-255) snapped to `image` (H, W[, C], 0-255): `guided_filter`.
 
-    The result is clipped to 0-255 (float32). A grey image guides by its one channel.
+    Windows wider than REFINE_BLOCKS_PER_RADIUS pixels are fitted on a coarser grid (the
+    fast guided filter, step radius // REFINE_BLOCKS_PER_RADIUS), so the cost grows with the
+    image's pixels, not with the window. The result is clipped to 0-255 (float32). A grey
+    image guides by its one channel.
     """
     image = np.asarray(image, np.float64) / 255.0
     if image.ndim == 2:
         image = image[..., None]
     image = image[..., :3]  # an alpha channel is opaque (unicl/inputs.py)
-    out = 255.0 * guided_filter(image, np.asarray(grey, np.float64) / 255.0, radius, eps)
+    step = max(1, radius // REFINE_BLOCKS_PER_RADIUS)
+    out = 255.0 * guided_filter(image, np.asarray(grey, np.float64) / 255.0, radius, eps, step)
     return np.clip(out, 0.0, 255.0).astype(np.float32)
 
 

@@ -100,6 +100,25 @@ def test_guided_filter_is_linear_in_the_map():
     np.testing.assert_allclose(both, each, atol=1e-9)
 
 
+@pytest.mark.parametrize("shape", [(64, 64), (45, 61)])
+@pytest.mark.parametrize("radius, step", [(16, 2), (32, 4)])
+def test_the_fast_guided_filter_follows_the_exact_one(shape, radius, step):
+    """Fitted on a coarser grid (odd sizes included), the output stays within a few hundredths
+    of the exact filter's, and a constant map stays constant."""
+    rng = np.random.default_rng(step)
+    image = np.full((*shape, 3), 0.5)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    for _ in range(4):
+        cy, cx, r = rng.integers(5, 40), rng.integers(5, 40), rng.integers(5, 15)
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.random(3)
+    values = np.kron(rng.random((8, 8)), np.ones((8, 8)))[: shape[0], : shape[1]]
+    exact = guided_filter(image, values, radius, 1e-3)
+    fast = guided_filter(image, values, radius, 1e-3, step)
+    assert fast.shape == shape
+    assert np.abs(fast - exact).mean() < 0.01
+    np.testing.assert_allclose(guided_filter(image, np.full(shape, 0.3), radius, 1e-3, step), 0.3)
+
+
 def _two_objects() -> tuple[np.ndarray, np.ndarray]:
     """A red disc touching a blue square on grey; the disc is the object."""
     yy, xx = np.mgrid[:64, :64]

@@ -85,6 +85,7 @@ def test_guided_refinement_filters_the_answers_map_by_the_query_image(model, mon
     task = model.predictor.tasks["segmentation"]
     demos = [(_image(40, 52, 1), _mask(40, 52))]
     query = _image(45, 61, 3)
+    monkeypatch.setattr(task, "mask_refine", "none")
     plain = model.segment(query, demos, category="star", return_details=True)
     monkeypatch.setattr(task, "mask_refine", "guided")
     refined = model.segment(query, demos, category="star", return_details=True)
