@@ -162,19 +162,22 @@ def _upsample(x: np.ndarray, step: int, height: int, width: int) -> np.ndarray:
 REFINE_BLOCKS_PER_RADIUS = 8
 
 
-def refine_map(grey: np.ndarray, image: np.ndarray, radius: int, eps: float) -> np.ndarray:
+def refine_map(
+    grey: np.ndarray, image: np.ndarray, radius: int, eps: float, step: int | None = None
+) -> np.ndarray:
     """A grey map (H, W, 0-255) snapped to `image` (H, W[, C], 0-255): `guided_filter`.
 
     Windows wider than REFINE_BLOCKS_PER_RADIUS pixels are fitted on a coarser grid (the
-    fast guided filter, step radius // REFINE_BLOCKS_PER_RADIUS), so the cost grows with the
-    image's pixels, not with the window. The result is clipped to 0-255 (float32). A grey
-    image guides by its one channel.
+    fast guided filter, step radius // REFINE_BLOCKS_PER_RADIUS, unless `step` is given:
+    1 is the exact filter), so the cost grows with the image's pixels, not with the window.
+    The result is clipped to 0-255 (float32). A grey image guides by its one channel.
     """
     image = np.asarray(image, np.float64) / 255.0
     if image.ndim == 2:
         image = image[..., None]
     image = image[..., :3]  # an alpha channel is opaque (unicl/inputs.py)
-    step = max(1, radius // REFINE_BLOCKS_PER_RADIUS)
+    if step is None:
+        step = max(1, radius // REFINE_BLOCKS_PER_RADIUS)
     out = 255.0 * guided_filter(image, np.asarray(grey, np.float64) / 255.0, radius, eps, step)
     return np.clip(out, 0.0, 255.0).astype(np.float32)
 
