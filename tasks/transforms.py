@@ -96,7 +96,7 @@ def crop_and_resize(
     ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
     if ix1 > ix0 and iy1 > iy0:
         canvas[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = src[iy0:iy1, ix0:ix1]
-    out = resize(canvas, size, size, interpolation)
+    out = _resize(canvas, size, size, interpolation)
     return out.astype(bool) if is_bool else out
 
 
@@ -104,7 +104,7 @@ def uncrop_mask(mask: np.ndarray, crop_box: CropBox, height: int, width: int) ->
     """Undo `crop_and_resize` for a (s, s) mask: an (H, W) bool mask of the original image."""
     x0, y0, x1, y1 = crop_box
     side_w, side_h = x1 - x0, y1 - y0
-    full = resize(np.asarray(mask).astype(np.uint8), side_w, side_h, "nearest")  # (side, side)
+    full = _resize(np.asarray(mask).astype(np.uint8), side_w, side_h, "nearest")  # (side, side)
     out = np.zeros((height, width), bool)
     ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
     if ix1 > ix0 and iy1 > iy0:
@@ -137,8 +137,7 @@ _FILTERS = {
 }
 
 
-def resize(array: np.ndarray, width: int, height: int, interpolation: str) -> np.ndarray:
-    """(H, W[, C]) -> (height, width[, C]); uint8 images in one go, other arrays per channel."""
+def _resize(array: np.ndarray, width: int, height: int, interpolation: str) -> np.ndarray:
     if interpolation not in _FILTERS:
         raise ValueError(f"interpolation must be one of {list(_FILTERS)}, got {interpolation!r}")
     if array.shape[1] == width and array.shape[0] == height:

@@ -121,8 +121,9 @@ def guided_filter(
     if step > 1:
         small_i, small_v = _block_mean(image, step), _block_mean(values, step)
         a, b = _guided_coefficients(small_i, small_v, max(1, round(radius / step)), eps)
-        coefficients = _upsample(np.concatenate([a, b[..., None]], -1), step, *values.shape)
-        return (coefficients[..., :-1] * image).sum(-1) + coefficients[..., -1]
+        height, width = values.shape
+        a = np.stack([_upsample(a[..., c], step, height, width) for c in range(a.shape[-1])], -1)
+        return (a * image).sum(-1) + _upsample(b, step, height, width)
     a, b = _guided_coefficients(image, values, radius, eps)
     return (a * image).sum(-1) + b
 
@@ -150,12 +151,14 @@ def _block_mean(x: np.ndarray, step: int) -> np.ndarray:
 
 
 def _upsample(x: np.ndarray, step: int, height: int, width: int) -> np.ndarray:
-    """Block means (h, w, C) of `_block_mean` -> (height, width, C), bilinear between block
-    centres."""
-    from unicl.tasks.transforms import resize
+    """Block means (h, w) of `_block_mean` -> (height, width), bilinear between block centres."""
+    from PIL import Image
 
-    rows, cols = x.shape[:2]
-    return resize(x, cols * step, rows * step, "bilinear")[:height, :width]
+    rows, cols = x.shape
+    big = Image.fromarray(np.ascontiguousarray(x, np.float32), mode="F").resize(
+        (cols * step, rows * step), Image.Resampling.BILINEAR
+    )
+    return np.asarray(big, np.float64)[:height, :width]
 
 
 #: the fast guided filter's coarse windows have a radius of about this many blocks
