@@ -152,7 +152,7 @@ def _block_mean(x: np.ndarray, step: int) -> np.ndarray:
 
 def _upsample(x: np.ndarray, step: int, height: int, width: int) -> np.ndarray:
     """Block means (h, w) of `_block_mean` -> (height, width), bilinear between block centres."""
-    from PIL import Image
+    from PIL import Image  # (not tasks/transforms.py's resize: this module is a layer below it)
 
     rows, cols = x.shape
     big = Image.fromarray(np.ascontiguousarray(x, np.float32), mode="F").resize(
