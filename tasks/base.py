@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import abc
 import logging
+import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,7 +73,11 @@ class Task(abc.ABC):
     - `flip_prob`: probability of a horizontal flip in training;
     - `cache_views`: augmented views per training record whose tokens are computed
       once and cached on disk (unicl/token_cache.py); 0 = tokenize every step;
-    - `cache_dir`: where the token cache lives ("" = unicl's cache directory).
+    - `cache_dir`: where the token cache lives ("" = unicl's cache directory);
+    - `num_beams`, `length_penalty`: how generated answers are decoded when the caller
+      does not say: greedy (1) or beam search with this many beams, ranked by log
+      probability / length ** length_penalty (unicl/generate.py); a readout choice, no
+      retraining.
     """
 
     name: str = ""
@@ -90,6 +96,8 @@ class Task(abc.ABC):
         flip_prob: float = 0.5,
         cache_views: int = 8,
         cache_dir: str = "",
+        num_beams: int = 1,
+        length_penalty: float = 1.0,
     ) -> None:
         if shots < 0:
             raise ValueError(f"{self.name}: shots must be >= 0, got {shots}")
@@ -121,6 +129,18 @@ class Task(abc.ABC):
             raise ValueError(f"{self.name}: cache_views must be >= 0, got {cache_views}")
         self.cache_views = cache_views
         self.cache_dir = cache_dir
+        if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
+            raise ValueError(f"{self.name}: num_beams must be an integer >= 1, got {num_beams!r}")
+        if (
+            isinstance(length_penalty, bool)
+            or not isinstance(length_penalty, numbers.Real)
+            or not math.isfinite(length_penalty)
+        ):
+            raise ValueError(
+                f"{self.name}: length_penalty must be a finite number, got {length_penalty!r}"
+            )
+        self.num_beams = num_beams
+        self.length_penalty = float(length_penalty)
         self.last_pool_stats = PoolStats()
         self.vocab: Any = None
 

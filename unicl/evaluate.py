@@ -159,6 +159,8 @@ class EvalOptions:
     #: demonstration sets averaged per query (1 = none): rotations of the max-shot demos
     ensemble: int = 1
     max_tokens: int | None = None  # cap on generated caption tokens
+    num_beams: int | None = None  # beams for generated answers (None: the task's default)
+    length_penalty: float | None = None  # beams ranked by log prob / length ** this
     #: `key=value` changes of the model's data config (other data than it was trained on)
     data: Sequence[str] = ()
 
@@ -305,7 +307,13 @@ def answer_groups(predictor: Any, task: Any, sets, opts: EvalOptions, bar) -> li
     `sets[i]` are query i's episodes, one per demonstration set (`rotations`); the sets are
     answered in batches of `opts.batch_size` and combined by the task (`Task.combine`).
     """
-    options = predictor.sampling({"max_tokens": opts.max_tokens})
+    options = predictor.sampling(
+        {
+            "max_tokens": opts.max_tokens,
+            "num_beams": opts.num_beams,
+            "length_penalty": opts.length_penalty,
+        }
+    )
     n_sets = max(len(s) for s in sets)
     # answers[j][i]: query i's answer from its j-th demonstration set
     answers = [[None] * len(sets) for _ in range(n_sets)]

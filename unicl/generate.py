@@ -84,6 +84,8 @@ SAMPLING_DEFAULTS = {
     "top_p": None,
     "seed": 0,
     "max_tokens": None,
+    "num_beams": None,
+    "length_penalty": None,
 }
 #: option -> (an int?, may be None?, its allowed values, how the messages describe them)
 _SAMPLING_RULES = {
@@ -93,6 +95,8 @@ _SAMPLING_RULES = {
     # the seeds torch.Generator.manual_seed takes
     "seed": (True, False, lambda v: -(2**63) <= v < 2**64, "an int in [-2**63, 2**64)"),
     "max_tokens": (True, True, lambda v: v >= 1, "an int >= 1 or None"),
+    "num_beams": (True, True, lambda v: v >= 1, "an int >= 1 or None"),
+    "length_penalty": (False, True, lambda v: True, "a finite number or None"),
 }
 
 
@@ -108,9 +112,13 @@ def sampling_options(options: Mapping[str, Any]) -> dict[str, Any]:
     The one check of sampling options, for the public API (Predictor.sampling) and
     `Sampling`. temperature: a finite number >= 0 (0 = greedy); top_k: an int >= 1
     or None; top_p: a number in (0, 1] or None; seed: an int (None = the default);
-    max_tokens: an int >= 1 or None (caps free-length answers, the stop tag included).
-    A bool is not a number here. An unknown option or a wrong type is a TypeError, a
-    value out of range (inf and NaN included) a ValueError; both name the option.
+    max_tokens: an int >= 1 or None (caps free-length answers, the stop tag included);
+    num_beams: an int >= 1 or None (> 1: beam search, which does not sample, so not with a
+    temperature > 0; None: the task's `num_beams`); length_penalty: a finite number or
+    None, the exponent alpha of the length a beam's log probability is divided by when
+    beams are ranked (None: the task's). A bool is not a number here. An
+    unknown option or a wrong type is a TypeError, a value out of range (inf and NaN
+    included) a ValueError; both name the option.
     Values come back as Python ints and floats.
     """
     unknown = sorted(set(options) - set(SAMPLING_DEFAULTS))
@@ -130,6 +138,11 @@ def sampling_options(options: Mapping[str, Any]) -> dict[str, Any]:
         if not ((integer or math.isfinite(value)) and allowed(value)):
             raise ValueError(f"{name} must be {described}, got {value!r}")
         out[name] = int(value) if integer else float(value)
+    if (out["num_beams"] or 1) > 1 and out["temperature"] > 0:
+        raise ValueError(
+            f"num_beams={out['num_beams']} is beam search, which does not sample: "
+            f"temperature must be 0, got {out['temperature']!r}"
+        )
     return out
 
 
@@ -143,14 +156,16 @@ class Sampling:
     top_k: int | None = None
     #: keep the smallest set of ids whose probability reaches top_p (None = all)
     top_p: float | None = None
+    #: > 1: beam search with this many beams per query (temperature 0 only)
+    num_beams: int = 1
+    #: beams are ranked by log probability / length ** length_penalty
+    length_penalty: float = 1.0
 
     def __post_init__(self) -> None:
-        checked = sampling_options(
-            {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
-        )
-        self.temperature, self.top_k, self.top_p = (
-            checked[name] for name in ("temperature", "top_k", "top_p")
-        )
+        names = ("temperature", "top_k", "top_p", "num_beams", "length_penalty")
+        checked = sampling_options({name: getattr(self, name) for name in names})
+        for name in names:
+            setattr(self, name, checked[name])
 
 
 class Prompt(NamedTuple):
@@ -269,6 +284,13 @@ class _Runner:
         votes = out.copy_votes
         return out.hidden[:, -1], None if votes is None else (votes.weights[:, -1], votes.ids)
 
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Row i continues the sequence of row rows[i] (beam search)."""
+        if self.use_cache:
+            self.cache.reorder(rows)
+        else:
+            self.seq = [t[rows] for t in self.seq]
+
 
 @torch.no_grad()
 def generate(
@@ -288,6 +310,7 @@ def generate(
     attribute_table: (V,) int64, the routing attribute each id carries when generated.
     prefix: a prompt or a PrefilledPrefix shared by all queries (the demonstrations).
     Positions of generated tokens continue from each query's last position.
+    `sampling.num_beams` > 1: beam search (`_beam_search`), each query's best beam.
     """
     sampling = sampling or Sampling()
     single = hasattr(queries, "input_ids")
@@ -296,6 +319,9 @@ def generate(
     ]
     device = model.wte.weight.device
     table = _check_request(model, prompts, segments, attribute_table).to(device)
+    beams = sampling.num_beams
+    if beams > 1:  # query i's beams are rows i * beams .. (i + 1) * beams - 1
+        prompts = [p for p in prompts for _ in range(beams)]
     q_ids, q_attrs, q_pos, q_mask = left_padded(prompts, device)
     b, total = len(prompts), sum(seg.steps for seg in segments)
     was_training = model.training
@@ -303,6 +329,8 @@ def generate(
     try:
         runner = _start(model, prefix, b, q_ids.shape[1] + total, use_cache, device)
         state = _DecodeState(*runner.feed(q_ids, q_attrs, q_pos, q_mask), q_pos[:, -1] + 1)
+        if beams > 1:
+            return _beam_search(runner, state, segments, table, sampling)
         out_ids: list[list[torch.Tensor]] = [[] for _ in range(b)]
         out_probs: list[list[torch.Tensor]] = [[] for _ in range(b)]
         for s, seg in enumerate(segments):
@@ -368,6 +396,12 @@ class _DecodeState:
             old = F.pad(self.votes[0], (0, votes[0].shape[1] - self.votes[0].shape[1]))
             self.votes = (torch.where(fed[:, None], votes[0], old), votes[1])
 
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Row i takes the state of row rows[i] (beam search)."""
+        self.hidden, self.next_pos = self.hidden[rows], self.next_pos[rows]
+        if self.votes is not None:
+            self.votes = (self.votes[0][rows], self.votes[1][rows])
+
 
 def _decode_segment(model, runner, state, seg, table, sampling, generator, last: bool):
     """Decode one segment for every row: (ids, probabilities, active), each (B, G_s) on CPU.
@@ -376,46 +410,136 @@ def _decode_segment(model, runner, state, seg, table, sampling, generator, last:
     until the segment ends for all rows; the last segment stops without feeding its last
     token.
     """
-    device = state.hidden.device
-    allowed = seg.allowed.to(device).clone()
-    stops = torch.tensor(list(seg.stop_ids), dtype=torch.long, device=device)
-    allowed[stops] = True
-    # only the allowed rows of the head are computed: a softmax over them equals the
-    # full softmax with every other id masked to -inf, at a fraction of the head's cost
-    allowed_ids = allowed.nonzero()[:, 0]  # (V_s,)
-    head = model.head_weight.index_select(0, allowed_ids)  # (V_s, D)
-    columns = torch.full_like(allowed, -1, dtype=torch.long)  # global id -> its column
-    columns[allowed_ids] = torch.arange(allowed_ids.numel(), device=device)
-    active = torch.ones(state.hidden.shape[0], dtype=torch.bool, device=device)
+    heads = _SegmentHead(model, seg, state.hidden.device)
+    active = torch.ones(state.hidden.shape[0], dtype=torch.bool, device=state.hidden.device)
     ids_steps, prob_steps, act_steps = [], [], []
     for step in range(seg.steps):
-        logits = F.linear(state.hidden, head)  # (B, V_s)
-        if state.votes is not None:
-            logits = add_votes(logits, *state.votes, columns=columns)
-        pick, prob = choose(logits, sampling, generator)  # (B,), (B,)
-        tok = allowed_ids[pick]  # (B,) global ids
+        pick, prob = choose(heads.logits(state), sampling, generator)  # (B,), (B,)
+        tok = heads.ids[pick]  # (B,) global ids
         ids_steps.append(tok)
         prob_steps.append(prob)
         act_steps.append(active.clone())
         fed = active.clone()
-        if stops.numel():
-            active = active & ~torch.isin(tok, stops)
+        active = active & ~heads.stops_at(tok)
         more = step + 1 < seg.steps and bool(active.any())
         if last and not more:
             break
-        pos = state.next_pos - seg.rewind + step if seg.rewind else state.next_pos
-        h, votes = runner.feed(
-            torch.where(fed, tok, 0)[:, None],
-            torch.where(fed, table[tok], 0)[:, None],
-            torch.where(fed, pos, 0)[:, None],
-            fed[:, None],
-        )
-        state.keep(fed, h, votes)  # rows that only fed filler keep their state
-        if not seg.rewind:
-            state.next_pos = state.next_pos + fed.long()
+        _feed(runner, state, seg, step, tok, fed, table)
         if not more:
             break
     return tuple(torch.stack(z, 1).cpu() for z in (ids_steps, prob_steps, act_steps))
+
+
+class _SegmentHead:
+    """The output head of one segment: its allowed ids, their rows and its stop ids.
+
+    Only the allowed rows of the head are computed: a softmax over them equals the full
+    softmax with every other id masked to -inf, at a fraction of the head's cost.
+    """
+
+    def __init__(self, model: UniclDecoder, seg: SegmentSpec, device):
+        allowed = seg.allowed.to(device).clone()
+        self.stops = torch.tensor(list(seg.stop_ids), dtype=torch.long, device=device)
+        allowed[self.stops] = True
+        self.ids = allowed.nonzero()[:, 0]  # (V_s,) column -> global id
+        self.rows = model.head_weight.index_select(0, self.ids)  # (V_s, D)
+        self.columns = torch.full_like(allowed, -1, dtype=torch.long)  # global id -> column
+        self.columns[self.ids] = torch.arange(self.ids.numel(), device=device)
+
+    def logits(self, state: _DecodeState) -> torch.Tensor:
+        """(B, V_s) logits of the allowed ids at every row's last position (votes added)."""
+        logits = F.linear(state.hidden, self.rows)
+        if state.votes is not None:
+            logits = add_votes(logits, *state.votes, columns=self.columns)
+        return logits
+
+    def stops_at(self, tok: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: the global ids `tok` end the segment."""
+        if not self.stops.numel():
+            return torch.zeros_like(tok, dtype=torch.bool)
+        return torch.isin(tok, self.stops)
+
+
+def _feed(runner, state: _DecodeState, seg: SegmentSpec, step: int, tok, fed, table) -> None:
+    """Feed step `step`'s tokens `tok` (B,) where `fed` (B,) and masked filler elsewhere."""
+    pos = state.next_pos - seg.rewind + step if seg.rewind else state.next_pos
+    h, votes = runner.feed(
+        torch.where(fed, tok, 0)[:, None],
+        torch.where(fed, table[tok], 0)[:, None],
+        torch.where(fed, pos, 0)[:, None],
+        fed[:, None],
+    )
+    state.keep(fed, h, votes)  # rows that only fed filler keep their state
+    if not seg.rewind:
+        state.next_pos = state.next_pos + fed.long()
+
+
+def _beam_search(runner, state, segments, table, sampling: Sampling) -> GenerationOutput:
+    """Beam search over all segments; rows i * K .. (i + 1) * K - 1 are query i's K beams.
+
+    A beam's score is the sum of its ids' log probabilities. Each step, every beam still in
+    its segment offers its extensions by each allowed id, and every beam whose segment has
+    ended (its stop id emitted) offers itself unchanged; of each query's offers the K best
+    by score / length ** length_penalty go on (length: ids generated so far, stop ids
+    included), and the rows (cache, state, history) are reordered after their parents.
+    At the start only beam 0 offers, so that the K beams differ. A query's answer is its
+    best beam at the end, by the same rank.
+    """
+    k, alpha = sampling.num_beams, sampling.length_penalty
+    n = state.hidden.shape[0]
+    device = state.hidden.device
+    queries = torch.arange(n // k, device=device)[:, None] * k  # (B, 1) each query's row 0
+    score = torch.full((n // k, k), float("-inf"), device=device)
+    score[:, 0] = 0.0
+    score = score.flatten()  # (n,)
+    length = torch.zeros(n, device=device)
+    history = torch.zeros(3, n, 0, device=device)  # ids, probabilities, kept: (3, n, steps)
+    bounds = [0]
+    for s, seg in enumerate(segments):
+        last = s == len(segments) - 1
+        heads = _SegmentHead(runner.model, seg, device)
+        active = score.isfinite()  # a beam no offer filled stays idle, at -inf
+        for step in range(seg.steps):
+            logp = heads.logits(state).float().log_softmax(-1)  # (n, V_s)
+            v = logp.shape[1]
+            grows = torch.where(active[:, None], score[:, None] + logp, float("-inf"))
+            stays = torch.where(active, float("-inf"), score)  # (n,)
+            offers = torch.cat([grows, stays[:, None]], 1)  # (n, V_s + 1)
+            lengths = torch.cat([(length + 1)[:, None].expand(n, v), length[:, None]], 1)
+            rank = offers / lengths.clamp(min=1) ** alpha
+            best = rank.view(n // k, k * (v + 1)).topk(k, dim=1).indices  # (B, K)
+            parent = (best // (v + 1) + queries).flatten()  # (n,)
+            column = (best % (v + 1)).flatten()
+            score = offers.view(n // k, -1).gather(1, best).flatten()
+            fed = (column < v) & score.isfinite()
+            column = column.clamp(max=v - 1)
+            tok = heads.ids[column]
+            prob = logp[parent, column].exp()
+            runner.reorder(parent)
+            state.reorder(parent)
+            history = history[:, parent]
+            length = length[parent] + fed.float()
+            step_row = torch.stack([torch.where(fed, tok, 0).float(), prob, fed.float()])
+            history = torch.cat([history, step_row[:, :, None]], 2)
+            active = fed & ~heads.stops_at(tok)
+            more = step + 1 < seg.steps and bool(active.any())
+            if last and not more:
+                break
+            _feed(runner, state, seg, step, tok, fed, table)
+            if not more:
+                break
+        bounds.append(history.shape[2])
+    rank = (score / length.clamp(min=1) ** alpha).view(n // k, k)
+    rows = (rank.argmax(1) + queries[:, 0]).cpu()
+    history = history.cpu()
+    out_ids: list[list[torch.Tensor]] = []
+    out_probs: list[list[torch.Tensor]] = []
+    for row in rows.tolist():
+        ids, probs, kept = history[:, row]
+        parts = [slice(a, z) for a, z in zip(bounds[:-1], bounds[1:])]
+        out_ids.append([ids[p][kept[p].bool()].long() for p in parts])
+        out_probs.append([probs[p][kept[p].bool()] for p in parts])
+    return GenerationOutput(out_ids, out_probs)
 
 
 def _start(model, prefix, batch: int, more: int, use_cache: bool, device) -> _Runner:

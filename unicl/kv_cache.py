@@ -82,3 +82,12 @@ class KVCache:
             copy = (grow_rows(self.copy_keys), grow_rows(self.copy_ids))
         keys, values = [grow(k) for k in self.keys], [grow(v) for v in self.values]
         return KVCache(keys, values, grow_rows(self.valid), n, copy)
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Row i takes the keys and values of row rows[i] (beam search), in place."""
+        self.keys = [k.index_select(0, rows) for k in self.keys]
+        self.values = [v.index_select(0, rows) for v in self.values]
+        self.valid = self.valid.index_select(0, rows)
+        if self.copy_keys is not None:
+            self.copy_keys = self.copy_keys.index_select(0, rows)
+            self.copy_ids = self.copy_ids.index_select(0, rows)

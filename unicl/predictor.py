@@ -265,7 +265,7 @@ class Predictor:
         if shared > 0:
             prefix = Prompt(*(t[:shared] for t in prompts[0]))
             prompts = [Prompt(*(t[shared:] for t in p)) for p in prompts]
-        sampling = Sampling(options["temperature"], options["top_k"], options["top_p"])
+        sampling = decoding(options, self.require_task(episodes[0].task))
         generator = None
         if sampling.temperature > 0:
             generator = torch.Generator(self.device).manual_seed(int(options["seed"]))
@@ -298,6 +298,21 @@ class Predictor:
                 limit = min(limit, options["max_tokens"])
             segments.append(SegmentSpec(allowed, max_length=limit, stop_ids=stop))
         return segments
+
+
+def decoding(options: dict[str, Any], task: Any) -> Sampling:
+    """Checked sampling options -> `Sampling`; beam options left None take the task's.
+
+    A task's beams (`Task.num_beams`) are its default for greedy decoding: a temperature
+    above 0 samples one answer instead.
+    """
+    beams = options["num_beams"]
+    if beams is None:
+        beams = task.num_beams if options["temperature"] == 0 else 1
+    penalty = options["length_penalty"]
+    if penalty is None:
+        penalty = task.length_penalty
+    return Sampling(options["temperature"], options["top_k"], options["top_p"], beams, penalty)
 
 
 def _answer_tokenizer(episode: Episode) -> str:

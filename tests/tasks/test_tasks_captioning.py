@@ -182,6 +182,22 @@ def test_rename_augmentation_replaces_the_category_in_every_pair(pools, vocab):
         CaptioningTask(rename_prob=1.5)
 
 
+@pytest.mark.parametrize(
+    ("option", "pattern"),
+    [
+        ({"num_beams": 0}, "num_beams must be an integer >= 1"),
+        ({"num_beams": 2.0}, "num_beams must be an integer >= 1"),
+        ({"length_penalty": float("inf")}, "length_penalty must be a finite number"),
+        ({"length_penalty": "0"}, "length_penalty must be a finite number"),
+    ],
+)
+def test_decoding_options_are_checked(option, pattern):
+    with pytest.raises(ValueError, match=f"^captioning: {pattern}"):
+        CaptioningTask(**option)
+    task = CaptioningTask(num_beams=3, length_penalty=0)
+    assert (task.num_beams, task.length_penalty) == (3, 0.0)
+
+
 def test_rename_to_another_category_picks_a_name_the_episode_does_not_use(pools, vocab):
     from unicl.tasks.vg import PhraseMatcher, builtin_synonyms
 

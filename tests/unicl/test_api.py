@@ -256,3 +256,22 @@ def test_autoregressive_maskbits_answers_through_the_api(tmp_path, make_tiny_exp
     assert sum(int(t) in codes for t in details.tokens[0]) == 16  # one code per image code
     # the mask decodes the generated codes; the grey map is the same codes' soft decoding
     assert (details.mask != (details.mask_image > details.threshold)).mean() < 0.05
+
+
+def test_beam_search_and_the_tasks_default_decoding(model, monkeypatch):
+    image, box = _image(50, 50, 7), (5, 5, 40, 35)
+    demos = [(_image(20, 20, 3), (2, 3, 15, 20), "a small red star")]
+    task = model.predictor.tasks["captioning"]
+    assert task.num_beams == 1  # greedy unless the model's config says otherwise
+    greedy = model.caption(image, box, demos, return_details=True, max_tokens=6)
+    beams = model.caption(image, box, demos, return_details=True, max_tokens=6, num_beams=4)
+    assert 1 <= len(beams.tokens) <= 6 and beams.tokens.shape == beams.probs.shape
+    # a model whose captioning task beams by default answers as if asked for the beams
+    monkeypatch.setattr(task, "num_beams", 4)
+    default = model.caption(image, box, demos, return_details=True, max_tokens=6)
+    np.testing.assert_array_equal(default.tokens, beams.tokens)
+    told = model.caption(image, box, demos, return_details=True, max_tokens=6, num_beams=1)
+    np.testing.assert_array_equal(told.tokens, greedy.tokens)
+    # sampling asks for one sampled answer: the task's beams stand aside
+    sampled = model.caption(image, box, demos, temperature=1.0, seed=3, max_tokens=6)
+    assert isinstance(sampled, str)

@@ -220,6 +220,14 @@ SAMPLING = [
     ("seed-float", {"seed": 1.5}, TypeError, r"^seed must be an int"),
     ("seed-bool", {"seed": False}, TypeError, r"^seed must be an int"),
     ("seed-too-big", {"seed": 2**70}, ValueError, r"^seed must be an int in"),
+    ("beams-zero", {"num_beams": 0}, ValueError, r"^num_beams must be an int >= 1"),
+    ("beams-float", {"num_beams": 2.0}, TypeError, r"^num_beams must be an int"),
+    ("beams-sampled", {"num_beams": 2, "temperature": 0.5}, ValueError,
+     r"^num_beams=2 is beam search, which does not sample: temperature must be 0"),
+    ("length-penalty-nan", {"length_penalty": math.nan}, ValueError,
+     r"^length_penalty must be a finite number"),
+    ("length-penalty-text", {"length_penalty": "1"}, TypeError,
+     r"^length_penalty must be a finite number"),
     ("unknown-option", {"temprature": 1.0}, TypeError,
      r"^unknown sampling option\(s\) \['temprature'\]"),
 ]  # fmt: skip
@@ -253,7 +261,8 @@ def test_sampling_options_are_checked_in_one_place(model, options, error, patter
         model.caption(_image(), (0, 0, 5, 5), _caption_demos(), **options)
     with pytest.raises(error, match=pattern):
         model.segment(_image(), _demos(), **options)
-    fields = {k: v for k, v in options.items() if k in ("temperature", "top_k", "top_p")}
+    names = ("temperature", "top_k", "top_p", "num_beams", "length_penalty")
+    fields = {k: v for k, v in options.items() if k in names}
     if fields:  # the decoder's own Sampling runs the same check
         with pytest.raises(error, match=pattern):
             Sampling(**fields)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from unicl.copy_head import add_votes
 from unicl.generate import (
     Prompt,
     Sampling,
@@ -173,3 +174,70 @@ def test_bad_inputs(model, table):
         generate(model, q, [], table)
     with pytest.raises(TypeError, match="input_ids"):
         generate(model, [object()], segments(), table)
+
+
+def sequence_logprob(model, q: Prompt, seq, allowed, table) -> float:
+    """log P(seq | q) under the distribution restricted to `allowed` ids, by one plain
+    forward pass over the prompt and the sequence (no cache, no generate())."""
+    seq = torch.tensor(seq)
+    n = q.input_ids.numel()
+    ids = torch.cat([q.input_ids, seq[:-1]])
+    attrs = torch.cat([q.attributes, table[seq[:-1]]])
+    pos = torch.cat([q.positions, q.positions[-1] + 1 + torch.arange(len(seq) - 1)])
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(ids[None], attrs[None], pos[None], return_hidden=True)
+            logits = out.hidden[0, n - 1 :] @ model.head_weight.T  # (L, V)
+    finally:
+        model.train()
+    if out.copy_votes is not None:
+        votes = out.copy_votes
+        logits = add_votes(logits, votes.weights[0, n - 1 :], votes.ids[0].expand(len(seq), -1))
+    logits = logits.masked_fill(~allowed, float("-inf")).log_softmax(-1)
+    return float(logits.gather(1, seq[:, None]).sum())
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_beam_search_wide_enough_is_exhaustive(model, table, alpha):
+    # 2 words and a stop id, at most 3 tokens: 15 answers ([S], [a S], [a b S], [a b c]); 16
+    # beams keep them all, so the answer is the best of all by score / length ** alpha
+    words = [40, 41]
+    seg = SegmentSpec(mask_of(words), max_length=3, stop_ids=[STOP])
+    allowed = mask_of([*words, STOP])
+    for seed in range(3):
+        q = prompt(7, seed=seed)
+        answers = [[STOP]] + [[a, STOP] for a in words]
+        answers += [[a, b, STOP] for a in words for b in words]
+        answers += [[a, b, c] for a in words for b in words for c in words]
+        scores = [sequence_logprob(model, q, a, allowed, table) for a in answers]
+        ranks = [sc / len(a) ** alpha for sc, a in zip(scores, answers)]
+        best = answers[max(range(len(answers)), key=ranks.__getitem__)]
+        beam = generate(
+            model, q, [seg], table, sampling=Sampling(num_beams=16, length_penalty=alpha)
+        )
+        assert beam.tokens[0].tolist() == best
+        # the probabilities given are those of the answer's ids, one by one
+        assert float(beam.probs[0].log().sum()) == pytest.approx(
+            scores[answers.index(best)], abs=1e-4
+        )
+
+
+def test_beam_search_cache_equals_recomputation_and_carries_segments(model, table):
+    prefix = prompt(20, seed=1)
+    queries = [prompt(7, start=20, seed=2), prompt(4, start=20, seed=3), prompt(9, 20, seed=4)]
+    sampling = Sampling(num_beams=3, length_penalty=0.5)
+    cached = generate(model, queries, segments(), table, prefix=prefix, sampling=sampling)
+    plain = generate(
+        model, queries, segments(), table, prefix=prefix, sampling=sampling, use_cache=False
+    )
+    assert_same(cached, plain)
+    greedy = generate(model, queries, segments(), table, prefix=prefix)
+    for beam_ids in cached.segments:
+        assert len(beam_ids[0]) == 6 and all(int(t) in CODES for t in beam_ids[0])
+        caption = beam_ids[1].tolist()
+        assert set(caption) <= {40, 41, 42, STOP}
+        assert STOP not in caption[:-1]  # a stop id ends the caption
+    one = generate(model, queries, segments(), table, prefix=prefix, sampling=Sampling(num_beams=1))
+    assert_same(one, greedy)
+    assert model.training

@@ -142,6 +142,19 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed for sampling")
     parser.add_argument(
+        "--beams",
+        type=positive_int,
+        default=None,
+        help="beam search with this many beams, 1 = greedy (default: the model's "
+        "tasks.<task>.num_beams)",
+    )
+    parser.add_argument(
+        "--length-penalty",
+        type=float,
+        default=None,
+        help="beams are ranked by log probability / length ** this (default: the model's)",
+    )
+    parser.add_argument(
         "--max-tokens",
         type=positive_int,
         default=None,
@@ -155,6 +168,8 @@ def sampling_options(args: argparse.Namespace) -> dict:
         "top_k": args.top_k,
         "seed": args.seed,
         "max_tokens": args.max_tokens,
+        "num_beams": args.beams,
+        "length_penalty": args.length_penalty,
     }
 
 

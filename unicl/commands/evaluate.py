@@ -83,6 +83,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-tokens", type=positive_int, default=None, help="cap on caption tokens"
     )
+    parser.add_argument(
+        "--beams",
+        type=positive_int,
+        default=None,
+        help="beam search with this many beams per caption, 1 = greedy (default: the "
+        "model's tasks.<task>.num_beams)",
+    )
+    parser.add_argument(
+        "--length-penalty",
+        type=float,
+        default=None,
+        help="beams are ranked by log probability / length ** this (default: the model's "
+        "tasks.<task>.length_penalty)",
+    )
     parser.add_argument("--no-baselines", action="store_true", help="skip the baselines")
     parser.add_argument(
         "--device", type=torch_device, default=None, help="torch device (default: cuda if present)"
@@ -123,6 +137,8 @@ def main(args: argparse.Namespace) -> int:
         baselines=not args.no_baselines,
         ensemble=args.ensemble,
         max_tokens=args.max_tokens,
+        num_beams=args.beams,
+        length_penalty=args.length_penalty,
         data=tuple(args.data),
     )
     model = unicl.load(args.run, device=args.device, allow_plugins=args.allow_plugins)
