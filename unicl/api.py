@@ -65,7 +65,10 @@ class InContextModel:
     Build it with `unicl.load(path)`. `sampling` options accepted by `segment` and
     `caption` (checked by unicl/generate.py `sampling_options`): `temperature` (a finite
     number >= 0; 0 = greedy, the default), `top_k` (int >= 1), `top_p` (in (0, 1]),
-    `seed` (int), and `max_tokens` (int >= 1, a cap on the length of a generated caption).
+    `seed` (int), `max_tokens` (int >= 1, a cap on the length of a generated caption),
+    `num_beams` (int >= 1: beam search, 1 = greedy) and `length_penalty` (beams ranked by
+    log probability / length ** it); the last two default to the task's config
+    (`tasks.<task>.num_beams`, `length_penalty`).
     """
 
     def __init__(self, predictor: Predictor) -> None:
@@ -112,7 +115,7 @@ class InContextModel:
                 captioning: (image, box, caption); a plugin's own, e.g. (image, text)).
             category: the category name as text (optional with demos).
             return_details: return `Prediction`s (answer, generated ids, probabilities).
-            **sampling: temperature, top_k, top_p, seed, max_tokens.
+            **sampling: temperature, top_k, top_p, seed, max_tokens, num_beams, length_penalty.
 
         Returns:
             The task's answer (tasks/segmentation.py MaskAnswer, tasks/captioning.py
@@ -163,7 +166,7 @@ class InContextModel:
                 prompt with as well; the decoded mask images of `demos` and of every
                 set are averaged before thresholding.
             return_details: return `SegmentationResult`s instead of bool masks.
-            **sampling: temperature, top_k, top_p, seed, max_tokens.
+            **sampling: temperature, top_k, top_p, seed, max_tokens, num_beams, length_penalty.
 
         Returns:
             An (H, W) bool mask at the query's own resolution (a list for a list of
@@ -224,7 +227,7 @@ class InContextModel:
             demos: (image, box, caption) triples; may be empty when `category` is given.
             category: the region's category name as text (optional with demos).
             return_details: return `CaptionResult`s instead of strings.
-            **sampling: temperature, top_k, top_p, seed, max_tokens.
+            **sampling: temperature, top_k, top_p, seed, max_tokens, num_beams, length_penalty.
 
         Returns:
             The caption (a list for a list of queries), or CaptionResult(s).
