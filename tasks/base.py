@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import abc
 import logging
-import math
 import numbers
 from collections.abc import Sequence
 from typing import Any
@@ -42,6 +41,11 @@ TASKS: Registry[type] = Registry(
     class assembles episodes. See docs/plugins.md.
     """,
 )
+
+
+#: the largest |length_penalty|: beams are ranked by log probability / length ** it, which
+#: stays finite in float32 for answers shorter than 2 ** 12 tokens (unicl/generate.py)
+MAX_LENGTH_PENALTY = 10
 
 
 class PoolStats(dict):
@@ -134,10 +138,11 @@ class Task(abc.ABC):
         if (
             isinstance(length_penalty, bool)
             or not isinstance(length_penalty, numbers.Real)
-            or not math.isfinite(length_penalty)
+            or not abs(length_penalty) <= MAX_LENGTH_PENALTY
         ):
             raise ValueError(
-                f"{self.name}: length_penalty must be a finite number, got {length_penalty!r}"
+                f"{self.name}: length_penalty must be a number in [-{MAX_LENGTH_PENALTY}, "
+                f"{MAX_LENGTH_PENALTY}], got {length_penalty!r}"
             )
         self.num_beams = num_beams
         self.length_penalty = float(length_penalty)

@@ -28,7 +28,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from unicl.predictor import Prediction
+from unicl.predictor import Prediction, decoding
 from unicl.tasks.episodes import (
     GROUPS,
     episode_file_name,
@@ -252,11 +252,17 @@ def evaluate(
         for k in shots:
             plain = list(load_episodes(path, the_task, predictor.cfg.data, k, records))
             plan.append((group, k, [rotations(e, f, k, ensemble) for e, f in zip(plain, full)]))
+    parallel = any(sets and sets[0][0].parallel for _, _, sets in plan)
+    sampling = decoding(sampling_of(predictor, opts), the_task)
     table = EvalTable(
         task=task,
         run=run,
         meta={
             "options": options_dict(opts),
+            # how answers were read: one parallel pass, or generated with these beams
+            "decoding": "parallel"
+            if parallel
+            else {"num_beams": sampling.num_beams, "length_penalty": sampling.length_penalty},
             "files": _names(files),
             "model": str(predictor.model_dir) if predictor.model_dir else None,
             "weights": predictor.model_id,
@@ -288,6 +294,17 @@ def _method_rank(method: str) -> int:
     return order.index(method) if method in order else len(order)
 
 
+def sampling_of(predictor: Any, opts: EvalOptions) -> dict[str, Any]:
+    """The checked sampling options of an evaluation (greedy unless beams are asked for)."""
+    return predictor.sampling(
+        {
+            "max_tokens": opts.max_tokens,
+            "num_beams": opts.num_beams,
+            "length_penalty": opts.length_penalty,
+        }
+    )
+
+
 def options_dict(opts: EvalOptions) -> dict[str, Any]:
     out = dataclasses.asdict(opts)
     out["shots"] = list(out["shots"])
@@ -307,13 +324,7 @@ def answer_groups(predictor: Any, task: Any, sets, opts: EvalOptions, bar) -> li
     `sets[i]` are query i's episodes, one per demonstration set (`rotations`); the sets are
     answered in batches of `opts.batch_size` and combined by the task (`Task.combine`).
     """
-    options = predictor.sampling(
-        {
-            "max_tokens": opts.max_tokens,
-            "num_beams": opts.num_beams,
-            "length_penalty": opts.length_penalty,
-        }
-    )
+    options = sampling_of(predictor, opts)
     n_sets = max(len(s) for s in sets)
     # answers[j][i]: query i's answer from its j-th demonstration set
     answers = [[None] * len(sets) for _ in range(n_sets)]

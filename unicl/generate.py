@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from unicl.copy_head import add_votes
 from unicl.model import KVCache, UniclDecoder
+from unicl.tasks.base import MAX_LENGTH_PENALTY
 
 #: the copy head's votes at one position: (weights (B, S), ids (B, S)), or None
 Votes = tuple[torch.Tensor, torch.Tensor] | None
@@ -96,7 +97,12 @@ _SAMPLING_RULES = {
     "seed": (True, False, lambda v: -(2**63) <= v < 2**64, "an int in [-2**63, 2**64)"),
     "max_tokens": (True, True, lambda v: v >= 1, "an int >= 1 or None"),
     "num_beams": (True, True, lambda v: v >= 1, "an int >= 1 or None"),
-    "length_penalty": (False, True, lambda v: True, "a finite number or None"),
+    "length_penalty": (
+        False,
+        True,
+        lambda v: abs(v) <= MAX_LENGTH_PENALTY,
+        f"a number in [-{MAX_LENGTH_PENALTY}, {MAX_LENGTH_PENALTY}] or None",
+    ),
 }
 
 
@@ -115,8 +121,8 @@ def sampling_options(options: Mapping[str, Any]) -> dict[str, Any]:
     max_tokens: an int >= 1 or None (caps free-length answers, the stop tag included);
     num_beams: an int >= 1 or None (> 1: beam search, which does not sample, so not with a
     temperature > 0; None: the task's `num_beams`); length_penalty: a finite number or
-    None, the exponent alpha of the length a beam's log probability is divided by when
-    beams are ranked (None: the task's). A bool is not a number here. An
+    None, the exponent alpha in [-10, 10] of the length a beam's log probability is
+    divided by when beams are ranked (None: the task's). A bool is not a number here. An
     unknown option or a wrong type is a TypeError, a value out of range (inf and NaN
     included) a ValueError; both name the option.
     Values come back as Python ints and floats.
@@ -493,7 +499,10 @@ def _beam_search(runner, state, segments, table, sampling: Sampling) -> Generati
     score[:, 0] = 0.0
     score = score.flatten()  # (n,)
     length = torch.zeros(n, device=device)
-    history = torch.zeros(3, n, 0, device=device)  # ids, probabilities, kept: (3, n, steps)
+    identity = torch.arange(n, device=device)
+    ids = torch.zeros(n, 0, dtype=torch.long, device=device)  # (n, steps) generated ids
+    probs = torch.zeros(n, 0, device=device)  # their probabilities
+    kept = torch.zeros(n, 0, dtype=torch.bool, device=device)  # False: the beam idled
     bounds = [0]
     for s, seg in enumerate(segments):
         last = s == len(segments) - 1
@@ -515,30 +524,27 @@ def _beam_search(runner, state, segments, table, sampling: Sampling) -> Generati
             column = column.clamp(max=v - 1)
             tok = heads.ids[column]
             prob = logp[parent, column].exp()
-            runner.reorder(parent)
-            state.reorder(parent)
-            history = history[:, parent]
+            ids = torch.cat([ids[parent], torch.where(fed, tok, 0)[:, None]], 1)
+            probs = torch.cat([probs[parent], prob[:, None]], 1)
+            kept = torch.cat([kept[parent], fed[:, None]], 1)
             length = length[parent] + fed.float()
-            step_row = torch.stack([torch.where(fed, tok, 0).float(), prob, fed.float()])
-            history = torch.cat([history, step_row[:, :, None]], 2)
             active = fed & ~heads.stops_at(tok)
             more = step + 1 < seg.steps and bool(active.any())
             if last and not more:
                 break
+            if not torch.equal(parent, identity):  # the rows follow their parents
+                runner.reorder(parent)
+                state.reorder(parent)
             _feed(runner, state, seg, step, tok, fed, table)
             if not more:
                 break
-        bounds.append(history.shape[2])
-    rank = (score / length.clamp(min=1) ** alpha).view(n // k, k)
-    rows = (rank.argmax(1) + queries[:, 0]).cpu()
-    history = history.cpu()
-    out_ids: list[list[torch.Tensor]] = []
-    out_probs: list[list[torch.Tensor]] = []
-    for row in rows.tolist():
-        ids, probs, kept = history[:, row]
-        parts = [slice(a, z) for a, z in zip(bounds[:-1], bounds[1:])]
-        out_ids.append([ids[p][kept[p].bool()].long() for p in parts])
-        out_probs.append([probs[p][kept[p].bool()] for p in parts])
+        bounds.append(ids.shape[1])
+    rank = score / length.clamp(min=1) ** alpha
+    rows = (rank.view(n // k, k).argmax(1) + queries[:, 0]).cpu()
+    ids, probs, kept = ids.cpu(), probs.cpu(), kept.cpu()
+    parts = [slice(a, z) for a, z in zip(bounds[:-1], bounds[1:])]
+    out_ids = [[ids[r, p][kept[r, p]] for p in parts] for r in rows.tolist()]
+    out_probs = [[probs[r, p][kept[r, p]] for p in parts] for r in rows.tolist()]
     return GenerationOutput(out_ids, out_probs)
 
 

@@ -192,6 +192,11 @@ class Predictor:
             return []
         task = self.require_task(episodes[0].task)
         if episodes[0].parallel:
+            if (options.get("num_beams") or 1) > 1:
+                raise ValueError(
+                    f"num_beams: this model reads its {task.name} answers out of one parallel "
+                    "pass (mask_decoding: parallel); beam search applies to generated answers"
+                )
             start = self.vocab.ranges[_answer_tokenizer(episodes[0])].start
             out = []
             for episode, probs in zip(episodes, self.parallel_probs(episodes)):

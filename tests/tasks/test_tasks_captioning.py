@@ -187,8 +187,9 @@ def test_rename_augmentation_replaces_the_category_in_every_pair(pools, vocab):
     [
         ({"num_beams": 0}, "num_beams must be an integer >= 1"),
         ({"num_beams": 2.0}, "num_beams must be an integer >= 1"),
-        ({"length_penalty": float("inf")}, "length_penalty must be a finite number"),
-        ({"length_penalty": "0"}, "length_penalty must be a finite number"),
+        ({"length_penalty": float("inf")}, r"length_penalty must be a number in \[-10, 10\]"),
+        ({"length_penalty": -11}, r"length_penalty must be a number in \[-10, 10\]"),
+        ({"length_penalty": "0"}, "length_penalty must be a number in"),
     ],
 )
 def test_decoding_options_are_checked(option, pattern):

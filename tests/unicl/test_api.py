@@ -275,3 +275,6 @@ def test_beam_search_and_the_tasks_default_decoding(model, monkeypatch):
     # sampling asks for one sampled answer: the task's beams stand aside
     sampled = model.caption(image, box, demos, temperature=1.0, seed=3, max_tokens=6)
     assert isinstance(sampled, str)
+    # masks read out of one parallel pass are not generated: beams are refused, not ignored
+    with pytest.raises(ValueError, match="^num_beams: this model reads its segmentation"):
+        model.segment(image, [(_image(20, 20, 3), _mask(20, 20))], num_beams=3)

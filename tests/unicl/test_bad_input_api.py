@@ -225,9 +225,11 @@ SAMPLING = [
     ("beams-sampled", {"num_beams": 2, "temperature": 0.5}, ValueError,
      r"^num_beams=2 is beam search, which does not sample: temperature must be 0"),
     ("length-penalty-nan", {"length_penalty": math.nan}, ValueError,
-     r"^length_penalty must be a finite number"),
+     r"^length_penalty must be a number in \[-10, 10\]"),
+    ("length-penalty-big", {"length_penalty": 130.0}, ValueError,
+     r"^length_penalty must be a number in \[-10, 10\]"),
     ("length-penalty-text", {"length_penalty": "1"}, TypeError,
-     r"^length_penalty must be a finite number"),
+     r"^length_penalty must be a number in"),
     ("unknown-option", {"temprature": 1.0}, TypeError,
      r"^unknown sampling option\(s\) \['temprature'\]"),
 ]  # fmt: skip

@@ -103,6 +103,25 @@ def test_evaluate_segmentation_with_baselines(tiny_run):
     copied = copy_demo_mask(episodes[0])
     assert copied.shape == truths[0].shape and copied.dtype == np.bool_
     assert "| model | 1 |" in table.to_markdown()
+    assert table.meta["decoding"] == "parallel"  # masks are read out of one pass
+    with pytest.raises(ValueError, match="^num_beams: this model reads its segmentation"):
+        evaluate(model, "segmentation", files, EvalOptions(shots=[1], num_beams=3), progress=False)
+
+
+def test_evaluate_records_the_captions_decoding(tiny_run, monkeypatch):
+    import unicl
+    from unicl.evaluate import EvalOptions, ensure_episode_files, episode_dir, evaluate
+
+    model = unicl.load(tiny_run, device="cpu")
+    monkeypatch.setattr(model.predictor.tasks["captioning"], "num_beams", 2)
+    opts = EvalOptions(shots=[1], queries_per_category=1, batch_size=4, max_tokens=4)
+    files = ensure_episode_files(model.predictor, episode_dir(tiny_run / "episodes", opts), opts)
+    table = evaluate(model, "captioning", files, opts, progress=False)
+    assert table.meta["decoding"] == {"num_beams": 2, "length_penalty": 0.0}  # the config's
+    assert table.meta["options"]["num_beams"] is None  # nothing asked on the command line
+    opts = EvalOptions(**{**opts.__dict__, "num_beams": 1, "length_penalty": 1.0})
+    table = evaluate(model, "captioning", files, opts, progress=False)
+    assert table.meta["decoding"] == {"num_beams": 1, "length_penalty": 1.0}
 
 
 def test_evaluate_on_other_data(tiny_run, tmp_path):

@@ -241,3 +241,24 @@ def test_beam_search_cache_equals_recomputation_and_carries_segments(model, tabl
     one = generate(model, queries, segments(), table, prefix=prefix, sampling=Sampling(num_beams=1))
     assert_same(one, greedy)
     assert model.training
+
+
+def test_beams_of_a_batch_are_those_of_each_query_alone(model, table):
+    # several padded queries behind a shared prefix, a mask segment whose codes take their
+    # image's positions (rewind), a caption whose stop id ends a segment before the last
+    segs = [
+        SegmentSpec(mask_of(CODES), length=4, rewind=4),
+        SegmentSpec(mask_of([40, 41, 42]), max_length=5, stop_ids=[STOP]),
+        SegmentSpec(mask_of([36, 37]), max_length=3, stop_ids=[STOP]),
+    ]
+    prefix = prompt(12, seed=1)
+    queries = [prompt(7, start=12, seed=2), prompt(4, start=12, seed=3), prompt(9, 12, seed=4)]
+    sampling = Sampling(num_beams=3, length_penalty=0.7)
+    batch = generate(model, queries, segs, table, prefix=prefix, sampling=sampling)
+    for i, q in enumerate(queries):
+        joined = Prompt(*(torch.cat([a, b]) for a, b in zip(prefix, q)))
+        alone = generate(model, joined, segs, table, sampling=sampling)
+        for x, y in zip(alone.segments[0], batch.segments[i]):
+            assert torch.equal(x, y)
+        for x, y in zip(alone.segment_probs[0], batch.segment_probs[i]):
+            torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
