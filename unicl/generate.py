@@ -120,9 +120,9 @@ def sampling_options(options: Mapping[str, Any]) -> dict[str, Any]:
     or None; top_p: a number in (0, 1] or None; seed: an int (None = the default);
     max_tokens: an int >= 1 or None (caps free-length answers, the stop tag included);
     num_beams: an int >= 1 or None (> 1: beam search, which does not sample, so not with a
-    temperature > 0; None: the task's `num_beams`); length_penalty: a finite number or
-    None, the exponent alpha in [-10, 10] of the length a beam's log probability is
-    divided by when beams are ranked (None: the task's). A bool is not a number here. An
+    temperature > 0; None: the task's `num_beams`); length_penalty: a number in [-10, 10]
+    or None, the exponent alpha of the length a beam's log probability is divided by when
+    beams are ranked (None: the task's). A bool is not a number here. An
     unknown option or a wrong type is a TypeError, a value out of range (inf and NaN
     included) a ValueError; both name the option.
     Values come back as Python ints and floats.
