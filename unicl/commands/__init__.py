@@ -141,6 +141,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--top-k", type=positive_int, default=None, help="sample from the k likeliest ids"
     )
     parser.add_argument("--seed", type=int, default=0, help="random seed for sampling")
+    add_decoding_arguments(parser)
+    parser.add_argument(
+        "--max-tokens",
+        type=positive_int,
+        default=None,
+        help="cap on the generated caption's tokens",
+    )
+
+
+def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    """--beams and --length-penalty: beam search for generated answers (None: the model's)."""
     parser.add_argument(
         "--beams",
         type=positive_int,
@@ -152,13 +163,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--length-penalty",
         type=float,
         default=None,
-        help="beams are ranked by log probability / length ** this (default: the model's)",
-    )
-    parser.add_argument(
-        "--max-tokens",
-        type=positive_int,
-        default=None,
-        help="cap on the generated caption's tokens",
+        help="beams are ranked by log probability / length ** this (default: the model's "
+        "tasks.<task>.length_penalty)",
     )
 
 

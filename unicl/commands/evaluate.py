@@ -15,6 +15,7 @@ import argparse
 
 from unicl.commands import (
     add_allow_plugins,
+    add_decoding_arguments,
     add_episode_choice,
     existing_dir,
     non_negative_int,
@@ -83,20 +84,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-tokens", type=positive_int, default=None, help="cap on caption tokens"
     )
-    parser.add_argument(
-        "--beams",
-        type=positive_int,
-        default=None,
-        help="beam search with this many beams per caption, 1 = greedy (default: the "
-        "model's tasks.<task>.num_beams)",
-    )
-    parser.add_argument(
-        "--length-penalty",
-        type=float,
-        default=None,
-        help="beams are ranked by log probability / length ** this (default: the model's "
-        "tasks.<task>.length_penalty)",
-    )
+    add_decoding_arguments(parser)
     parser.add_argument("--no-baselines", action="store_true", help="skip the baselines")
     parser.add_argument(
         "--device", type=torch_device, default=None, help="torch device (default: cuda if present)"
