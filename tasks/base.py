@@ -171,6 +171,10 @@ class Task(abc.ABC):
         """
         return {}
 
+    def cache_names(self) -> tuple[str, ...]:
+        """The names `cache_arrays` may return: a token cache builds an encoder for each."""
+        return ("image", "mask")
+
     def cache_tokenizer(self, name: str) -> str:
         """The tokenizer that encodes cached array `name` (default: the image tokenizer)."""
         return self.image_tokenizer

@@ -37,6 +37,10 @@ from unicl.tasks.user import segmentation_record
 
 #: how the query's mask is produced (see SegmentationTask)
 MASK_DECODING = ("autoregressive", "parallel")
+#: what a demonstration's image shows (see SegmentationTask)
+DEMO_IMAGES = ("image", "object")
+#: the flat grey that replaces a demonstration's pixels outside its mask (demo_image: object)
+OBJECT_BACKGROUND = 128
 
 
 @TASKS.register("segmentation")
@@ -68,6 +72,12 @@ class SegmentationTask(Task):
     `full_view_prob`: the share of training views that show the whole image (padded to a
     square, maybe flipped) instead of an object-centred crop. There the object is not the
     crop's centre and other objects compete: what a user's whole-image query looks like.
+
+    `demo_image`: "image" (the default, the paper) shows each demonstration's image as it
+    is; "object" shows it with every pixel outside the demonstration's mask set to a flat
+    grey, so the demonstration's image codes describe its object alone (the conditioning
+    input of one-shot segmentation networks, the support image times its mask). Queries
+    always show their whole view.
     """
 
     name = "segmentation"
@@ -86,9 +96,15 @@ class SegmentationTask(Task):
         full_view_prob: float = 0.0,
         other_object_prob: float = 0.0,
         other_object_min_visible: float = 0.5,
+        demo_image: Literal["image", "object"] = "image",
         **common: Any,
     ) -> None:
         super().__init__(**common)
+        if demo_image not in DEMO_IMAGES:
+            raise ValueError(
+                f"segmentation: demo_image must be one of {DEMO_IMAGES}, got {demo_image!r}"
+            )
+        self.demo_image = demo_image
         for option, value in (
             ("full_view_prob", full_view_prob),
             ("other_object_prob", other_object_prob),
@@ -173,6 +189,8 @@ class SegmentationTask(Task):
         if self.other_object_prob:
             out["other_object_prob"] = self.other_object_prob
             out["other_object_min_visible"] = self.other_object_min_visible
+        if self.demo_image != "image":
+            out["demo_image"] = self.demo_image
         return out
 
     def cache_tokenizer(self, name: str) -> str:
@@ -256,14 +274,28 @@ class SegmentationTask(Task):
         """The view's (S, S, 3) uint8 image and (S, S) bool mask."""
         return shot.view.apply(shot.record.load_image()), shot.view.apply(shot.record.load_mask())
 
+    def cache_names(self) -> tuple[str, ...]:
+        return ("image", "mask", "object") if self.demo_image == "object" else ("image", "mask")
+
     def cache_arrays(self, shot: Shot) -> dict[str, tuple[str, np.ndarray]]:
         image, mask = self.view_arrays(shot)
-        return {"image": ("", image), "mask": ("mask", mask)}
+        out = {"image": ("", image), "mask": ("mask", mask)}
+        if self.demo_image == "object":
+            out["object"] = ("", object_image(image, mask))
+        return out
 
     def pair(self, shot: Shot, query: bool = False) -> list[Segment]:
         codes = shot.codes
-        image_ids, mask_ids = codes.get("image"), codes.get("mask")
-        image = None if image_ids is not None else shot.view.apply(shot.record.load_image())
+        # a demonstration shows its object alone (demo_image: object); a user's query has
+        # no mask, and every query shows its whole view
+        demo_object = self.demo_image == "object" and not query
+        image_ids = codes.get("object" if demo_object else "image")
+        mask_ids = codes.get("mask")
+        image = None
+        if image_ids is None:
+            image = shot.view.apply(shot.record.load_image())
+            if demo_object:
+                image = object_image(image, shot.view.apply(shot.record.load_mask()))
         mask = None
         if mask_ids is None and getattr(shot.record, "answered", True):
             mask = shot.view.apply(shot.record.load_mask())
@@ -381,3 +413,11 @@ def codes_per_image(tokenizer: Any) -> int:
     if n is not None:
         return int(n)
     return len(tokenizer.encode(np.zeros((64, 64, 3), np.uint8)))
+
+
+def object_image(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(S, S, 3) image, (S, S) mask -> the image with the pixels outside the mask grey."""
+    out = np.full_like(image, OBJECT_BACKGROUND)
+    keep = np.asarray(mask, bool)
+    out[keep] = image[keep]
+    return out

@@ -114,7 +114,7 @@ class _EncodeSpec(NamedTuple):
     """What every chunk of one cache build shares (sent once to each worker process)."""
 
     task: Task
-    encoders: dict[str, Any]  # segment name ("image", "mask") -> its tokenizer
+    encoders: dict[str, Any]  # cached array name (Task.cache_names) -> its tokenizer
     seed: int
     views: int  # V: cached views per record
     batch_size: int  # records per chunk, and arrays per encoder call
@@ -235,7 +235,7 @@ class TokenCache:
                 raise ValueError(
                     f"{name}: {vocab.tokenizers[name].vocab_size} codes do not fit int16"
                 )
-        encoders = {n: vocab.tokenizers[task.cache_tokenizer(n)] for n in ("image", "mask")}
+        encoders = {n: vocab.tokenizers[task.cache_tokenizer(n)] for n in task.cache_names()}
         spec = _EncodeSpec(task, encoders, seed, task.cache_views, batch_size)
         desc = f"token cache {task.name}/{split}"
         crops, flips, names = _write_codes(spec, records, directory, workers, desc, progress)
@@ -263,7 +263,7 @@ def _cache_key(
         # a task may encode some arrays (masks) with another tokenizer
         "tokenizers": {
             n: vocab.tokenizers[n].options()
-            for n in sorted({task.cache_tokenizer(a) for a in ("image", "mask")})
+            for n in sorted({task.cache_tokenizer(a) for a in task.cache_names()})
             if n != task.image_tokenizer
         },
         "task": task.name,

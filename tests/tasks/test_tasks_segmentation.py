@@ -276,3 +276,37 @@ def test_episodes_cover_every_record_once(data_cfg):
         assert all(not e.meta["query_view"].flip for e in episodes) or train
     again = list(plain_episodes(task, pools, np.random.default_rng(0), train=False))
     assert [e.meta["demo_ids"] for e in again] == [e.meta["demo_ids"] for e in episodes]
+
+
+def test_demo_image_object_shows_the_demonstrations_object_alone(data_cfg, vocab):
+    from unicl.tasks.segmentation import OBJECT_BACKGROUND, object_image
+
+    task = SegmentationTask(shots=1, image_size=64, demo_image="object")
+    plain = SegmentationTask(shots=1, image_size=64)
+    assert task.options()["demo_image"] == "object" and "demo_image" not in plain.options()
+    pools = task.pools(data_cfg, "train")
+    pool = pools[largest(pools)]
+    query = pool[0]
+    demo = next(r for r in pool if r.image_id != query.image_id)
+    q, d = Shot(query, task.eval_view(query)), Shot(demo, task.eval_view(demo))
+    image, mask = task.view_arrays(d)
+    alone = object_image(image, mask)
+    assert mask.any() and (~mask).any()
+    assert np.array_equal(alone[mask], image[mask])
+    assert (alone[~mask] == OBJECT_BACKGROUND).all()
+    assert set(task.cache_arrays(d)) == set(task.cache_names()) == {"image", "mask", "object"}
+    assert np.array_equal(task.cache_arrays(d)["object"][1], alone)
+    # the demonstration's image segment is its object alone; the query's is its whole view
+    episode, reference = task.episode(q, [d], query.category), plain.episode(q, [d], query.category)
+    assert np.array_equal(episode.pairs[0][0].payload, alone)
+    assert np.array_equal(episode.pairs[1][0].payload, reference.pairs[1][0].payload)
+    assert np.array_equal(episode.pairs[0][1].payload, reference.pairs[0][1].payload)  # the mask
+    # cached codes: the demonstration takes the object's, the query its image's
+    codes = {"image": np.arange(64), "mask": np.arange(64) + 1, "object": np.arange(64) + 2}
+    cached = task.episode(
+        dataclasses.replace(q, codes=codes), [dataclasses.replace(d, codes=codes)], query.category
+    )
+    assert np.array_equal(cached.pairs[0][0].ids, codes["object"])
+    assert np.array_equal(cached.pairs[1][0].ids, codes["image"])
+    with pytest.raises(ValueError, match="demo_image must be one of"):
+        SegmentationTask(demo_image="masked")

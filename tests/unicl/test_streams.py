@@ -192,3 +192,23 @@ def test_cache_workers_write_the_same_bytes_as_one_process(world, tmp_path, monk
             h.update(path.name.encode() + path.read_bytes())
         digests.append(h.hexdigest())
     assert len(records) > 16 and digests[0] == digests[1]
+
+
+def test_cache_stores_the_demonstrations_object_codes(world, tmp_path):
+    """demo_image: object caches a third array per view, and cached episodes equal fresh ones."""
+    vocab = make_vocab()
+    cfg = make_cfg(world, tmp_path, views=2)
+    cfg.tasks["segmentation"]["demo_image"] = "object"
+    seg = build_task_streams(cfg, vocab, progress=False)["segmentation"]
+    plain = build_task_streams(make_cfg(world, tmp_path, views=2), vocab, progress=False)
+    assert seg.cache.directory != plain["segmentation"].cache.directory
+    assert set(seg.cache.codes) == {"image", "mask", "object"}
+    for i, packed in enumerate(seg.examples(0, 3)):
+        _, query, demos = seg.draw(i)
+        assert demos and not np.array_equal(demos[0].codes["object"], demos[0].codes["image"])
+        fresh = dataclasses.replace(
+            seg.episode(i),
+            pairs=[seg.task.pair(dataclasses.replace(s, codes={})) for s in demos]
+            + [seg.task.pair(dataclasses.replace(query, codes={}), query=True)],
+        )
+        assert torch.equal(seg.packer.pack(fresh).input_ids, packed.input_ids)
