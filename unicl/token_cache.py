@@ -6,7 +6,7 @@ object-centred crops with scale/centre jitter and flips, tasks/base.py) whose VQ
 codes are computed once, batched (in worker processes on many cores), and stored:
 
     <cache root>/<task>-<split>-<key>/
-        codes-<name>.npy    (R, V, n) int16   one array per cached segment ("image", "mask")
+        codes-<name>.npy    (R, V, n) int16   one array per cached segment (Task.cache_names)
         views.json          record ids and every (record, view) crop box and flip
         complete            written last: a directory without it is rebuilt
 
