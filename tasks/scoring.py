@@ -27,6 +27,9 @@ from unicl.tasks.metrics import CaptionScorer, SegmentationMeter, densecap_map, 
 from unicl.tasks.world_shapes import CATEGORY_BY_NAME, COLOURS
 
 MODEL = "model"
+#: the model's answers to the same queries with another category's demonstrations
+#: (`unicl eval --other-demos`): what a model that reads the category from them loses
+MODEL_OTHER_DEMOS = "model, other category's demos"
 BASELINE_BACKGROUND = "all background"
 BASELINE_COPY = "copy demo mask"
 

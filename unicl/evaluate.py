@@ -15,6 +15,11 @@ to two reference baselines scored on the same episodes:
     copies the layout of the demonstration would get).
 Captioning: BLEU-4, METEOR and CIDEr of the generated region captions against the
 reference, and DenseCap's mAP over (box IoU x METEOR) thresholds.
+
+With `other_demos`, every k-shot query (k >= 1) is answered a second time with the
+demonstrations of another category's episode (`other_category_demos`) and scored as the row
+"model, other category's demos": a model that reads the category from its demonstrations
+scores lower there; one that answers whatever is salient scores the same.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from unicl.tasks.episodes import (
     read_episode_file,
     write_episode_files,
 )
-from unicl.tasks.scoring import BASELINE_BACKGROUND, BASELINE_COPY, MODEL
+from unicl.tasks.scoring import BASELINE_BACKGROUND, BASELINE_COPY, MODEL, MODEL_OTHER_DEMOS
 
 #: metric key -> (column title, format, higher is better)
 METRICS: dict[str, tuple[str, str, bool]] = {
@@ -163,6 +168,8 @@ class EvalOptions:
     length_penalty: float | None = None  # beams ranked by log prob / length ** this
     #: `key=value` changes of the model's data config (other data than it was trained on)
     data: Sequence[str] = ()
+    #: also answer every k-shot query (k >= 1) with another category's demonstrations
+    other_demos: bool = False
 
 
 def episode_dir(root: str | Path, opts: EvalOptions) -> Path:
@@ -223,6 +230,26 @@ def rotations(episode: Any, full: Any, k: int, n: int) -> list[Any]:
     return sets
 
 
+def other_category_demos(episodes: Sequence[Any]) -> list[Any]:
+    """Each episode with the demonstrations of the next episode (cyclically) of another category.
+
+    The query pair, the prefix and the category stay; [] when the episodes hold fewer than two
+    categories or no demonstrations.
+    """
+    n = len(episodes)
+    if len({e.category for e in episodes}) < 2 or not any(len(e.pairs) > 1 for e in episodes):
+        return []
+    out = []
+    for i, episode in enumerate(episodes):
+        donor = next(
+            episodes[(i + j) % n]
+            for j in range(1, n)
+            if episodes[(i + j) % n].category != episode.category
+        )
+        out.append(dataclasses.replace(episode, pairs=[*donor.pairs[:-1], episode.pairs[-1]]))
+    return out
+
+
 def evaluate(
     model: Any,
     task: str,
@@ -268,7 +295,7 @@ def evaluate(
             "weights": predictor.model_id,
         },
     )
-    total = sum(len(sets) for _, _, sets in plan)
+    total = sum(len(sets) * (1 + (opts.other_demos and k > 0)) for _, k, sets in plan)
     scorer = the_task.scorer(opts.baselines)
     try:
         with tqdm(total=total, desc=f"eval {task}", unit="query", disable=not progress) as bar:
@@ -277,6 +304,13 @@ def evaluate(
                 rows = scorer.score([s[0] for s in sets], answers, k)
                 for method, (n, metrics) in rows.items():
                     table.rows.append(Row(method, k, group, n, metrics))
+                swapped = other_category_demos([s[0] for s in sets]) if opts.other_demos else []
+                if swapped:
+                    got = answer_groups(predictor, the_task, [[e] for e in swapped], opts, bar)
+                    n, metrics = scorer.score(swapped, got, k)[MODEL]
+                    table.rows.append(Row(MODEL_OTHER_DEMOS, k, group, n, metrics))
+                elif opts.other_demos and k > 0:  # one category only: nothing to swap
+                    bar.update(len(sets))
     finally:
         scorer.close()
     table.rows.sort(key=lambda r: (_method_rank(r.method), r.shots, SPLITS.index(r.split)))
@@ -290,7 +324,7 @@ def _metric_order(key: str) -> tuple[int, str]:
 
 
 def _method_rank(method: str) -> int:
-    order = [MODEL, BASELINE_BACKGROUND, BASELINE_COPY]
+    order = [MODEL, MODEL_OTHER_DEMOS, BASELINE_BACKGROUND, BASELINE_COPY]
     return order.index(method) if method in order else len(order)
 
 
@@ -311,6 +345,8 @@ def options_dict(opts: EvalOptions) -> dict[str, Any]:
     out["data"] = list(out["data"])
     if not out["data"]:  # the tables of the model's own data read as before
         del out["data"]
+    if not out["other_demos"]:
+        del out["other_demos"]
     return out
 
 

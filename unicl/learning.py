@@ -33,7 +33,7 @@ import torch
 from unicl.batch import collate
 from unicl.config import deep_merge, load_config
 from unicl.demo import run_finished
-from unicl.evaluate import EvalOptions, ensure_episode_files, evaluate
+from unicl.evaluate import EvalOptions, ensure_episode_files, evaluate, other_category_demos
 from unicl.tasks.episodes import GROUPS, episode_file_name, load_episodes
 from unicl.tasks.metrics import binary_iou
 from unicl.tasks.prompt import Segment
@@ -246,26 +246,6 @@ def _shuffle_query_image(episode: Any, tokenizer: Any, seed: int) -> Any:
     perm = np.random.default_rng(seed).permutation(len(codes))
     query[0] = Segment(image.modality, None, image.role, image.kind, np.asarray(codes)[perm])
     return dataclasses.replace(episode, pairs=[*episode.pairs[:-1], query])
-
-
-def other_category_demos(episodes: Sequence[Any]) -> list[Any]:
-    """Each episode with the demonstrations of the next episode (cyclically) of another category.
-
-    The query pair and the prefix stay; [] when the episodes hold fewer than two categories or
-    no demonstrations.
-    """
-    n = len(episodes)
-    if len({e.category for e in episodes}) < 2 or not any(len(e.pairs) > 1 for e in episodes):
-        return []
-    out = []
-    for i, episode in enumerate(episodes):
-        donor = next(
-            episodes[(i + j) % n]
-            for j in range(1, n)
-            if episodes[(i + j) % n].category != episode.category
-        )
-        out.append(dataclasses.replace(episode, pairs=[*donor.pairs[:-1], episode.pairs[-1]]))
-    return out
 
 
 def other_category_demos_iou(predictor: Any, episodes: Sequence[Any]) -> float:

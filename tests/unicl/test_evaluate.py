@@ -108,6 +108,63 @@ def test_evaluate_segmentation_with_baselines(tiny_run):
         evaluate(model, "segmentation", files, EvalOptions(shots=[1], num_beams=3), progress=False)
 
 
+def test_other_demos_answers_each_query_with_another_categorys_demonstrations(
+    tiny_run, monkeypatch
+):
+    """A stand-in model that answers with its first demonstration's mask: the extra row
+    scores exactly another category's demonstration masks, and only at k >= 1."""
+    import unicl
+    from unicl.evaluate import (
+        BASELINE_COPY,
+        EvalOptions,
+        ensure_episode_files,
+        episode_dir,
+        evaluate,
+        other_category_demos,
+    )
+    from unicl.predictor import Prediction
+    from unicl.tasks.episodes import load_episodes
+    from unicl.tasks.metrics import SegmentationMeter
+    from unicl.tasks.scoring import MODEL_OTHER_DEMOS, copy_demo_mask
+    from unicl.tasks.segmentation import MaskAnswer
+
+    model = unicl.load(tiny_run, device="cpu")
+
+    def copy_first_demo(episodes, options):
+        out = []
+        for e in episodes:
+            mask = copy_demo_mask(e) if e.shots else np.zeros(e.meta["query_size"], bool)
+            value = MaskAnswer(mask, 255.0 * mask.astype(np.float32), 127.5)
+            out.append(Prediction(value, np.zeros(0), np.zeros(0)))
+        return out
+
+    monkeypatch.setattr(model.predictor, "answer", copy_first_demo)
+    opts = EvalOptions(shots=[0, 1], queries_per_category=2, batch_size=4, other_demos=True)
+    files = ensure_episode_files(model.predictor, episode_dir(tiny_run / "episodes", opts), opts)
+    table = evaluate(model, "segmentation", files, opts, progress=False)
+    task = model.predictor.tasks["segmentation"]
+    path = next(files.glob("segmentation_val_seen_*.json"))
+    episodes = list(load_episodes(path, task, model.predictor.cfg.data, 1))
+    swapped = other_category_demos(episodes)
+    assert all(s.category == e.category for s, e in zip(swapped, episodes))
+    assert all(s.pairs[0] is not e.pairs[0] for s, e in zip(swapped, episodes))
+    expected = SegmentationMeter()
+    for e in swapped:
+        expected.update(copy_demo_mask(e), e.meta["query_record"].load_mask(), e.category)
+    row = table.get(MODEL_OTHER_DEMOS, 1, "seen")
+    assert row.episodes == len(episodes)
+    assert row.metrics["miou"] == pytest.approx(100.0 * expected.class_miou)
+    # its own demonstrations give the copy baseline; another category's give something else
+    assert table.get(MODEL, 1, "seen").metrics == table.get(BASELINE_COPY, 1, "seen").metrics
+    assert row.metrics != table.get(MODEL, 1, "seen").metrics
+    assert table.get(MODEL_OTHER_DEMOS, 0, "seen") is None  # nothing to swap at 0 shots
+    assert table.meta["options"]["other_demos"] is True
+    assert "other_demos" not in evaluate(
+        model, "segmentation", files, EvalOptions(shots=[1], queries_per_category=2),
+        progress=False,
+    ).meta["options"]  # fmt: skip
+
+
 def test_evaluate_records_the_captions_decoding(tiny_run, monkeypatch):
     import unicl
     from unicl.evaluate import EvalOptions, ensure_episode_files, episode_dir, evaluate

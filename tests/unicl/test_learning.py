@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from unicl.config import load_config
-from unicl.learning import VARIANTS, other_category_demos, summary_table, variant_overrides
+from unicl.evaluate import other_category_demos
+from unicl.learning import VARIANTS, summary_table, variant_overrides
 from unicl.tasks.prompt import Episode, Segment
 
 

@@ -6,7 +6,8 @@ Writes `eval_<task>.json` and `eval_<task>.md` (seen / unseen categories, the
 model and the baselines) into `--out` (default RUN/eval) and prints the table.
 The episode files are made on first use under RUN/episodes and reused after.
 `--data root=worlds/other` scores the model on other data than its config names (its
-episode files get a folder of their own).
+episode files get a folder of their own). `--other-demos` adds the row "model, other
+category's demos": the same queries answered with another category's demonstrations.
 """
 
 from __future__ import annotations
@@ -87,6 +88,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_decoding_arguments(parser)
     parser.add_argument("--no-baselines", action="store_true", help="skip the baselines")
     parser.add_argument(
+        "--other-demos",
+        action="store_true",
+        help="also answer every k-shot query (k >= 1) with another category's demonstrations "
+        "(does the model read the category from them?)",
+    )
+    parser.add_argument(
         "--device", type=torch_device, default=None, help="torch device (default: cuda if present)"
     )
     parser.add_argument(
@@ -128,6 +135,7 @@ def main(args: argparse.Namespace) -> int:
         num_beams=args.beams,
         length_penalty=args.length_penalty,
         data=tuple(args.data),
+        other_demos=args.other_demos,
     )
     model = unicl.load(args.run, device=args.device, allow_plugins=args.allow_plugins)
     if args.data:
