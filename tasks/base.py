@@ -365,6 +365,9 @@ class Task(abc.ABC):
         meta = {
             "query_id": self.record_id(query.record),
             "demo_ids": [self.record_id(d.record) for d in demos],
+            # images, so that a swap of demonstrations keeps them off the query's image
+            "query_image": query_image,
+            "demo_images": [self.image_key(d.record) for d in demos],
             "query_view": query.view,
             "query_size": (int(query.record.height), int(query.record.width)),
             "query_record": query.record,

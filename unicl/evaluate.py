@@ -17,7 +17,8 @@ Captioning: BLEU-4, METEOR and CIDEr of the generated region captions against th
 reference, and DenseCap's mAP over (box IoU x METEOR) thresholds.
 
 With `other_demos`, every k-shot query (k >= 1) is answered a second time with the
-demonstrations of another category's episode (`other_category_demos`) and scored as the row
+demonstrations of another category's episode (`other_category_demos`; with an ensemble, each
+of its demonstration sets from that episode's) and scored as the row
 "model, other category's demos": a model that reads the category from its demonstrations
 scores lower there; one that answers whatever is salient scores the same.
 """
@@ -230,24 +231,54 @@ def rotations(episode: Any, full: Any, k: int, n: int) -> list[Any]:
     return sets
 
 
-def other_category_demos(episodes: Sequence[Any]) -> list[Any]:
-    """Each episode with the demonstrations of the next episode (cyclically) of another category.
+def other_category_donors(episodes: Sequence[Any]) -> list[int]:
+    """For each episode, the index of the episode whose demonstrations replace its own.
 
-    The query pair, the prefix and the category stay; [] when the episodes hold fewer than two
-    categories or no demonstrations.
+    The donor is the first episode of another category, searched cyclically from half the
+    list away, whose demonstrations do not come from the query's image (episode files list
+    their queries category by category, so neighbouring queries get different donors and
+    each category meets several others). [] when the episodes hold fewer than two categories,
+    no demonstrations, or an episode finds no donor.
     """
     n = len(episodes)
-    if len({e.category for e in episodes}) < 2 or not any(len(e.pairs) > 1 for e in episodes):
+    if len({e.category for e in episodes}) < 2 or not any(e.pairs[:-1] for e in episodes):
         return []
-    out = []
+    donors = []
     for i, episode in enumerate(episodes):
-        donor = next(
-            episodes[(i + j) % n]
-            for j in range(1, n)
-            if episodes[(i + j) % n].category != episode.category
+        image = episode.meta.get("query_image")
+        found = next(
+            (
+                d
+                for d in ((i + n // 2 + j) % n for j in range(n))
+                if episodes[d].category != episode.category
+                and (image is None or image not in episodes[d].meta.get("demo_images", ()))
+            ),
+            None,
         )
-        out.append(dataclasses.replace(episode, pairs=[*donor.pairs[:-1], episode.pairs[-1]]))
-    return out
+        if found is None:
+            return []
+        donors.append(found)
+    return donors
+
+
+def with_demos_of(episode: Any, donor: Any) -> Any:
+    """`episode` (its query, prefix and category) with `donor`'s demonstrations."""
+    meta = dict(episode.meta)
+    for key in ("demo_ids", "demo_images"):
+        if key in donor.meta:
+            meta[key] = donor.meta[key]
+    return dataclasses.replace(episode, pairs=[*donor.pairs[:-1], episode.pairs[-1]], meta=meta)
+
+
+def _nth(sets: Sequence[Any], j: int) -> Any:
+    """Demonstration set j of a query, or its last when it has fewer."""
+    return sets[min(j, len(sets) - 1)]
+
+
+def other_category_demos(episodes: Sequence[Any]) -> list[Any]:
+    """Each episode with the demonstrations of another category's (`other_category_donors`)."""
+    donors = other_category_donors(episodes)
+    return [with_demos_of(e, episodes[d]) for e, d in zip(episodes, donors)]
 
 
 def evaluate(
@@ -304,10 +335,15 @@ def evaluate(
                 rows = scorer.score([s[0] for s in sets], answers, k)
                 for method, (n, metrics) in rows.items():
                     table.rows.append(Row(method, k, group, n, metrics))
-                swapped = other_category_demos([s[0] for s in sets]) if opts.other_demos else []
-                if swapped:
-                    got = answer_groups(predictor, the_task, [[e] for e in swapped], opts, bar)
-                    n, metrics = scorer.score(swapped, got, k)[MODEL]
+                donors = other_category_donors([s[0] for s in sets]) if opts.other_demos else []
+                if donors:
+                    # every demonstration set of a query (ensembles) from its donor's sets
+                    swapped = [
+                        [with_demos_of(e, _nth(sets[d], j)) for j, e in enumerate(s)]
+                        for s, d in zip(sets, donors)
+                    ]
+                    got = answer_groups(predictor, the_task, swapped, opts, bar)
+                    n, metrics = scorer.score([s[0] for s in swapped], got, k)[MODEL]
                     table.rows.append(Row(MODEL_OTHER_DEMOS, k, group, n, metrics))
                 elif opts.other_demos and k > 0:  # one category only: nothing to swap
                     bar.update(len(sets))

@@ -159,6 +159,17 @@ def test_other_demos_answers_each_query_with_another_categorys_demonstrations(
     assert row.metrics != table.get(MODEL, 1, "seen").metrics
     assert table.get(MODEL_OTHER_DEMOS, 0, "seen") is None  # nothing to swap at 0 shots
     assert table.meta["options"]["other_demos"] is True
+    # with an ensemble, the swapped row answers as many demonstration sets as the model's
+    answered = []
+    monkeypatch.setattr(
+        model.predictor,
+        "answer",
+        lambda episodes, options: answered.extend(episodes) or copy_first_demo(episodes, options),
+    )
+    ensembled = EvalOptions(shots=[1], queries_per_category=2, ensemble=2, other_demos=True)
+    table = evaluate(model, "segmentation", files, ensembled, progress=False)
+    queries = sum(table.get(MODEL, 1, group).episodes for group in ("seen", "unseen"))
+    assert len(answered) == 2 * 2 * queries
     assert "other_demos" not in evaluate(
         model, "segmentation", files, EvalOptions(shots=[1], queries_per_category=2),
         progress=False,

@@ -74,20 +74,29 @@ def test_summary_table_shows_the_other_category_demos_in_brackets():
     assert " /  / 5.0 / 25.0 |" in table
 
 
-def _episode(category, demos):
+def _episode(category, demos, image=None, demo_images=()):
     pairs = [[Segment("vqgan", None, "input", ids=np.array([i]))] for i in demos]
     query = [Segment("vqgan", None, "input", ids=np.array([-1]))]
-    return Episode(task="segmentation", category=category, pairs=[*pairs, query])
+    meta = {"query_image": image, "demo_images": list(demo_images), "demo_ids": list(demos)}
+    return Episode(task="segmentation", category=category, pairs=[*pairs, query], meta=meta)
 
 
-def test_other_category_demos_takes_the_next_other_category_and_keeps_the_query():
+def test_other_category_demos_takes_another_category_half_the_list_away_and_keeps_the_query():
     episodes = [_episode("a", [1]), _episode("a", [2]), _episode("b", [3]), _episode("c", [4])]
     swapped = other_category_demos(episodes)
     demo = lambda e: int(e.pairs[0][0].ids[0])
-    assert [demo(e) for e in swapped] == [3, 3, 4, 1]
+    assert [demo(e) for e in swapped] == [3, 4, 1, 2]
+    assert [e.meta["demo_ids"] for e in swapped] == [[3], [4], [1], [2]]
     assert [e.category for e in swapped] == ["a", "a", "b", "c"]
     assert all(s.pairs[-1] is e.pairs[-1] for s, e in zip(swapped, episodes))
     # the originals are untouched; one category, or no demonstrations: nothing to swap
     assert [demo(e) for e in episodes] == [1, 2, 3, 4]
     assert other_category_demos(episodes[:2]) == []
+    # a donor whose demonstrations come from the query's image is passed over
+    episodes = [
+        _episode("a", [1], image="x", demo_images=["y"]),
+        _episode("b", [2], image="z", demo_images=["x"]),
+        _episode("c", [3], image="w", demo_images=["v"]),
+    ]
+    assert [demo(e) for e in other_category_demos(episodes)] == [3, 3, 1]
     assert other_category_demos([_episode("a", []), _episode("b", [])]) == []

@@ -7,7 +7,8 @@ model and the baselines) into `--out` (default RUN/eval) and prints the table.
 The episode files are made on first use under RUN/episodes and reused after.
 `--data root=worlds/other` scores the model on other data than its config names (its
 episode files get a folder of their own). `--other-demos` adds the row "model, other
-category's demos": the same queries answered with another category's demonstrations.
+category's demos": the same queries answered with another category's demonstrations (the
+files then end in `_other_demos`, as `--ensemble N` adds `_ensembleN`).
 """
 
 from __future__ import annotations
@@ -160,6 +161,7 @@ def main(args: argparse.Namespace) -> int:
             model, args.task, episodes, opts, run=str(run), progress=not args.no_progress
         )
     suffix = f"_ensemble{opts.ensemble}" if opts.ensemble > 1 else ""
+    suffix += "_other_demos" if opts.other_demos else ""
     json_path, md_path = table.save(
         Path(args.out) if args.out else run / "eval", f"eval_{args.task}{suffix}"
     )
