@@ -71,6 +71,11 @@ class Task(abc.ABC):
     - `image_tokenizer`: the tokenizer of images (and masks);
     - `input_image_weight`: loss weight of input image tokens (0 = inputs carry no
       loss; the paper's single-task captioning uses 0.5);
+    - `first_answer_weight`: loss weight of the first pair's answer in a training episode
+      whose prompt holds nothing before it (no category text): no demonstration precedes
+      it, so it cannot be told from the prompt and teaches the model to answer whatever
+      stands out (1 = the paper: every pair's answer is trained; 0 = only answers that
+      follow a demonstration);
     - `context_min`, `context_max`: crop side / object box's longer side; training
       draws it uniformly (scale jitter), evaluation takes the middle;
     - `jitter`: training moves the crop centre by up to this fraction of its side;
@@ -94,6 +99,7 @@ class Task(abc.ABC):
         image_size: int = 256,
         image_tokenizer: str = "vqgan",
         input_image_weight: float = 0.0,
+        first_answer_weight: float = 1.0,
         context_min: float = 1.5,
         context_max: float = 2.5,
         jitter: float = 0.1,
@@ -113,6 +119,15 @@ class Task(abc.ABC):
             raise ValueError(f"{self.name}: image_size must be >= 8 pixels, got {image_size}")
         if input_image_weight < 0:
             raise ValueError(f"{self.name}: input_image_weight must be >= 0")
+        if (
+            isinstance(first_answer_weight, bool)
+            or not isinstance(first_answer_weight, (int, float))
+            or not 0.0 <= first_answer_weight <= 1.0
+        ):
+            raise ValueError(
+                f"{self.name}: first_answer_weight must be a number in [0, 1], "
+                f"got {first_answer_weight!r}"
+            )
         if not 1.0 <= context_min <= context_max:
             raise ValueError(
                 f"{self.name}: need 1 <= context_min <= context_max, "
@@ -126,6 +141,7 @@ class Task(abc.ABC):
         self.image_size = image_size
         self.image_tokenizer = image_tokenizer
         self.input_image_weight = float(input_image_weight)
+        self.first_answer_weight = float(first_answer_weight)
         self.context = (float(context_min), float(context_max))
         self.jitter = float(jitter)
         self.flip_prob = float(flip_prob)

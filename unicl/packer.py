@@ -117,7 +117,9 @@ class Packer:
 
     `max_positions`: the model's position budget (None = unchecked); a longer
     sequence is an error that says how to fit it. `input_image_weight`: per task
-    name, the loss weight of input image codes (default 0).
+    name, the loss weight of input image codes (default 0). `first_answer_weight`: per task
+    name, the factor on the loss weights of the first pair of an episode with more than one
+    pair and no prefix (its answer follows no demonstration and no category text; default 1).
     """
 
     def __init__(
@@ -127,11 +129,13 @@ class Packer:
         max_positions: int | None = None,
         input_image_weight: Mapping[str, float] | None = None,
         max_text_tokens: int = 256,
+        first_answer_weight: Mapping[str, float] | None = None,
     ) -> None:
         self.vocab = vocab
         self.table = AttributeTable(task_names, vocab.spans)
         self.max_positions = max_positions
         self.input_image_weight = dict(input_image_weight or {})
+        self.first_answer_weight = dict(first_answer_weight or {})
         self.max_text_tokens = max_text_tokens
         self._special_span = vocab.spans.index(SPECIAL_SPAN)
         # grid spans: images, and masks coded on an image's token grid, each opened by [BOI]
@@ -268,6 +272,9 @@ class Packer:
         base = self.table.task_index(task) * len(self.table.spans)
         prefix_length = int(lengths[: layout.gen_run].sum())
         targets, parallel_span = self._parallel_targets(input_ids, weights, lengths, grids)
+        first = self.first_answer_weight.get(task, 1.0)
+        if first != 1.0 and len(layout.pair_starts) > 1 and not episode.prefix:
+            weights[layout.pair_starts[0] : layout.pair_starts[1]] *= first
         query_end = total
         while query_end > prefix_length and int(input_ids[query_end - 1]) == self.vocab.pad_id:
             query_end -= 1

@@ -61,6 +61,7 @@ def build_packer(cfg: Any, vocab: Any, tasks: dict[str, Task]) -> Packer:
         sorted(tasks),
         max_positions=getattr(cfg.model, "max_positions", None),
         input_image_weight={name: task.input_image_weight for name, task in tasks.items()},
+        first_answer_weight={name: task.first_answer_weight for name, task in tasks.items()},
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 import numpy as np
@@ -361,6 +362,31 @@ def test_parallel_answer_layout_targets_and_weights(gpt2):
     batch = collate([p, p])
     assert torch.equal(batch.targets[0], p.next_tokens)
     assert collate([plain]).targets is None
+
+
+def test_first_answer_weight_scales_only_an_unprompted_first_pair(gpt2):
+    vocab = make_vocab(gpt2, grid=2)
+    pairs = [seg_pair(40), seg_pair(120), seg_pair(200)]
+    episode = Episode("segmentation", "star", pairs, parallel=True, aligned_positions=True)
+    plain = Packer(vocab, TASKS).pack(episode)
+    packer = Packer(vocab, TASKS, first_answer_weight={"segmentation": 0.25})
+    scaled = packer.pack(episode)
+    first, second = plain.pair_starts[1], plain.pair_starts[2]
+    assert plain.loss_weights[:first].sum() == 6  # [BOI] opening the answer, 4 codes, [EOC]
+    assert torch.equal(scaled.loss_weights[:first], 0.25 * plain.loss_weights[:first])
+    assert torch.equal(scaled.loss_weights[first:], plain.loss_weights[first:])
+    assert torch.equal(scaled.input_ids, plain.input_ids)
+    # a first pair behind the category's name follows a prompt: weighted as before
+    named = dataclasses.replace(episode, prefix=[Segment("gpt2", "Category:", "input")])
+    assert torch.equal(
+        packer.pack(named).loss_weights, Packer(vocab, TASKS).pack(named).loss_weights
+    )
+    # the query alone is never scaled; other tasks keep theirs
+    alone = Episode("segmentation", "star", pairs[-1:], parallel=True, aligned_positions=True)
+    assert torch.equal(
+        packer.pack(alone).loss_weights, Packer(vocab, TASKS).pack(alone).loss_weights
+    )
+    assert second > first
 
 
 def test_parallel_answer_needs_a_grid_answer_of_the_image_length(gpt2):
