@@ -275,7 +275,8 @@ class SegmentationTask(Task):
         return shot.view.apply(shot.record.load_image()), shot.view.apply(shot.record.load_mask())
 
     def cache_names(self) -> tuple[str, ...]:
-        return ("image", "mask", "object") if self.demo_image == "object" else ("image", "mask")
+        names = super().cache_names()  # the image and the mask
+        return (*names, "object") if self.demo_image == "object" else names
 
     def cache_arrays(self, shot: Shot) -> dict[str, tuple[str, np.ndarray]]:
         image, mask = self.view_arrays(shot)
