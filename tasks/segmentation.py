@@ -292,14 +292,15 @@ class SegmentationTask(Task):
         demo_object = self.demo_image == "object" and not query
         image_ids = codes.get("object" if demo_object else "image")
         mask_ids = codes.get("mask")
-        image = None
-        if image_ids is None:
-            image = shot.view.apply(shot.record.load_image())
-            if demo_object:
-                image = object_image(image, shot.view.apply(shot.record.load_mask()))
         mask = None
         if mask_ids is None and getattr(shot.record, "answered", True):
             mask = shot.view.apply(shot.record.load_mask())
+        image = None
+        if image_ids is None:
+            image = shot.view.apply(shot.record.load_image())
+            if demo_object:  # the mask seen through the view once, for both segments
+                shown = mask if mask is not None else shot.view.apply(shot.record.load_mask())
+                image = object_image(image, shown)
         # a user's query has no mask: its answer segment is unanswered (Segment.answered)
         return [
             Segment(self.image_tokenizer, image, "input", ids=image_ids),
